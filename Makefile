@@ -1,0 +1,39 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+export SMC_HOME ?= $(CURDIR)/.smc
+export DAGSTER_HOME ?= $(SMC_HOME)/dagster
+
+.PHONY: install demo test test-embedded ui bench-ingest clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/smc demo
+
+# All tests on DATABASE_URL when set (CI: the machine's PostgreSQL), else on the embedded
+# server; with DATABASE_URL set, the database tests run a second time on the embedded one.
+test: install
+	$(PY) -m pytest
+	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-embedded; fi
+
+test-embedded: install
+	env -u DATABASE_URL $(PY) -m pytest -m db -q
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench-ingest: install
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Dagster sensors: the landing-folder file drop (more arrive with the monitoring work)."""

@@ -1,0 +1,1 @@
+"""Dagster assets, asset checks, resources and partitions: one module per lineage stage."""

@@ -1,0 +1,42 @@
+"""Partitions shared by the per-bar assets: symbol × trading day.
+
+Trading days are keyed by date (Monday–Friday) in the exchange time zone; the session a
+key stands for (17:00 the previous evening to 16:00 that day on CME) comes from the
+session calendar, not from Dagster's midnight-to-midnight window.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, TimeWindowPartitionsDefinition
+
+from smc_core.settings import Settings
+
+SYMBOLS = DynamicPartitionsDefinition(name="symbols")
+
+_settings = Settings.from_env()
+TRADING_DAYS = TimeWindowPartitionsDefinition(
+    cron_schedule="0 0 * * 1-5",
+    start=_settings.partition_start.isoformat(),
+    fmt="%Y-%m-%d",
+    timezone=_settings.exchange_tz,
+    end_offset=1,
+)
+
+BAR_PARTITIONS = MultiPartitionsDefinition({"symbol": SYMBOLS, "day": TRADING_DAYS})
+
+
+def bar_partition_key(symbol: str, day: date) -> MultiPartitionKey:
+    return MultiPartitionKey({"symbol": symbol, "day": day.isoformat()})
+
+
+def split_bar_partition_key(key: MultiPartitionKey | str) -> tuple[str, date]:
+    """(symbol, day) of a ``bars``-style partition key."""
+    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else _parse(key)
+    return dims["symbol"], date.fromisoformat(dims["day"])
+
+
+def _parse(key: str) -> dict[str, str]:
+    day, symbol = key.split("|")  # Dagster orders dimension names alphabetically: day|symbol
+    return {"day": day, "symbol": symbol}

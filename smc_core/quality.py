@@ -1,0 +1,84 @@
+"""Data-quality measurements of stored bars, per symbol and trading day.
+
+These are what the ``bars`` asset checks report; they read the database, so they also
+catch bars that reached it by any other route than the validated ingest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from smc_core.calendar import SessionCalendar
+from smc_core.db import Database
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    rows: int
+    ohlc_violations: int
+    """Bars with high < max(open, close), low > min(open, close), negative volume or non-finite values."""
+    off_grid: int
+    """Bars whose close time is not a multiple of the timeframe."""
+
+    @property
+    def passed(self) -> bool:
+        return self.ohlc_violations == 0 and self.off_grid == 0
+
+
+@dataclass(frozen=True)
+class CoverageReport:
+    expected: int
+    present: int
+    missing: int
+    out_of_session: int
+    """Bars stamped inside a halt, a weekend or a holiday: usually a wrong time zone setting."""
+    largest_gap_bars: int
+    first_missing: list[str]
+
+    @property
+    def missing_ratio(self) -> float:
+        return self.missing / self.expected if self.expected else 0.0
+
+
+def load_day(db: Database, symbol: str, timeframe: str, day: date, calendar: SessionCalendar) -> pd.DataFrame:
+    """Stored bars whose close lies in trading day ``day``'s session window."""
+    start, end = calendar.session_bounds(day)
+    with db.connection() as conn:
+        cursor = conn.execute(
+            """SELECT ts, open, high, low, close, volume, delta FROM bars
+               WHERE symbol = %s AND timeframe = %s AND ts > %s AND ts <= %s ORDER BY ts""",
+            (symbol, timeframe, start, end),
+        )
+        rows = cursor.fetchall()
+    frame = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume", "delta"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def integrity(bars: pd.DataFrame, width: timedelta) -> IntegrityReport:
+    o, h, l, c, v = (bars[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close", "volume"))
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(np.column_stack([o, h, l, c, v])).all(axis=1) if len(bars) else np.ones(0, bool)
+        bad = ~finite | (h < np.maximum(o, c)) | (l > np.minimum(o, c)) | (v < 0)
+    micros = width // timedelta(microseconds=1)
+    stamps = pd.DatetimeIndex(bars["ts"]).as_unit("us").asi8
+    return IntegrityReport(len(bars), int(bad.sum()), int((stamps % micros != 0).sum()))
+
+
+def coverage(bars: pd.DataFrame, day: date, width: timedelta, calendar: SessionCalendar,
+             examples: int = 5) -> CoverageReport:
+    expected = calendar.expected_closes(day, width)
+    stamps = pd.DatetimeIndex(bars["ts"])
+    present = expected.isin(stamps)
+    missing_at = expected[~present]
+    out_of_session = int((~calendar.in_session(stamps)).sum()) if len(stamps) else 0
+    largest = 0
+    if len(expected):
+        runs = np.diff(np.flatnonzero(np.concatenate(([True], present, [True])))) - 1
+        largest = int(runs.max()) if len(runs) else 0
+    return CoverageReport(len(expected), int(present.sum()), len(missing_at), out_of_session, largest,
+                          [ts.isoformat() for ts in missing_at[:examples]])

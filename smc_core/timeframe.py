@@ -1,0 +1,31 @@
+"""Bar timeframes such as ``1m``, ``5m``, ``1h``, ``1d``."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from smc_core.errors import ConfigError
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_PATTERN = re.compile(r"^([1-9][0-9]*)([smhd])$")
+
+
+def parse_timeframe(value: str) -> timedelta:
+    """Return the bar width of ``value`` (``<n><s|m|h|d>``), or raise ConfigError."""
+    match = _PATTERN.match(value or "")
+    if not match:
+        raise ConfigError(
+            f"timeframe {value!r} is not valid: use <number><unit> with unit s, m, h or d (e.g. 1m, 5m, 1h)"
+        )
+    count, unit = match.groups()
+    return timedelta(**{_UNITS[unit]: int(count)})
+
+
+def format_timeframe(width: timedelta) -> str:
+    """``1m``, ``5m``, ``1h``, ``1d``, ``30s``: the inverse of ``parse_timeframe``."""
+    seconds = int(width.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,1 @@
+"""Jobs, schedules, the CLI, and the ``Definitions`` that ``workspace.yaml`` loads."""

@@ -1,0 +1,182 @@
+"""The ``smc`` command line: database, ingest, synthetic data and the demo pipeline.
+
+Errors print one line (``error: <file>:<line>: <problem>``) and exit non-zero; rejected
+rows are listed one per line first. Nothing is written when a command fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import click
+
+from smc_core.errors import RejectedRowsError, SmcError
+from smc_core.settings import Settings
+
+_MAX_LISTED = 50
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _database():
+    from smc_core.db import Database
+    from smc_core.migrations import migrate
+
+    db = Database.from_settings(_settings())
+    migrate(db)
+    return db
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="smc-mlops")
+def cli() -> None:
+    """SMC MLOps: NinjaTrader bars → features → LoRA model → gates → BentoML."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- db --------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Database schema: migrate and inspect."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (sql/NNN_*.sql), each once, in order."""
+    from smc_core.db import Database, redact
+    from smc_core.migrations import migrate, storage_mode
+
+    database = Database.from_settings(_settings())
+    applied = migrate(database)
+    for migration in applied:
+        click.echo(f"applied {migration.path.name}")
+    click.echo(f"{redact(database.url)}: schema up to date ({len(applied)} applied now, "
+               f"storage {storage_mode(database)})")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Show the database, its storage mode and each migration's state."""
+    from smc_core.db import Database, redact
+    from smc_core.migrations import status, storage_mode
+
+    database = Database.from_settings(_settings())
+    rows = status(database)
+    mode = storage_mode(database) if any(r.applied_at for r in rows) else "not migrated"
+    click.echo(f"database: {redact(database.url)}")
+    click.echo(f"storage:  {mode}")
+    for row in rows:
+        state = "pending" if row.applied_at is None else f"applied {row.applied_at:%Y-%m-%d %H:%M:%S}"
+        if row.checksum_matches is False:
+            state += "  CHANGED SINCE APPLIED"
+        click.echo(f"  {row.version:03d}_{row.name:<24} {state}")
+    if any(r.applied_at is None for r in rows):
+        click.echo("run `smc db migrate` to apply pending migrations")
+
+
+# --- ingest ----------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--symbol", required=True, help="Instrument root, e.g. ES.")
+@click.option("--timeframe", default="1m", show_default=True, help="Bar width: <n><s|m|h|d>.")
+@click.option("--tz", default=None, help="Exchange time zone of naive timestamps [default: SMC_EXCHANGE_TZ].")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "ninjatrader", "csv", "parquet"]))
+@click.option("--skip-invalid", is_flag=True, help="Write the valid rows; record rejected ones in the ingest log.")
+def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None, fmt: str, skip_invalid: bool) -> None:
+    """Validate and load bar files (NinjaTrader export, CSV or Parquet), each atomically."""
+    from smc_core.ingest import check_symbol, ingest_file
+    from smc_core.timeframe import parse_timeframe
+
+    check_symbol(symbol)
+    parse_timeframe(timeframe)
+    database = _database()
+    zone = tz or _settings().exchange_tz
+    for path in paths:
+        started = time.perf_counter()
+        report = ingest_file(database, path, symbol, timeframe, tz=zone, fmt=fmt, skip_invalid=skip_invalid)
+        for rejection in report.rejections[:_MAX_LISTED]:
+            click.echo(f"skipped {rejection}", err=True)
+        click.echo(f"{report.summary()} in {time.perf_counter() - started:.2f}s")
+
+
+# --- synthetic data ----------------------------------------------------------------------
+
+@cli.command()
+@click.option("--days", default=5, show_default=True, type=click.IntRange(1, 5000), help="Trading days to generate.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--symbol", default="ES", show_default=True)
+@click.option("--start", default="2024-01-02", show_default=True, help="First calendar day considered.")
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--edge", default="none", show_default=True, type=click.Choice(["none", "smc"]),
+              help="Plant a learnable SMC setup edge, or none.")
+@click.option("--format", "fmt", default="ninjatrader", show_default=True,
+              type=click.Choice(["ninjatrader", "csv", "parquet"]))
+def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: str, fmt: str) -> None:
+    """Generate realistic synthetic 1-minute futures bars, one file per trading day."""
+    from smc_core.ingest import check_symbol
+    from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
+
+    check_symbol(symbol)
+    config = SyntheticConfig(days=days, start=_parse_date(start, "--start"), seed=seed, edge=edge,
+                             instrument=Instrument(symbol=symbol))
+    paths = write_synthetic(config, out_dir, fmt=fmt, tz=_settings().exchange_tz)
+    click.echo(f"wrote {len(paths)} files for {symbol} to {out_dir / symbol}")
+
+
+# --- demo --------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--days", default=5, show_default=True, type=click.IntRange(1, 250))
+@click.option("--symbol", default="ES", show_default=True)
+@click.option("--start", default="2024-03-04", show_default=True, help="First calendar day of the sample data.")
+def demo(days: int, symbol: str, start: str) -> None:
+    """Run the pipeline end to end on sample data in the embedded default setup."""
+    from smc_jobs.demo import run_demo
+
+    sys.exit(run_demo(_settings(), days=days, symbol=symbol, start=_parse_date(start, "--start")))
+
+
+def _parse_date(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise SmcError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except RejectedRowsError as exc:
+        for rejection in exc.rejections[:_MAX_LISTED]:
+            click.echo(f"rejected {rejection}", err=True)
+        if len(exc.rejections) > _MAX_LISTED:
+            click.echo(f"… and {len(exc.rejections) - _MAX_LISTED} more rejected rows", err=True)
+        click.echo(f"error: {len(exc.rejections)} rejected rows in {exc.path}; nothing was written "
+                   "(fix the file or pass --skip-invalid)", err=True)
+        sys.exit(1)
+    except SmcError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

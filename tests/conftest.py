@@ -1,0 +1,64 @@
+"""Shared fixtures: a real PostgreSQL per test module, on DATABASE_URL or the embedded server."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from smc_core.db import Database, create_database, normalise_url, start_embedded, with_database
+from smc_core.migrations import migrate
+
+
+def pytest_collection_modifyitems(items):
+    # Tests using the database fixtures are the ones `make test` repeats on the embedded server.
+    for item in items:
+        if {"database", "admin_url", "empty_database"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "db: uses a real PostgreSQL (configured or embedded)")
+
+
+@pytest.fixture(scope="session")
+def admin_url(tmp_path_factory) -> str:
+    """A URL with rights to create databases: DATABASE_URL, or an embedded server."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return normalise_url(configured)
+    home = tmp_path_factory.mktemp("embedded-pg")
+    return start_embedded(home / "pgdata", database="postgres")
+
+
+def _fresh_database(admin_url: str, label: str) -> str:
+    name = "smc_t_" + re.sub(r"[^a-z0-9]+", "_", label.lower())[-30:] + "_" + uuid.uuid4().hex[:8]
+    create_database(admin_url, name)
+    return name
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def empty_database(admin_url, request):
+    """A fresh, unmigrated database for this test module."""
+    name = _fresh_database(admin_url, Path(request.module.__file__).stem)
+    db = Database(with_database(admin_url, name))
+    yield db
+    db.close()
+    _drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="module")
+def database(empty_database) -> Database:
+    """A fresh, migrated database for this test module."""
+    migrate(empty_database)
+    return empty_database

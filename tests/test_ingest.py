@@ -1,0 +1,187 @@
+"""Ingest against a real PostgreSQL: exact round trips, idempotency, atomicity."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from smc_core.db import Database
+from smc_core.errors import RejectedRowsError
+from smc_core.ingest import ingest_file, write_logged
+from smc_core.migrations import migrate
+from smc_core.settings import Settings
+from smc_core.synthetic import SyntheticConfig, generate_bars, write_ninjatrader, write_synthetic
+
+
+def stored(db, symbol, timeframe="1m"):
+    with db.connection() as conn:
+        rows = conn.execute(
+            "SELECT ts, open, high, low, close, volume, delta FROM bars WHERE symbol = %s AND timeframe = %s ORDER BY ts",
+            (symbol, timeframe)).fetchall()
+    frame = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume", "delta"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
+    frame["delta"] = frame["delta"].astype("float64")
+    return frame
+
+
+def count(db, table, where="true", params=()):
+    with db.connection() as conn:
+        return conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
+
+
+@pytest.mark.parametrize("start", [date(2024, 3, 6), date(2024, 10, 30)], ids=["spring-forward", "fall-back"])
+def test_ninjatrader_round_trip_is_exact_across_dst(database, tmp_path, start):
+    symbol = "RT" + str(start.month)
+    config = SyntheticConfig(days=4, start=start, seed=3)
+    bars = generate_bars(config)
+    path = write_ninjatrader(bars, tmp_path / f"{symbol} export.txt", tz="America/Chicago")
+    report = ingest_file(database, path, symbol, "1m", tz="America/Chicago")
+    assert (report.rows_read, report.rows_inserted, report.rows_rejected) == (len(bars), len(bars), 0)
+    back = stored(database, symbol)
+    columns = ["ts", "open", "high", "low", "close", "volume"]
+    pd.testing.assert_frame_equal(back[columns], bars[columns].reset_index(drop=True), check_exact=True)
+    assert back["delta"].isna().all()  # NinjaTrader exports carry no delta
+    offsets = back["ts"].dt.tz_convert("America/Chicago").map(lambda t: t.utcoffset()).unique()
+    assert len(offsets) == 2  # the data really spans a DST switch
+
+
+def test_csv_delta_round_trip_and_fold_hour(database, tmp_path):
+    files = write_synthetic(SyntheticConfig(days=2, start=date(2024, 5, 6), seed=5), tmp_path, fmt="csv")
+    bars = generate_bars(SyntheticConfig(days=2, start=date(2024, 5, 6), seed=5))
+    for path in files:
+        ingest_file(database, path, "DL", "1m")
+    back = stored(database, "DL")
+    pd.testing.assert_series_equal(back["delta"], bars["delta"].reset_index(drop=True), check_names=False)
+
+    fold = tmp_path / "fold.txt"  # a 24-hour market through the repeated 01:00 hour
+    fold.write_text("20241103 013000;1;2;0.5;1.5;1\n20241103 010000;1;2;0.5;1.5;1\n"
+                    "20241103 013000;1;2;0.5;1.5;1\n20241103 020000;1;2;0.5;1.5;1\n")
+    ingest_file(database, fold, "FOLD", "1m", tz="America/Chicago")
+    assert list(stored(database, "FOLD")["ts"].dt.strftime("%H:%M")) == ["06:30", "07:00", "07:30", "08:00"]
+
+
+def test_reingest_changes_nothing_not_even_row_versions(database, tmp_path):
+    path = write_ninjatrader(generate_bars(SyntheticConfig(days=1, seed=11)), tmp_path / "ID.txt")
+    first = ingest_file(database, path, "IDEM", "1m")
+    with database.connection() as conn:
+        versions = conn.execute("SELECT ts, xmin::text FROM bars WHERE symbol = 'IDEM' ORDER BY ts").fetchall()
+    again = ingest_file(database, path, "IDEM", "1m")
+    assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, first.rows_inserted)
+    with database.connection() as conn:
+        assert conn.execute("SELECT ts, xmin::text FROM bars WHERE symbol = 'IDEM' ORDER BY ts").fetchall() == versions
+
+
+def test_corrected_file_updates_only_the_changed_bar(database, tmp_path):
+    bars = generate_bars(SyntheticConfig(days=1, seed=12))
+    path = write_ninjatrader(bars, tmp_path / "UPD.txt")
+    ingest_file(database, path, "UPD", "1m")
+    lines = path.read_text().splitlines()
+    fields = lines[100].split(";")
+    fields[5] = str(int(fields[5]) + 1)  # a corrected volume
+    lines[100] = ";".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    report = ingest_file(database, path, "UPD", "1m")
+    assert (report.rows_inserted, report.rows_updated, report.rows_unchanged) == (0, 1, len(bars) - 1)
+    assert stored(database, "UPD")["volume"].iloc[100] == bars["volume"].iloc[100] + 1
+
+
+def test_rejected_rows_write_nothing(database, tmp_path):
+    path = tmp_path / "BAD.txt"
+    path.write_text("20240305 093100;1;2;0.5;1.5;1\n20240305 093200;1;0.4;0.5;1.5;1\n")
+    logs_before = count(database, "ingest_log")
+    with pytest.raises(RejectedRowsError) as raised:
+        ingest_file(database, path, "BAD", "1m")
+    assert "BAD.txt:2: high 0.4 is below max(open, close) 1.5" in str(raised.value)
+    assert count(database, "bars", "symbol = 'BAD'") == 0
+    assert count(database, "ingest_log") == logs_before
+
+
+def test_skip_invalid_writes_valid_rows_and_records_rejects(database, tmp_path):
+    path = tmp_path / "SKIP.txt"
+    path.write_text("20240305 093100;1;2;0.5;1.5;1\n20240305 093200;1;2;0.5;x;1\n20240305 093300;1;2;0.5;1.5;1\n")
+    report = ingest_file(database, path, "SKIP", "1m", skip_invalid=True)
+    assert (report.rows_inserted, report.rows_rejected) == (2, 1)
+    with database.connection() as conn:
+        reject = conn.execute("SELECT source, line, reason, raw FROM ingest_rejects WHERE ingest_id = %s",
+                              (report.ingest_id,)).fetchone()
+        logged = conn.execute("SELECT rows_rejected, skip_invalid FROM ingest_log WHERE id = %s",
+                              (report.ingest_id,)).fetchone()
+    assert reject == (str(path), 2, "close is not a number: 'x'", "20240305 093200;1;2;0.5;x;1")
+    assert logged == (1, True)
+
+
+def test_killed_transaction_leaves_the_table_as_before(database):
+    n = 400_000
+    ts = pd.date_range("2021-01-01", periods=n, freq="min", tz="UTC")
+    price = 4000 + np.arange(n) * 0.25
+    frame = pd.DataFrame({"ts": ts, "open": price, "high": price + 1, "low": price - 1, "close": price,
+                          "volume": np.ones(n), "delta": np.full(n, np.nan)})
+    before = count(database, "bars")
+    logs_before = count(database, "ingest_log")
+    outcome = {}
+
+    def run():
+        try:
+            write_logged(database, source="killed", sha256=None, fmt="test", symbol="KILL", timeframe="1m",
+                         frame=frame, rows_read=n, rejections=[])
+            outcome["result"] = "committed"
+        except Exception as exc:  # the backend is terminated under it
+            outcome["result"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    with psycopg.connect(database.url, autocommit=True) as admin:
+        deadline = time.monotonic() + 60
+        killed = False
+        while not killed and time.monotonic() < deadline and worker.is_alive():
+            killed = admin.execute(
+                """SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity
+                   WHERE datname = current_database() AND query LIKE 'COPY bars %%' AND pid <> pg_backend_pid()"""
+            ).fetchone()[0] or False
+            time.sleep(0.005)
+    worker.join(120)
+    assert killed, "the COPY finished before it could be terminated"
+    assert isinstance(outcome["result"], psycopg.Error)
+    database.close()  # drop the pool holding the dead connection
+    assert count(database, "bars") == before
+    assert count(database, "bars", "symbol = 'KILL'") == 0
+    assert count(database, "ingest_log") == logs_before
+
+
+def test_database_refuses_invalid_bars_from_any_writer(database):
+    with pytest.raises(psycopg.errors.CheckViolation):
+        with database.connection() as conn:
+            conn.execute("SELECT smc_prepare_time_range('bars', '2024-01-02', '2024-01-02')")
+            conn.execute("INSERT INTO bars VALUES ('X', '1m', '2024-01-02 15:00Z', 1, 0.5, 0.4, 1, 1, NULL, 0)")
+
+
+def test_resampled_views_use_close_time_labels(database, tmp_path):
+    path = tmp_path / "RS.txt"
+    rows = [f"20240305 09{m:02d}00;{100 + m};{101 + m};{99 + m};{100.5 + m};{m}" for m in range(31, 41)]
+    path.write_text("\n".join(rows) + "\n")
+    ingest_file(database, path, "RS", "1m")
+    with database.connection() as conn:
+        got = conn.execute("SELECT ts, open, high, low, close, volume, bar_count FROM bars_5m "
+                           "WHERE symbol = 'RS' ORDER BY ts").fetchall()
+    assert [(g[0].isoformat(), *g[1:]) for g in got] == [
+        ("2024-03-05T15:35:00+00:00", 131, 136, 130, 135.5, 165, 5),
+        ("2024-03-05T15:40:00+00:00", 136, 141, 135, 140.5, 190, 5),
+    ]
+
+
+def test_embedded_server_is_the_default_without_database_url(tmp_path):
+    settings = Settings.from_env({"SMC_HOME": str(tmp_path / "home")})
+    assert settings.database_url is None
+    db = Database.from_settings(settings)
+    applied = migrate(db)
+    assert [m.version for m in applied] == sorted(m.version for m in applied) and applied
+    assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
+    with db.connection() as conn:
+        assert conn.execute("SELECT current_database(), smc_storage_mode()").fetchone() == ("smc", "native")
+    db.close()
