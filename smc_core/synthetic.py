@@ -38,9 +38,11 @@ _INNOVATION_DOF = 5.0  # Student-t innovations: fat tails like real minute retur
 _TRADING_DAYS_PER_YEAR = 252
 _NOMINAL_SESSION = timedelta(hours=23)
 
-# Planted SMC setup (all lengths in bars).
-_FVG_FRESH_BARS = 60
-_STRUCTURE_LOOKBACK = 30
+# Planted SMC setup (all lengths in bars), in the feature catalogue's terms: an FVG counts
+# while its first bar lies in the 30-bar SMC window (formed at most 27 bars ago), and
+# structure is up when ret_20 > 0, i.e. close above the close 20 bars earlier.
+_FVG_FRESH_BARS = 27
+_STRUCTURE_LOOKBACK = 20
 _EDGE_HORIZON = 15
 _ATR_BARS = 14
 _DRIFT_ATR_FRACTION = 0.25  # push per bar: reaches +1.5 ATR before -1.5 ATR most of the time
@@ -288,9 +290,9 @@ def _simulate(bar_sigma, session_open, gap_sigma, shock, gap_shock, wick_up, wic
 
     Setup rules (causal, also re-derivable from the bars alone):
       * bullish FVG forms at f when low[f] > high[f-2]: zone (high[f-2], low[f]]; it is
-        fresh while t - f <= 60 and filled once a later low <= high[f-2]. The newest FVG
+        fresh while t - f <= 27 and filled once a later low <= high[f-2]. The newest FVG
         replaces an older one. Bearish mirrors it: high[f] < low[f-2], zone [high[f], low[f-2]).
-      * structure up when close[t] > close[t-30] (down when <).
+      * structure up when close[t] > close[t-20] (down when <).
       * bullish setup at t: a fresh, unfilled bullish FVG, high[f-2] < low[t] <= low[f]
         and structure up; the FVG is then used up. Bearish mirrors it.
       * no setup is looked for during the 15 bars after one (its outcome window).

@@ -11,18 +11,36 @@ from __future__ import annotations
 import os
 import time
 from datetime import date
+from pathlib import Path
 
 import click
 
 from smc_core.settings import Settings
 
 
+def _first_balance(labels_metadata: dict) -> str:
+    """'long/short/skip' counts of the first horizon."""
+    counts = labels_metadata.get("label_counts") or {}
+    if not counts:
+        return "-"
+    first = next(iter(counts.values()))
+    return "/".join(str(first[name]) for name in ("long", "short", "skip"))
+
+
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def ensure_dagster_home(home: Path) -> None:
+    """Create DAGSTER_HOME with a minimal dagster.yaml (local storage, no telemetry) if absent."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
 
 
 def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(settings.smc_home / "dagster"))
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
 
     from dagster import DagsterInstance, build_sensor_context
 
@@ -56,25 +74,27 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
     click.echo(f"[3/4] landing_file_sensor requested {len(requests)} partition run(s)"
                + ("" if requests else " (files unchanged since the last demo: nothing to load)"))
 
-    job = definitions.resolve_job_def("bars_job")
+    job = definitions.resolve_job_def("market_data_job")
     failures = 0
     rows = []
     for request in requests:
         run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
                                      run_config=_QUIET_CONSOLE, raise_on_error=False)
-        metadata = {}
-        for event in run.get_asset_materialization_events():
-            metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-        checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
+        metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+                    for event in run.get_asset_materialization_events()}
+        failed_checks = sorted(e.check_name for e in run.get_asset_check_evaluations() if not e.passed)
+        checks = len(run.get_asset_check_evaluations())
         failures += 0 if run.success else 1
-        rows.append((str(request.partition_key), run.success, metadata, checks))
+        rows.append((str(request.partition_key), run.success, metadata, checks, failed_checks))
 
-    click.echo("[4/4] bars partitions")
-    click.echo(f"      {'partition':<16} {'status':<8} {'inserted':>8} {'unchanged':>9} {'stored':>7}  checks")
-    for key, success, metadata, checks in rows:
-        verdicts = " ".join(f"{name}={'pass' if ok else 'FAIL'}" for name, ok in sorted(checks.items()))
-        click.echo(f"      {key:<16} {'ok' if success else 'FAILED':<8} {metadata.get('rows_inserted', 0):>8} "
-                   f"{metadata.get('rows_unchanged', 0):>9} {metadata.get('stored_bars', 0):>7}  {verdicts}")
+    click.echo("[4/4] partitions (bars → features → labels)")
+    click.echo(f"      {'partition':<16} {'status':<7} {'bars':>5} {'new':>5} {'features':>9}  {'labels (long/short/skip)':<25} checks")
+    for key, success, metadata, checks, failed in rows:
+        bars_meta, feature_meta = metadata.get("bars", {}), metadata.get("features", {})
+        balance = _first_balance(metadata.get("labels", {}))
+        verdict = f"{checks - len(failed)}/{checks} pass" + (f" (failed: {', '.join(failed)})" if failed else "")
+        click.echo(f"      {key:<16} {'ok' if success else 'FAILED':<7} {bars_meta.get('stored_bars', 0):>5} "
+                   f"{bars_meta.get('rows_inserted', 0):>5} {feature_meta.get('rows', 0):>9}  {balance:<25} {verdict}")
     click.echo(f"done in {time.perf_counter() - started:.1f}s; DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                "(`make ui` shows these runs)")
     return 1 if failures else 0

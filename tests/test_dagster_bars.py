@@ -109,7 +109,7 @@ def test_partition_without_data_fails_with_a_clear_reason(setup):
 
 def test_file_sensor_requests_exactly_the_covered_partitions_once(setup, database):
     instance, resources, landing = setup
-    sensor = build_file_drop_sensor("bars_job")
+    sensor = build_file_drop_sensor("market_data_job")
     paths = write_synthetic(SyntheticConfig(days=2, start=DAY1, instrument=_instrument("CL")), landing)
 
     def tick(cursor):

@@ -64,18 +64,18 @@ def find_setups(bars: pd.DataFrame) -> list[tuple[int, int]]:
     """Re-derive the planted SMC setups from the bars alone, causally: (bar, +1 bull / -1 bear).
 
     FVG: low[t] > high[t-2] (bull) or high[t] < low[t-2] (bear); the newest replaces an
-    older one; fresh for 60 bars; filled once price trades through its far side. Setup:
-    price retests a fresh unfilled FVG with structure (close vs close 30 bars back) in
+    older one; fresh for 27 bars (inside the 30-bar SMC window); filled once price trades
+    through its far side. Setup: price retests a fresh unfilled FVG with structure (ret_20) in
     the same direction; one setup per FVG; none during the 15 bars after a setup.
     """
     high, low, close = (bars[name].to_numpy() for name in ("high", "low", "close"))
     setups, bull, bear, blocked_until = [], None, None, -1
     for t in range(len(bars)):
-        if t > blocked_until and t >= 30:
+        if t > blocked_until and t >= 20:
             side = 0
-            if bull and t - bull[2] <= 60 and bull[0] < low[t] <= bull[1] and close[t] > close[t - 30]:
+            if bull and t - bull[2] <= 27 and bull[0] < low[t] <= bull[1] and close[t] > close[t - 20]:
                 side, bull = 1, None
-            elif bear and t - bear[2] <= 60 and bear[0] <= high[t] < bear[1] and close[t] < close[t - 30]:
+            elif bear and t - bear[2] <= 27 and bear[0] <= high[t] < bear[1] and close[t] < close[t - 20]:
                 side, bear = -1, None
             if side:
                 setups.append((t, side))

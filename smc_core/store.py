@@ -1,0 +1,121 @@
+"""Reading bars and reading/writing the derived tables (features, labels).
+
+Derived rows are replaced per (symbol, timeframe, time range) inside one transaction:
+they are a pure function of the bars, so recomputing a partition must leave exactly the
+new rows, never a mix. Bars themselves are only ever written by ``smc_core.ingest``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from smc_core.db import Database
+
+if TYPE_CHECKING:  # the bar layer must not import the feature code
+    from smc_core.features.catalogue import FeatureCatalogue
+
+BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "delta"]
+LABEL_COLUMNS = ["label", "t1", "ret", "barrier"]
+
+
+def load_bars(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
+              *, history: int = 0) -> pd.DataFrame:
+    """Bars with close in (start, end], preceded by up to ``history`` earlier bars (the
+    tail a lookback needs), oldest first; ``delta`` is NaN where the data had none."""
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT ts, open, high, low, close, volume, delta FROM bars
+               WHERE symbol = %s AND timeframe = %s AND ts > %s AND ts <= %s ORDER BY ts""",
+            (symbol, timeframe, start, end),
+        ).fetchall()
+        earlier = []
+        if history > 0:
+            earlier = conn.execute(
+                """SELECT ts, open, high, low, close, volume, delta FROM bars
+                   WHERE symbol = %s AND timeframe = %s AND ts <= %s ORDER BY ts DESC LIMIT %s""",
+                (symbol, timeframe, start, history),
+            ).fetchall()[::-1]
+    frame = pd.DataFrame(earlier + rows, columns=BAR_COLUMNS)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
+    for column in BAR_COLUMNS[1:]:
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def register_feature_set(db: Database, catalogue: "FeatureCatalogue") -> str:
+    with db.connection() as conn:
+        conn.execute(
+            "INSERT INTO feature_sets (version, names, catalogue) VALUES (%s, %s, %s) ON CONFLICT (version) DO NOTHING",
+            (catalogue.version, catalogue.names, json.dumps(catalogue.to_json())),
+        )
+    return catalogue.version
+
+
+def write_features(db: Database, symbol: str, timeframe: str, rows: pd.DataFrame, catalogue: "FeatureCatalogue",
+                   start: pd.Timestamp, end: pd.Timestamp) -> int:
+    """Replace the feature rows of (start, end] with ``rows`` (index ts, catalogue columns)."""
+    if list(rows.columns) != catalogue.names:
+        raise ValueError("feature columns do not match the catalogue order")
+    register_feature_set(db, catalogue)
+    values = rows.to_numpy(dtype="float64")
+    with db.connection() as conn:
+        conn.execute("SELECT smc_prepare_time_range('features', %s, %s)", (start, end))
+        conn.execute(
+            "DELETE FROM features WHERE symbol = %s AND timeframe = %s AND feature_set = %s AND ts > %s AND ts <= %s",
+            (symbol, timeframe, catalogue.version, start, end),
+        )
+        with conn.cursor().copy(
+                "COPY features (symbol, timeframe, ts, feature_set, values) FROM STDIN") as copy:
+            for ts, vector in zip(rows.index, values):
+                copy.write_row((symbol, timeframe, ts, catalogue.version, vector.tolist()))
+    return len(rows)
+
+
+def read_features(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
+                  catalogue: "FeatureCatalogue") -> pd.DataFrame:
+    """Feature rows with ts in (start, end] for ``catalogue``'s version, index ts."""
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT ts, values FROM features WHERE symbol = %s AND timeframe = %s AND feature_set = %s
+               AND ts > %s AND ts <= %s ORDER BY ts""",
+            (symbol, timeframe, catalogue.version, start, end),
+        ).fetchall()
+    index = pd.DatetimeIndex(pd.to_datetime([r[0] for r in rows], utc=True), name="ts").astype("datetime64[ns, UTC]")
+    values = np.array([r[1] for r in rows], dtype="float64").reshape(len(rows), len(catalogue.names))
+    return pd.DataFrame(values, index=index, columns=catalogue.names)
+
+
+def write_labels(db: Database, symbol: str, timeframe: str, horizon: str, labels: pd.DataFrame,
+                 start: pd.Timestamp, end: pd.Timestamp) -> int:
+    """Replace the labels of one horizon in (start, end]; ``labels`` has ts and LABEL_COLUMNS."""
+    with db.connection() as conn:
+        conn.execute("SELECT smc_prepare_time_range('labels', %s, %s)", (start, end))
+        conn.execute(
+            "DELETE FROM labels WHERE symbol = %s AND timeframe = %s AND horizon = %s AND ts > %s AND ts <= %s",
+            (symbol, timeframe, horizon, start, end),
+        )
+        with conn.cursor().copy(
+                "COPY labels (symbol, timeframe, ts, horizon, label, t1, ret, barrier) FROM STDIN") as copy:
+            for row in labels.itertuples(index=False):
+                t1 = None if pd.isna(row.t1) else row.t1
+                ret = None if pd.isna(row.ret) else float(row.ret)
+                copy.write_row((symbol, timeframe, row.ts, horizon, int(row.label), t1, ret, str(row.barrier)))
+    return len(labels)
+
+
+def read_labels(db: Database, symbol: str, timeframe: str, horizon: str, start: pd.Timestamp,
+                end: pd.Timestamp) -> pd.DataFrame:
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT ts, label, t1, ret, barrier FROM labels WHERE symbol = %s AND timeframe = %s
+               AND horizon = %s AND ts > %s AND ts <= %s ORDER BY ts""",
+            (symbol, timeframe, horizon, start, end),
+        ).fetchall()
+    frame = pd.DataFrame(rows, columns=["ts", *LABEL_COLUMNS])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["t1"] = pd.to_datetime(frame["t1"], utc=True)
+    return frame
