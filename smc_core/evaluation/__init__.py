@@ -1,0 +1,2 @@
+"""Evaluation: time-ordered splits that respect label horizons, classification metrics,
+and the simple baselines every model is compared with."""
