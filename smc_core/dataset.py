@@ -1,0 +1,77 @@
+"""Training windows from stored features and labels.
+
+A sample is the window of the last ``sequence_length`` feature rows ending at bar t,
+with the label of bar t. Windows never cross symbols, never include an incomplete
+feature row, and carry the label's end time ``t1`` so splits can purge and embargo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from smc_core.db import Database
+from smc_core.errors import SmcError
+from smc_core.features.catalogue import FeatureCatalogue
+from smc_core.store import read_features, read_labels
+
+
+@dataclass
+class TrainingData:
+    rows: np.ndarray
+    """Feature rows [n_rows, n_features], time-ordered within each symbol."""
+    row_ts: np.ndarray
+    ends: np.ndarray
+    """Row index of each sample's last bar."""
+    y: np.ndarray
+    t1: np.ndarray
+    symbols: list[str]
+    sequence_length: int
+
+    @property
+    def ts(self) -> np.ndarray:
+        """Close time of each sample's last bar (its decision time)."""
+        return self.row_ts[self.ends]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
+def build_samples(features: pd.DataFrame, labels: pd.DataFrame, sequence_length: int,
+                  offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ends, y, t1) for one symbol: bars with a known label and a complete window."""
+    values = features.to_numpy(dtype="float64")
+    finite = np.isfinite(values).all(axis=1)
+    # a window is complete when its last `sequence_length` rows are all finite
+    incomplete = np.convolve(~finite, np.ones(sequence_length, dtype=int), mode="full")[: len(finite)]
+    complete = (incomplete == 0) & (np.arange(len(finite)) >= sequence_length - 1)
+    joined = labels.set_index("ts").reindex(features.index)
+    known = joined["label"].fillna(-1).to_numpy().astype(int) >= 0
+    ends = np.flatnonzero(complete & known)
+    return ends + offset, joined["label"].to_numpy()[ends].astype("int64"), joined["t1"].to_numpy()[ends]
+
+
+def load_training_data(db: Database, symbols: list[str], timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
+                       catalogue: FeatureCatalogue, horizon: str, sequence_length: int) -> TrainingData:
+    """All samples of ``symbols`` with decision time in (start, end]."""
+    rows, row_ts, ends, ys, t1s = [], [], [], [], []
+    offset = 0
+    for symbol in symbols:
+        features = read_features(db, symbol, timeframe, start, end, catalogue)
+        if features.empty:
+            continue
+        labels = read_labels(db, symbol, timeframe, horizon, start, end)
+        symbol_ends, y, t1 = build_samples(features, labels, sequence_length, offset)
+        rows.append(features.to_numpy(dtype="float64"))
+        row_ts.append(features.index.to_numpy())
+        ends.append(symbol_ends)
+        ys.append(y)
+        t1s.append(t1)
+        offset += len(features)
+    if not rows:
+        raise SmcError(f"no feature rows for {', '.join(symbols)} {timeframe} in ({start}, {end}] "
+                       f"(feature set {catalogue.version}): materialize the features partitions first")
+    return TrainingData(np.concatenate(rows), np.concatenate(row_ts), np.concatenate(ends), np.concatenate(ys),
+                        np.concatenate(t1s), list(symbols), sequence_length)

@@ -1,0 +1,95 @@
+"""MLflow tracking and the model registry, configured so nothing depends on the cwd.
+
+MLflow resolves relative artifact locations against the current directory (DESIGN §3),
+so the tracking store and the artifact root are always absolute paths under SMC_HOME
+unless MLFLOW_TRACKING_URI says otherwise. Registry stages are deprecated: the lineage
+uses aliases (``challenger``, ``champion``, ``previous``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from smc_core.settings import Settings
+
+EXPERIMENT = "smc"
+MODEL_NAME = "smc-lora"
+PACKAGE_ARTIFACT = "model_package"
+
+# Offline machines: no pip resolution when logging, no telemetry calls.
+os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = EXPERIMENT
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "TrackingConfig":
+        home = settings.smc_home
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        return cls(uri, (home / "mlartifacts").as_uri())
+
+
+def configure(config: TrackingConfig) -> str:
+    """Point MLflow at ``config`` and make sure the experiment exists with an absolute
+    artifact root; return the experiment id."""
+    import mlflow
+
+    if config.tracking_uri.startswith("sqlite:///"):
+        Path(config.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is None:
+        return client.create_experiment(config.experiment, artifact_location=config.artifact_root)
+    return experiment.experiment_id
+
+
+def register_package(run_id: str, artifact_uri: str, *, name: str = MODEL_NAME, alias: str | None = "challenger",
+                     tags: dict[str, str] | None = None) -> str:
+    """Register the package logged under ``artifact_uri`` as a new version of ``name``;
+    point ``alias`` at it; return the version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not _exists(client, name):
+        client.create_registered_model(name, description="SMC LoRA classifier (long / short / skip).")
+    version = client.create_model_version(name, source=artifact_uri, run_id=run_id, tags=tags or {})
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def alias_version(alias: str, *, name: str = MODEL_NAME) -> str | None:
+    """The version an alias points at, or None when it is not set."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def package_path(version: str, *, name: str = MODEL_NAME) -> Path:
+    """A local directory holding the package of ``name`` version ``version``."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+
+
+def _exists(client, name: str) -> bool:
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
