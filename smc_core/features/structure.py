@@ -4,12 +4,17 @@ Every value at bar ``t`` is a pure function of the bars ``t-W+1 .. t`` (``W`` = 
 and of the scalar ``atr[t]``. Nothing reads a later bar, nothing depends on the length of
 the series or on bars older than ``t-W+1``.
 
-How that is guaranteed (and why results are bit-identical when the service recomputes a
-row from a short request): for every ``t`` the kernel takes the slice ``[t-W+1, t]`` and
-re-scans it from its first bar with exactly the same sequence of floating-point
-operations; no state is carried from ``t-1`` to ``t`` (scratch buffers are fully rewritten
-for every window). The slice is passed to the per-window routine as its own array, so it
-cannot index outside it.
+How that is guaranteed (and why a row is bit-identical when the service recomputes it
+from a short request): for every ``t`` the window routine re-scans the bars ``s .. t``
+(``s = t-W+1``) from ``s``, always in the same order and with the same floating-point
+operations, and carries nothing from ``t-1`` to ``t`` (its scratch buffers are rewritten
+before they are read). The only things evaluated once per series instead of once per
+window are bar-local booleans: "bar j is finite" and the swing-pivot flags, each a pure
+function of a fixed neighbourhood (bar j; bars p-L .. p+L) that the window routine uses
+only when the whole neighbourhood lies inside its window. A comparison of the same bars
+gives the same boolean in any series, so this is identical to re-evaluating them per
+window. Series of at least ``PARALLEL_MIN_BARS`` bars are cut into chunks of rows that
+numba's threads compute concurrently; rows are independent, so values do not change.
 
 Vocabulary used by every definition below (``s = t-W+1`` is the first bar of the window):
 
@@ -48,7 +53,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 __all__ = ["SMC_OUTPUTS", "FVG_RETEST_TYPES", "smc_features", "fvg_formations"]
 
@@ -84,15 +89,33 @@ _RETEST, _PENETRATION, _HAS_OB_BULL, _HAS_OB_BEAR = 10, 11, 12, 13
 _MGANN, _PB_OK, _CONFLUENCE, _DIST_HIGH, _DIST_LOW, _BARS_SINCE = 14, 15, 16, 17, 18, 19
 _N_OUT = 20
 
+# Series this long are computed on numba's threads, in chunks of _CHUNK rows (set
+# PARALLEL_MIN_BARS to a huge number to stay single-threaded). Values do not depend on it.
+PARALLEL_MIN_BARS = 65_536
+_CHUNK = 16_384
+
 PB_RETRACE_MIN = 0.382
 PB_RETRACE_MAX = 0.786
 
-# Break event codes in the per-bar scratch arrays.
-_NO_EVENT, _BOS, _CHOCH = 0, 1, 2
+# Break kinds in the event scratch.
+_BOS, _CHOCH = 1, 2
 
 
 # --------------------------------------------------------------------------- kernels
-# All helpers below take window-local arrays (index 0 = bar t-W+1, index W-1 = bar t).
+# The window routine reads the bars of its window only: every access is written
+# ``G[row, s + k]`` with a window-local index 0 <= k <= W-1 (k = 0 is bar s = t-W+1,
+# k = W-1 is bar t). Inputs are packed into 2-D arrays for speed only: every array handed
+# to a numba function costs atomic reference counting, per row.
+
+# rows of the packed bars `G` (shape (5, n))
+_O, _H, _L, _C, _V = 0, 1, 2, 3, 4
+# rows of the packed pivot flags `F` (shape (4, n), 0/1)
+_SH_L, _SL_L, _SH_S, _SL_S = 0, 1, 2, 3
+# rows of the per-window scratch `wsuf` (shape (2, W)): suffix min / max of the closes
+_SMIN_C, _SMAX_C = 0, 1
+# rows of the per-window scratch `wi` (shape (4, 2W)): long-swing break events (bar,
+# direction, kind, broken pivot), rewritten for every t
+_EV_BAR, _EV_DIR, _EV_KIND, _EV_REF = 0, 1, 2, 3
 
 
 @njit(cache=True)
@@ -100,9 +123,9 @@ def _swing_pivots(h, l, L):
     """Swing-pivot predicates of length L for every bar of a series.
 
     ``sh[p]`` / ``sl[p]`` is a pure function of the bars ``p-L .. p+L`` (False when they do
-    not all exist): it is the same boolean whatever series or window those bars sit in,
-    and the window routine uses it only when all of them lie inside its window, so it
-    never carries information across windows or from later bars.
+    not all exist): it is the same boolean in whatever series or window those bars sit,
+    and the window routine uses it only when all of them lie inside its window. Computing
+    it once per series is therefore the same as re-evaluating it in every window.
     """
     n = h.shape[0]
     sh = np.zeros(n, dtype=np.bool_)
@@ -135,135 +158,155 @@ def _swing_pivots(h, l, L):
     return sh, sl
 
 
-@njit(cache=True)
-def _breaks(h, l, c, L, sh, sl, ev_bar, ev_dir, ev_kind, ev_ref):
-    """Scan the window for structure breaks on swings of length L.
+@njit(cache=True, inline="always")
+def _breaks(G, F, s, wi, W, L1, L2):
+    """Scan the window for structure breaks, on long (L1) and short (L2) swings at once.
 
-    Records the events in order (bar, direction +1/-1, kind 1 BOS / 2 CHoCH, pivot of the
-    broken swing) and returns (number of events, direction of the last break or 0, local
-    bar of the last break or -1). No break is possible before local bar 2L+1.
+    For each swing length, the reference high at bar b is the most recent swing high
+    confirmed at b-1 or earlier (its pivot p = b-1-L is read when it is confirmed), and a
+    bullish break is the first close above it; it is then used up (level +inf). Mirror
+    for lows. No break is possible before local bar 2L+1. Long-swing events are recorded
+    in order into ``wi`` (bar, direction +1/-1, kind 1 BOS / 2 CHoCH, pivot of the broken
+    swing); returns (number of long events, direction of the last long break or 0, local
+    bar of the last long break or -1, direction of the last short break or 0). The two
+    scans share one loop only for speed; they do not interact.
     """
-    W = h.shape[0]
-    ref_h = -1           # pivot of the reference swing high
-    ref_l = -1
-    lev_h = np.inf       # its level; +inf once broken or before any (no break possible)
-    lev_l = -np.inf
-    last_dir = 0
-    n_ev = 0
-    for b in range(2 * L + 1, W):
-        p = b - 1 - L  # pivot confirmed at bar b-1
-        fh = sh[p]
-        fl = sl[p]
-        ref_h = p if fh else ref_h
-        lev_h = h[p] if fh else lev_h
-        ref_l = p if fl else ref_l
-        lev_l = l[p] if fl else lev_l
-        cb = c[b]
-        if cb > lev_h:
-            ev_bar[n_ev] = b
-            ev_dir[n_ev] = 1
-            ev_kind[n_ev] = _BOS if last_dir >= 0 else _CHOCH
-            ev_ref[n_ev] = ref_h
-            n_ev += 1
-            lev_h = np.inf
-            last_dir = 1
-        if cb < lev_l:
-            ev_bar[n_ev] = b
-            ev_dir[n_ev] = -1
-            ev_kind[n_ev] = _BOS if last_dir <= 0 else _CHOCH
-            ev_ref[n_ev] = ref_l
-            n_ev += 1
-            lev_l = -np.inf
-            last_dir = -1
-    last_bar = ev_bar[n_ev - 1] if n_ev > 0 else -1
-    return n_ev, last_dir, last_bar
+    ref_h1 = -1
+    ref_l1 = -1
+    lev_h1 = np.inf
+    lev_l1 = -np.inf
+    dir1 = 0
+    n1 = 0
+    lev_h2 = np.inf
+    lev_l2 = -np.inf
+    dir2 = 0
+    b0 = min(2 * L1 + 1, 2 * L2 + 1)
+    for b in range(b0, W):
+        cb = G[_C, s + b]
+        if b >= 2 * L1 + 1:
+            p = b - 1 - L1
+            fh = F[_SH_L, s + p] != 0
+            fl = F[_SL_L, s + p] != 0
+            ref_h1 = p if fh else ref_h1
+            lev_h1 = G[_H, s + p] if fh else lev_h1
+            ref_l1 = p if fl else ref_l1
+            lev_l1 = G[_L, s + p] if fl else lev_l1
+            if cb > lev_h1:
+                wi[_EV_BAR, n1] = b
+                wi[_EV_DIR, n1] = 1
+                wi[_EV_KIND, n1] = _BOS if dir1 >= 0 else _CHOCH
+                wi[_EV_REF, n1] = ref_h1
+                n1 += 1
+                lev_h1 = np.inf
+                dir1 = 1
+            if cb < lev_l1:
+                wi[_EV_BAR, n1] = b
+                wi[_EV_DIR, n1] = -1
+                wi[_EV_KIND, n1] = _BOS if dir1 <= 0 else _CHOCH
+                wi[_EV_REF, n1] = ref_l1
+                n1 += 1
+                lev_l1 = -np.inf
+                dir1 = -1
+        if b >= 2 * L2 + 1:
+            p = b - 1 - L2
+            fh = F[_SH_S, s + p] != 0
+            fl = F[_SL_S, s + p] != 0
+            lev_h2 = G[_H, s + p] if fh else lev_h2
+            lev_l2 = G[_L, s + p] if fl else lev_l2
+            if cb > lev_h2:
+                lev_h2 = np.inf
+                dir2 = 1
+            if cb < lev_l2:
+                lev_l2 = -np.inf
+                dir2 = -1
+    last_bar = wi[_EV_BAR, n1 - 1] if n1 > 0 else -1
+    return n1, dir1, last_bar, dir2
 
 
-@njit(cache=True)
-def _order_block_active(o, h, l, c, b, p, bullish, suf_min_c, suf_max_c):
+@njit(cache=True, inline="always")
+def _order_block_active(G, s, wsuf, W, b, p, bullish):
     """Is the order block of the break at local bar b (broken pivot p) unmitigated at the window end?
 
     Bullish: the impulse leg starts at m = the latest bar with the lowest low in [p, b];
-    the order block is the last down-close candle (close < open) in [p, m]; it is mitigated
-    once a bar after b closes below its low. Bearish mirror (highest high, up-close
-    candle close > open, mitigated by a close above its high). ``suf_min_c[j]`` /
-    ``suf_max_c[j]`` are the min / max close over the window bars j .. W-1.
+    the order block is the last down-close candle (close < open) in [p, m]; it is
+    mitigated once a bar after b closes below its low. Bearish mirror (latest highest
+    high, last up-close candle close > open, mitigated by a close above its high). Needs
+    the suffix min / max of the closes in rows _SMIN_C / _SMAX_C for bars > b.
     """
-    W = h.shape[0]
     m = p
     if bullish:
         for j in range(p + 1, b + 1):
-            if l[j] <= l[m]:
+            if G[_L, s + j] <= G[_L, s + m]:
                 m = j
         for k in range(m, p - 1, -1):
-            if c[k] < o[k]:
-                return b + 1 >= W or not suf_min_c[b + 1] < l[k]
+            if G[_C, s + k] < G[_O, s + k]:
+                return b + 1 >= W or not wsuf[_SMIN_C, b + 1] < G[_L, s + k]
         return False
-    else:
-        for j in range(p + 1, b + 1):
-            if h[j] >= h[m]:
-                m = j
-        for k in range(m, p - 1, -1):
-            if c[k] > o[k]:
-                return b + 1 >= W or not suf_max_c[b + 1] > h[k]
-        return False
+    for j in range(p + 1, b + 1):
+        if G[_H, s + j] >= G[_H, s + m]:
+            m = j
+    for k in range(m, p - 1, -1):
+        if G[_C, s + k] > G[_O, s + k]:
+            return b + 1 >= W or not wsuf[_SMAX_C, b + 1] > G[_H, s + k]
+    return False
 
 
-@njit(cache=True)
-def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
-                sh_l, sl_l, sh_s, sl_s, ev_bar, ev_dir, ev_kind, ev_ref,
-                iev_bar, iev_dir, iev_kind, iev_ref, suf_min_c, suf_max_c, out, t_out):
+@njit(cache=True, inline="always")
+def _window_row(G, F, s, wi, wsuf, W, atr_t, long_swing, short_swing, fvg_min_atr, out, t_out):
     """Compute every output for the last bar of one window into ``out[:, t_out]``.
 
-    All arrays except ``out`` are window-local (index 0 = bar t-W+1, index W-1 = bar t):
-    copies of the window's bars and pivot flags, and scratch buffers rewritten here. The
-    caller has checked that the window is complete and finite and that atr_t > 0.
+    Reads only ``G[:, s .. s+W-1]`` and ``F[:, s .. s+W-1]`` (pivot flags are used only
+    for pivots whose whole neighbourhood lies in the window); ``wi`` / ``wsuf`` are
+    scratch rewritten here. The caller has checked that the window is complete and
+    finite and that atr_t > 0.
     """
-    W = h.shape[0]
     t = W - 1
+    h_t = G[_H, s + t]
+    l_t = G[_L, s + t]
+    c_t = G[_C, s + t]
 
     # ---- structure (long swings) and internal direction (short swings)
-    n_ev, ext_dir, last_b = _breaks(h, l, c, long_swing, sh_l, sl_l, ev_bar, ev_dir, ev_kind, ev_ref)
-    _, int_dir, _ = _breaks(h, l, c, short_swing, sh_s, sl_s, iev_bar, iev_dir, iev_kind, iev_ref)
+    n_ev, ext_dir, last_b, int_dir = _breaks(G, F, s, wi, W, long_swing, short_swing)
 
     bos_bull = 0.0
     bos_bear = 0.0
     choch_bull = 0.0
     choch_bear = 0.0
-    if n_ev > 0 and ev_bar[n_ev - 1] == t:
-        for e in range(n_ev - 1, -1, -1):
-            if ev_bar[e] != t:
-                break
-            if ev_dir[e] == 1:
-                if ev_kind[e] == _BOS:
-                    bos_bull = 1.0
-                else:
-                    choch_bull = 1.0
+    for e in range(n_ev - 1, -1, -1):
+        if wi[_EV_BAR, e] != t:
+            break
+        bos = wi[_EV_KIND, e] == _BOS
+        if wi[_EV_DIR, e] == 1:
+            if bos:
+                bos_bull = 1.0
             else:
-                if ev_kind[e] == _BOS:
-                    bos_bear = 1.0
-                else:
-                    choch_bear = 1.0
-    # order blocks: any break in the window whose block is unmitigated (newest first)
+                choch_bull = 1.0
+        else:
+            if bos:
+                bos_bear = 1.0
+            else:
+                choch_bear = 1.0
+
+    # order blocks: any long-swing break in the window whose block is unmitigated
     ob_bull = False
     ob_bear = False
     if n_ev > 0:
         mn = np.inf
         mx = -np.inf
-        for j in range(t, ev_bar[0], -1):
-            cj = c[j]
+        for j in range(t, wi[_EV_BAR, 0], -1):
+            cj = G[_C, s + j]
             mn = cj if cj < mn else mn
             mx = cj if cj > mx else mx
-            suf_min_c[j] = mn
-            suf_max_c[j] = mx
+            wsuf[_SMIN_C, j] = mn
+            wsuf[_SMAX_C, j] = mx
         for e in range(n_ev - 1, -1, -1):
-            if ev_dir[e] == 1:
+            b = wi[_EV_BAR, e]
+            p = wi[_EV_REF, e]
+            if wi[_EV_DIR, e] == 1:
                 if not ob_bull:
-                    ob_bull = _order_block_active(o, h, l, c, ev_bar[e], ev_ref[e], True,
-                                                  suf_min_c, suf_max_c)
+                    ob_bull = _order_block_active(G, s, wsuf, W, b, p, True)
             elif not ob_bear:
-                ob_bear = _order_block_active(o, h, l, c, ev_bar[e], ev_ref[e], False,
-                                              suf_min_c, suf_max_c)
+                ob_bear = _order_block_active(G, s, wsuf, W, b, p, False)
             if ob_bull and ob_bear:
                 break
 
@@ -283,27 +326,25 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
     # active gap of both sides is known: the reference gap (newest live at the open of t)
     # is never older than an active one, so it is known by then too.
     thr = fvg_min_atr * atr_t
-    lt = l[t]
-    ht = h[t]
     min_low = np.inf    # min low over (f, t-1]
     max_high = -np.inf  # max high over (f, t-1]
     bull_size = 0.0
     bear_size = 0.0
     has_bull = False
     has_bear = False
-    ref_side = 0      # the most recent FVG live at the open of t: +1 bull, -1 bear, 0 none
+    ref_side = 0      # the newest FVG live at the open of t: +1 bull, -1 bear, 0 none
     ref_f = -1
     ref_bot = 0.0
     ref_top = 0.0
     for f in range(t, 1, -1):
         if f <= t - 2:
-            lj = l[f + 1]
-            hj = h[f + 1]
+            lj = G[_L, s + f + 1]
+            hj = G[_H, s + f + 1]
             min_low = lj if lj < min_low else min_low
             max_high = hj if hj > max_high else max_high
-        if l[f] > h[f - 2]:
-            bot = h[f - 2]
-            top = l[f]
+        if G[_L, s + f] > G[_H, s + f - 2]:
+            bot = G[_H, s + f - 2]
+            top = G[_L, s + f]
             size = top - bot
             if size >= thr and min_low > bot:
                 if ref_side == 0:
@@ -311,14 +352,14 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
                     ref_f = f
                     ref_bot = bot
                     ref_top = top
-                if not has_bull and (f == t or lt > bot):
+                if not has_bull and (f == t or l_t > bot):
                     has_bull = True
                     bull_size = size
                     if has_bear:
                         break
-        elif h[f] < l[f - 2]:
-            bot = h[f]
-            top = l[f - 2]
+        elif G[_H, s + f] < G[_L, s + f - 2]:
+            bot = G[_H, s + f]
+            top = G[_L, s + f - 2]
             size = top - bot
             if size >= thr and max_high < top:
                 if ref_side == 0:
@@ -326,7 +367,7 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
                     ref_f = f
                     ref_bot = bot
                     ref_top = top
-                if not has_bear and (f == t or ht < top):
+                if not has_bear and (f == t or h_t < top):
                     has_bear = True
                     bear_size = size
                     if has_bull:
@@ -341,75 +382,72 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
     if ref_side != 0 and ref_f < t:
         size = ref_top - ref_bot
         if ref_side == 1:
-            if l[t] <= ref_top:
-                if c[t] > ref_top:
+            if l_t <= ref_top:
+                if c_t > ref_top:
                     retest = 1
-                elif c[t] >= ref_bot:
+                elif c_t >= ref_bot:
                     retest = 2
                 else:
                     retest = 3
-                pen = (ref_top - l[t]) / size
+                pen = (ref_top - l_t) / size
         else:
-            if h[t] >= ref_bot:
-                if c[t] < ref_bot:
+            if h_t >= ref_bot:
+                if c_t < ref_bot:
                     retest = 1
-                elif c[t] <= ref_top:
+                elif c_t <= ref_top:
                     retest = 2
                 else:
                     retest = 3
-                pen = (h[t] - ref_bot) / size
+                pen = (h_t - ref_bot) / size
         if pen < 0.0:
             pen = 0.0
     out[_RETEST, t_out] = retest
     out[_PENETRATION, t_out] = pen
 
-    # ---- short-swing summary: extremes, last pivots (for the pullback and distances)
+    # ---- short-swing summary: extremes and last pivots
     hmax = -np.inf
     lmin = np.inf
     last_sh = -1
     last_sl = -1
     for p in range(short_swing, W - short_swing):
-        if sh_s[p]:
+        if F[_SH_S, s + p] != 0:
             last_sh = p
-            if h[p] > hmax:
-                hmax = h[p]
-        if sl_s[p]:
+            hp = G[_H, s + p]
+            hmax = hp if hp > hmax else hmax
+        if F[_SL_S, s + p] != 0:
             last_sl = p
-            if l[p] < lmin:
-                lmin = l[p]
-    out[_DIST_HIGH, t_out] = (hmax - c[t]) / atr_t if last_sh >= 0 else 0.0
-    out[_DIST_LOW, t_out] = (c[t] - lmin) / atr_t if last_sl >= 0 else 0.0
+            lp = G[_L, s + p]
+            lmin = lp if lp < lmin else lmin
+    out[_DIST_HIGH, t_out] = (hmax - c_t) / atr_t if last_sh >= 0 else 0.0
+    out[_DIST_LOW, t_out] = (c_t - lmin) / atr_t if last_sl >= 0 else 0.0
 
-    # ---- mgann leg index (short swings since the last long-swing break)
+    # ---- mgann leg index (short swings with a pivot after the last long-swing break)
     d = ext_dir
     if d == 0:
         out[_MGANN, t_out] = 0.0
     else:
+        r_same = _SH_S if d == 1 else _SL_S
+        r_opp = _SL_S if d == 1 else _SH_S
         count = 1
         prev_same = True  # the break itself stands for a swing in direction d
         for p in range(last_b + 1, W - short_swing):
-            hi = sh_s[p]
-            lo = sl_s[p]
-            if not (hi or lo):
-                continue
-            opp = lo if d == 1 else hi
-            same = hi if d == 1 else lo
+            same = F[r_same, s + p] != 0
+            opp = F[r_opp, s + p] != 0
             if opp and same:
                 # both on one bar: an up-close/doji candle made its low first
-                low_first = c[p] >= o[p]
-                opp_first = low_first if d == 1 else not low_first
-                if opp_first:
+                low_first = G[_C, s + p] >= G[_O, s + p]
+                if low_first == (d == 1):   # opposite swing first, then same
                     if prev_same:
                         count += 1
                     prev_same = True
-                else:
+                else:                        # same swing first, then opposite
                     count += 1
                     prev_same = False
             elif opp:
                 if prev_same:
                     count += 1
                 prev_same = False
-            else:
+            elif same:
                 prev_same = True
         out[_MGANN, t_out] = d * count
 
@@ -418,26 +456,26 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
     if d != 0:
         # E = last confirmed swing in direction d, O = last opposite swing before E
         p_ext = last_sh if d == 1 else last_sl
+        r_opp = _SL_S if d == 1 else _SH_S
         p_org = -1
-        if p_ext >= 0:
-            for p in range(p_ext - 1, -1, -1):
-                if (sl_s[p] if d == 1 else sh_s[p]):
-                    p_org = p
-                    break
-        if p_org >= 0:
+        for p in range(p_ext - 1, short_swing - 1, -1):
+            if F[r_opp, s + p] != 0:
+                p_org = p
+                break
+        if p_ext >= 0 and p_org >= 0:
             if d == 1:
-                leg = h[p_ext] - l[p_org]
-                retr = (h[p_ext] - c[t]) / leg if leg > 0.0 else -1.0
+                leg = G[_H, s + p_ext] - G[_L, s + p_org]
+                retr = (G[_H, s + p_ext] - c_t) / leg if leg > 0.0 else -1.0
             else:
-                leg = h[p_org] - l[p_ext]
-                retr = (c[t] - l[p_ext]) / leg if leg > 0.0 else -1.0
+                leg = G[_H, s + p_org] - G[_L, s + p_ext]
+                retr = (c_t - G[_L, s + p_ext]) / leg if leg > 0.0 else -1.0
             if leg > 0.0 and retr >= PB_RETRACE_MIN and retr <= PB_RETRACE_MAX:
                 s_imp = 0.0
                 for j in range(p_org + 1, p_ext + 1):
-                    s_imp += v[j]
+                    s_imp += G[_V, s + j]
                 s_pb = 0.0
                 for j in range(p_ext + 1, t + 1):
-                    s_pb += v[j]
+                    s_pb += G[_V, s + j]
                 pb_ok = s_pb / (t - p_ext) < s_imp / (p_ext - p_org)
     out[_PB_OK, t_out] = 1.0 if pb_ok else 0.0
 
@@ -460,39 +498,42 @@ def _window_row(o, h, l, c, v, atr_t, long_swing, short_swing, fvg_min_atr,
 
 
 @njit(cache=True)
-def _smc_kernel(o, h, l, c, v, atr, window, long_swing, short_swing, fvg_min_atr):
+def _prepare(o, h, l, c, v, long_swing, short_swing):
+    """Pack the bars into G and compute the bar-local predicates.
+
+    ``finite[j]``: bar j has finite open/high/low/close/volume. ``F``: swing-pivot flags,
+    each a pure function of the bars p-L .. p+L.
+    """
     n = h.shape[0]
-    W = window
-    out = np.empty((_N_OUT, n), dtype=np.float64)
-    # Bar-local predicates, each a pure function of a fixed neighbourhood of its bar.
+    G = np.empty((5, n), dtype=np.float64)
+    F = np.zeros((4, n), dtype=np.int8)
     finite = np.empty(n, dtype=np.bool_)
     for j in range(n):
+        G[_O, j] = o[j]
+        G[_H, j] = h[j]
+        G[_L, j] = l[j]
+        G[_C, j] = c[j]
+        G[_V, j] = v[j]
         finite[j] = (math.isfinite(o[j]) and math.isfinite(h[j]) and math.isfinite(l[j])
                      and math.isfinite(c[j]) and math.isfinite(v[j]))
-    gsh_l, gsl_l = _swing_pivots(h, l, long_swing)
-    gsh_s, gsl_s = _swing_pivots(h, l, short_swing)
-    # Window-local copies and scratch, fully rewritten for every t (no state carried).
-    wo = np.empty(W, dtype=np.float64)
-    wh = np.empty(W, dtype=np.float64)
-    wl = np.empty(W, dtype=np.float64)
-    wc = np.empty(W, dtype=np.float64)
-    wv = np.empty(W, dtype=np.float64)
-    sh_l = np.zeros(W, dtype=np.bool_)
-    sl_l = np.zeros(W, dtype=np.bool_)
-    sh_s = np.zeros(W, dtype=np.bool_)
-    sl_s = np.zeros(W, dtype=np.bool_)
-    # break events (at most two per bar): bar, direction, kind, broken pivot
-    ev_bar = np.zeros(2 * W, dtype=np.int64)
-    ev_dir = np.zeros(2 * W, dtype=np.int64)
-    ev_kind = np.zeros(2 * W, dtype=np.int64)
-    ev_ref = np.zeros(2 * W, dtype=np.int64)
-    iev_bar = np.zeros(2 * W, dtype=np.int64)
-    iev_dir = np.zeros(2 * W, dtype=np.int64)
-    iev_kind = np.zeros(2 * W, dtype=np.int64)
-    iev_ref = np.zeros(2 * W, dtype=np.int64)
-    suf_min_c = np.zeros(W, dtype=np.float64)
-    suf_max_c = np.zeros(W, dtype=np.float64)
-    for t in range(n):
+    sh, sl = _swing_pivots(h, l, long_swing)
+    for j in range(n):
+        F[_SH_L, j] = sh[j]
+        F[_SL_L, j] = sl[j]
+    sh, sl = _swing_pivots(h, l, short_swing)
+    for j in range(n):
+        F[_SH_S, j] = sh[j]
+        F[_SL_S, j] = sl[j]
+    return G, F, finite
+
+
+@njit(cache=True)
+def _rows(G, F, finite, atr, W, long_swing, short_swing, fvg_min_atr, out, t_start, t_stop):
+    """Rows t_start .. t_stop-1; each one recomputed from its own window only."""
+    # Per-window scratch, fully rewritten before it is read (no state between rows).
+    wi = np.zeros((4, 2 * W), dtype=np.int64)  # at most two breaks per bar
+    wsuf = np.zeros((2, W), dtype=np.float64)
+    for t in range(t_start, t_stop):
         s = t - W + 1
         atr_t = atr[t]
         ok = t >= W - 1 and math.isfinite(atr_t) and atr_t > 0.0
@@ -501,28 +542,25 @@ def _smc_kernel(o, h, l, c, v, atr, window, long_swing, short_swing, fvg_min_atr
                 if not finite[j]:
                     ok = False
                     break
-        if not ok:
+        if ok:
+            _window_row(G, F, s, wi, wsuf, W, atr_t, long_swing, short_swing, fvg_min_atr, out, t)
+        else:
             for k in range(_N_OUT):
                 out[k, t] = np.nan
-            continue
-        for k in range(W):
-            j = s + k
-            wo[k] = o[j]
-            wh[k] = h[j]
-            wl[k] = l[j]
-            wc[k] = c[j]
-            wv[k] = v[j]
-            # pivots count only with p-L >= s and p+L <= t
-            in_l = k >= long_swing and k <= W - 1 - long_swing
-            in_s = k >= short_swing and k <= W - 1 - short_swing
-            sh_l[k] = gsh_l[j] and in_l
-            sl_l[k] = gsl_l[j] and in_l
-            sh_s[k] = gsh_s[j] and in_s
-            sl_s[k] = gsl_s[j] and in_s
-        _window_row(wo, wh, wl, wc, wv, atr_t, long_swing, short_swing, fvg_min_atr,
-                    sh_l, sl_l, sh_s, sl_s, ev_bar, ev_dir, ev_kind, ev_ref,
-                    iev_bar, iev_dir, iev_kind, iev_ref, suf_min_c, suf_max_c, out, t)
-    return out
+
+
+@njit(cache=True, parallel=True)
+def _rows_parallel(G, F, finite, atr, W, long_swing, short_swing, fvg_min_atr, out, chunk):
+    """Same rows as ``_rows`` over the whole series, in chunks spread over threads.
+
+    Rows are independent, so the split changes nothing in any value.
+    """
+    n = G.shape[1]
+    n_chunks = (n + chunk - 1) // chunk
+    for i in prange(n_chunks):
+        t_start = i * chunk
+        t_stop = min(n, t_start + chunk)
+        _rows(G, F, finite, atr, W, long_swing, short_swing, fvg_min_atr, out, t_start, t_stop)
 
 
 @njit(cache=True)
@@ -651,5 +689,11 @@ def smc_features(open, high, low, close, volume, atr, *, window=30, long_swing=5
     fvg_min_atr = float(fvg_min_atr)
     if not (math.isfinite(fvg_min_atr) and fvg_min_atr >= 0.0):
         raise ValueError(f"fvg_min_atr must be finite and >= 0, got {fvg_min_atr}")
-    out = _smc_kernel(*arrays, window, long_swing, short_swing, fvg_min_atr)
+    o_, h_, l_, c_, v_, atr_ = arrays
+    G, F, finite = _prepare(o_, h_, l_, c_, v_, long_swing, short_swing)
+    out = np.empty((_N_OUT, n), dtype=np.float64)
+    if n >= PARALLEL_MIN_BARS:
+        _rows_parallel(G, F, finite, atr_, window, long_swing, short_swing, fvg_min_atr, out, _CHUNK)
+    else:
+        _rows(G, F, finite, atr_, window, long_swing, short_swing, fvg_min_atr, out, 0, n)
     return {name: out[k] for k, name in enumerate(SMC_OUTPUTS)}
