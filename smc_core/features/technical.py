@@ -14,20 +14,8 @@ from numba import njit
 
 
 @njit(cache=True)
-def window_mean(x: np.ndarray, w: int) -> np.ndarray:
-    """Mean of x[t-w+1 .. t]; NaN where the window is incomplete or holds a NaN."""
-    n = x.shape[0]
-    out = np.full(n, np.nan)
-    for t in range(w - 1, n):
-        total = 0.0
-        for i in range(t - w + 1, t + 1):
-            total += x[i]
-        out[t] = total / w
-    return out
-
-
-@njit(cache=True)
 def window_sum(x: np.ndarray, w: int) -> np.ndarray:
+    """Sum of x[t-w+1 .. t], added in order; NaN where the window is incomplete or holds a NaN."""
     n = x.shape[0]
     out = np.full(n, np.nan)
     for t in range(w - 1, n):
@@ -36,6 +24,12 @@ def window_sum(x: np.ndarray, w: int) -> np.ndarray:
             total += x[i]
         out[t] = total
     return out
+
+
+@njit(cache=True)
+def window_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Mean of x[t-w+1 .. t] (the window sum over w)."""
+    return window_sum(x, w) / w
 
 
 @njit(cache=True)
