@@ -20,8 +20,8 @@ Vocabulary used by every definition below (``s = t-W+1`` is the first bar of the
 
 * **Swing high of length L at pivot p**: ``high[p] > high[j]`` for the ``L`` bars
   ``j = p-L .. p-1`` (strict) and ``high[p] >= high[j]`` for the ``L`` bars
-  ``j = p+1 .. p+L`` (ties after the pivot allowed). In a run of equal highs the FIRST one
-  is the pivot. **Swing low**: ``low[p] < low[j]`` before, ``low[p] <= low[j]`` after.
+  ``j = p+1 .. p+L`` (ties after the pivot allowed): of equal highs within L bars of each
+  other only the FIRST can be a pivot. **Swing low**: ``low[p] < low[j]`` before, ``low[p] <= low[j]`` after.
   A swing is **confirmed at bar p+L** and does not exist before. In the window at ``t``
   only swings with ``p-L >= s`` and ``p+L <= t`` count. One bar can be both a swing high
   and a swing low (outside bar); where an order is needed, an up-close/doji candle
@@ -44,7 +44,7 @@ Vocabulary used by every definition below (``s = t-W+1`` is the first bar of the
   (bull or bear) can form per bar.
 
 Rows without a full window (``t < W-1``), rows whose window contains a non-finite
-open/high/low/close/volume, and rows whose ``atr[t]`` is not finite and > 0 are NaN in
+open/high/low/close/volume, and rows whose ``atr[t]`` is not a finite number > 0 are NaN in
 every output (the float64 sentinel; the caller casts).
 """
 
@@ -158,7 +158,7 @@ def _swing_pivots(h, l, L):
     return sh, sl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _breaks(G, F, s, wi, W, L1, L2):
     """Scan the window for structure breaks, on long (L1) and short (L2) swings at once.
 
@@ -223,7 +223,7 @@ def _breaks(G, F, s, wi, W, L1, L2):
     return n1, dir1, last_bar, dir2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _order_block_active(G, s, wsuf, W, b, p, bullish):
     """Is the order block of the break at local bar b (broken pivot p) unmitigated at the window end?
 
@@ -251,7 +251,7 @@ def _order_block_active(G, s, wsuf, W, b, p, bullish):
     return False
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _window_row(G, F, s, wi, wsuf, W, atr_t, long_swing, short_swing, fvg_min_atr, out, t_out):
     """Compute every output for the last bar of one window into ``out[:, t_out]``.
 
@@ -609,7 +609,7 @@ def smc_features(open, high, low, close, volume, atr, *, window=30, long_swing=5
     > 2*short_swing+1), swing lengths (>= 1), ``fvg_min_atr`` (>= 0, minimum FVG size in
     units of ``atr[t]``). Returns ``{name: float64 array of the input length}`` for every
     name in ``SMC_OUTPUTS``. Rows without a full window (t < W-1), with a non-finite
-    OHLCV value in the window, or with ``atr[t]`` not finite and > 0 are NaN everywhere.
+    OHLCV value in the window, or with ``atr[t]`` not a finite number > 0 are NaN everywhere.
     Definitions of swings, breaks and FVGs: see the module docstring. Outputs:
 
     * ``ext_dir`` (+1/-1/0): direction of the last structure break in the window on long
