@@ -59,6 +59,13 @@ def main() -> None:
     project_rate = len(bars) / project_seconds
     log(f"project: {len(CATALOGUE.names)} features on {len(bars):,} bars in {project_seconds:.2f}s "
         f"= {project_rate:,.0f} bars/s")
+    import numba  # the SMC kernel threads long series; also report one thread, like the peer
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    single_rate = len(bars) / best_of(lambda: compute_features(bars), args.repeat)
+    numba.set_num_threads(threads)
+    log(f"project, one thread: {single_rate:,.0f} bars/s")
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on import
         from smartmoneyconcepts import smc
@@ -82,6 +89,8 @@ def main() -> None:
         "smc_bars": len(ohlc),
         "smc_bars_per_s": round(smc_rate),
         "ratio": round(project_rate / smc_rate, 2),
+        "project_1thread_bars_per_s": round(single_rate),
+        "ratio_1thread": round(single_rate / smc_rate, 2),
         "project_features": len(CATALOGUE.names),
         "repeat": args.repeat,
     }))
