@@ -51,6 +51,7 @@ def window_std(x: np.ndarray, w: int) -> np.ndarray:
 
 @njit(cache=True)
 def window_max(x: np.ndarray, w: int) -> np.ndarray:
+    """Maximum of x[t-w+1 .. t]."""
     n = x.shape[0]
     out = np.full(n, np.nan)
     for t in range(w - 1, n):
@@ -62,17 +63,9 @@ def window_max(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
 def window_min(x: np.ndarray, w: int) -> np.ndarray:
-    n = x.shape[0]
-    out = np.full(n, np.nan)
-    for t in range(w - 1, n):
-        best = x[t - w + 1]
-        for i in range(t - w + 2, t + 1):
-            if x[i] < best:
-                best = x[i]
-        out[t] = best
-    return out
+    """Minimum of x[t-w+1 .. t] (negation is exact, so this is bit-identical to a direct scan)."""
+    return -window_max(-x, w)
 
 
 @njit(cache=True)

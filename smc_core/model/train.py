@@ -126,26 +126,29 @@ def finetune_lora(base_state: dict[str, torch.Tensor], encoder_spec: EncoderSpec
                   config: TrainConfig | None = None, *, backbone_config: BackboneConfig | None = None,
                   progress: Progress | None = None) -> TrainResult:
     """LoRA on the pretrained backbone; projection, embeddings and a new head trained fully."""
-    config = config or TrainConfig()
-    train, valid = _as_split(*train), _as_split(*valid)
-    _check_training_data(train, valid, LABELS, config)
-    with _training_context(config):
-        model = BarClassifier.for_spec(encoder_spec, backbone_config, n_classes=len(LABELS))
-        _load_body(model, base_state)
-        model.backbone = get_peft_model(model.backbone, lora_config(config))
-        return _fit(model, train, valid, config, progress, lora=True)
+    return _train_classifier(encoder_spec, train, valid, config, backbone_config, progress, base_state)
 
 
 def train_from_scratch(encoder_spec: EncoderSpec, train: Split, valid: Split, config: TrainConfig | None = None, *,
                        backbone_config: BackboneConfig | None = None,
                        progress: Progress | None = None) -> TrainResult:
     """The baseline: same network and data, random initialisation, every weight trained."""
+    return _train_classifier(encoder_spec, train, valid, config, backbone_config, progress, None)
+
+
+def _train_classifier(encoder_spec: EncoderSpec, train: Split, valid: Split, config: TrainConfig | None,
+                      backbone_config: BackboneConfig | None, progress: Progress | None,
+                      base_state: dict[str, torch.Tensor] | None) -> TrainResult:
+    """Checks first, then one classifier run: LoRA on ``base_state`` when given, else from scratch."""
     config = config or TrainConfig()
     train, valid = _as_split(*train), _as_split(*valid)
     _check_training_data(train, valid, LABELS, config)
     with _training_context(config):
         model = BarClassifier.for_spec(encoder_spec, backbone_config, n_classes=len(LABELS))
-        return _fit(model, train, valid, config, progress, lora=False)
+        if base_state is not None:
+            _load_body(model, base_state)
+            model.backbone = get_peft_model(model.backbone, lora_config(config))
+        return _fit(model, train, valid, config, progress, lora=base_state is not None)
 
 
 def lora_config(config: TrainConfig | None = None) -> LoraConfig:
