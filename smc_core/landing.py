@@ -21,8 +21,8 @@ import pandas as pd
 from smc_core.bars import read_bar_file
 from smc_core.calendar import SessionCalendar
 from smc_core.db import Database
-from smc_core.errors import SmcError
-from smc_core.ingest import check_symbol, file_sha256
+from smc_core.errors import RejectedRowsError, SmcError
+from smc_core.ingest import IngestReport, check_symbol, file_sha256, write_logged
 from smc_core.timeframe import parse_timeframe
 
 BAR_FILE_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -134,7 +134,7 @@ def _from_row(row) -> LandingFile:
 class DayIngest:
     """Result of loading one trading day of one symbol from its landing files."""
 
-    report: "IngestReport"
+    report: IngestReport
     files: list[Path]
     duplicate_bars: int
     """Bars present in more than one file with identical values (overlapping exports)."""
@@ -152,9 +152,6 @@ def ingest_trading_day(db: Database, files: list[LandingFile], *, symbol: str, d
     Where files overlap, identical bars are counted and conflicting ones resolved in
     favour of the most recently modified file, and reported.
     """
-    from smc_core.errors import RejectedRowsError
-    from smc_core.ingest import write_logged
-
     width = parse_timeframe(timeframe)
     frames, rejections, rows_read = [], [], 0
     for order, entry in enumerate(files):

@@ -34,17 +34,14 @@ def window_mean(x: np.ndarray, w: int) -> np.ndarray:
 
 @njit(cache=True)
 def window_std(x: np.ndarray, w: int) -> np.ndarray:
-    """Sample standard deviation (ddof=1) of x[t-w+1 .. t], two-pass for accuracy."""
+    """Sample standard deviation (ddof=1) of x[t-w+1 .. t], two-pass around the window mean."""
+    mean = window_mean(x, w)
     n = x.shape[0]
     out = np.full(n, np.nan)
     for t in range(w - 1, n):
-        total = 0.0
-        for i in range(t - w + 1, t + 1):
-            total += x[i]
-        mean = total / w
         squares = 0.0
         for i in range(t - w + 1, t + 1):
-            squares += (x[i] - mean) * (x[i] - mean)
+            squares += (x[i] - mean[t]) * (x[i] - mean[t])
         out[t] = np.sqrt(squares / (w - 1))
     return out
 
