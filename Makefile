@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1
 export SMC_HOME ?= $(CURDIR)/.smc
 export DAGSTER_HOME ?= $(SMC_HOME)/dagster
 
-.PHONY: install demo test test-embedded ui bench-ingest clean
+.PHONY: install demo test test-embedded ui mlflow-ui bench-ingest clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test-embedded: install
 ui: install
 	@$(PY) -c "from pathlib import Path; from smc_jobs.demo import ensure_dagster_home; ensure_dagster_home(Path('$(DAGSTER_HOME)'))"
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(SMC_HOME)/mlflow.db}" \
+		--default-artifact-root "file://$(SMC_HOME)/mlartifacts" --host 127.0.0.1 --port 5000
 
 bench-ingest: install
 	$(PY) bench/ingest.py

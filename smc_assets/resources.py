@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, ResourceDefinition
+from dagster_mlflow import mlflow_tracking
 from pydantic import Field
 
 from smc_core.calendar import SessionCalendar
 from smc_core.db import Database, shared_database
 from smc_core.migrations import migrate
+from smc_core.registry import TrackingConfig, configure
 from smc_core.timeframe import parse_timeframe
 
 _migrated: set[str] = set()
@@ -50,3 +52,31 @@ class LandingResource(ConfigurableResource):
 
     def width(self):
         return parse_timeframe(self.timeframe)
+
+
+class ModelStoreResource(ConfigurableResource):
+    """Where trained bases and model packages are written (MLflow holds copies of the packages)."""
+
+    root: str = Field(description="Folder for base models and model packages (absolute path).")
+
+    def directory(self, *parts: str) -> Path:
+        path = Path(self.root).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def mlflow_resource(config: TrackingConfig) -> ResourceDefinition:
+    """dagster-mlflow's ``mlflow_tracking`` resource, preceded by our experiment setup.
+
+    ``mlflow_tracking`` calls ``mlflow.set_experiment``, which would create the experiment
+    with an artifact root relative to the current directory (DESIGN §3); creating it first
+    with the absolute root under SMC_HOME keeps every run's artifacts in one place.
+    """
+
+    def start(context):
+        configure(config)
+        return mlflow_tracking.resource_fn(context)
+
+    definition = ResourceDefinition(resource_fn=start, config_schema=mlflow_tracking.config_schema,
+                                    description="MLflow run per Dagster run (dagster-mlflow), artifacts under SMC_HOME.")
+    return definition.configured({"experiment_name": config.experiment, "mlflow_tracking_uri": config.tracking_uri})

@@ -89,6 +89,16 @@ def read_features(db: Database, symbol: str, timeframe: str, start: pd.Timestamp
     return pd.DataFrame(values, index=index, columns=catalogue.names)
 
 
+def feature_symbols(db: Database, timeframe: str, catalogue: "FeatureCatalogue") -> list[str]:
+    """Symbols with stored feature rows of ``catalogue``'s version, sorted."""
+    with db.connection() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT symbol FROM features WHERE timeframe = %s AND feature_set = %s ORDER BY symbol",
+            (timeframe, catalogue.version),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
 def write_labels(db: Database, symbol: str, timeframe: str, horizon: str, labels: pd.DataFrame,
                  start: pd.Timestamp, end: pd.Timestamp) -> int:
     """Replace the labels of one horizon in (start, end]; ``labels`` has ts and LABEL_COLUMNS."""

@@ -137,14 +137,18 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
 # --- demo --------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--days", default=5, show_default=True, type=click.IntRange(1, 250))
+@click.option("--days", default=8, show_default=True, type=click.IntRange(1, 250))
 @click.option("--symbol", default="ES", show_default=True)
 @click.option("--start", default="2024-03-04", show_default=True, help="First calendar day of the sample data.")
-def demo(days: int, symbol: str, start: str) -> None:
+@click.option("--edge", type=click.Choice(["smc", "none"]), default="smc", show_default=True,
+              help="Plant the SMC edge in the sample data, or generate a market without one.")
+@click.option("--train/--no-train", default=True, show_default=True, help="Pretrain and fine-tune the model.")
+def demo(days: int, symbol: str, start: str, edge: str, train: bool) -> None:
     """Run the pipeline end to end on sample data in the embedded default setup."""
     from smc_jobs.demo import run_demo
 
-    sys.exit(run_demo(_settings(), days=days, symbol=symbol, start=_parse_date(start, "--start")))
+    sys.exit(run_demo(_settings(), days=days, symbol=symbol, start=_parse_date(start, "--start"), edge=edge,
+                      train=train))
 
 
 def _parse_date(text: str, option: str) -> date:

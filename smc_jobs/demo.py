@@ -1,9 +1,12 @@
-"""``smc demo``: the pipeline on sample data, through the same sensor and job a user runs.
+"""``smc demo``: the pipeline on sample data, through the same sensor and jobs a user runs.
 
-Sample NinjaTrader exports are written to the landing folder, the landing-file sensor is
-evaluated once to decide which partitions to load, and each requested run executes the
-``bars`` job (with its checks) against a persistent Dagster instance, so everything the
-demo did is visible afterwards in ``make ui``.
+Sample NinjaTrader exports (with the planted SMC edge by default) are written to the
+landing folder, the landing-file sensor is evaluated once to decide which partitions to
+load, each requested run executes ``market_data_job`` (bars, features, labels with their
+checks), then ``base_model_job`` pretrains the backbone and ``train_job`` fine-tunes,
+calibrates, compares and registers the LoRA model. Everything runs against a persistent
+Dagster instance and MLflow store, so it is all visible afterwards in ``make ui`` and
+``mlflow ui``.
 """
 
 from __future__ import annotations
@@ -38,11 +41,18 @@ def ensure_dagster_home(home: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
+def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: str = "smc",
+             train: bool = True) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(settings.smc_home / "dagster"))
     ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
 
-    from dagster import DagsterInstance, build_sensor_context
+    import warnings
+
+    from dagster import BetaWarning, DagsterInstance, build_sensor_context
+
+    # dagster-mlflow (beta) calls deprecated Dagster APIs; that is not the user's concern here
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", message="InitResourceContext")
 
     from smc_core.db import Database, redact
     from smc_core.migrations import migrate, storage_mode
@@ -50,13 +60,16 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
     from smc_jobs.definitions import build_definitions
 
     started = time.perf_counter()
-    click.echo(f"[1/4] database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
+    steps = 6 if train else 4
+    click.echo(f"[1/{steps}] database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
     click.echo(f"      {redact(database.url)} (storage: {storage_mode(database)})")
 
-    click.echo(f"[2/4] writing {days} trading days of synthetic {symbol} 1-minute bars to {settings.landing_dir}")
-    config = SyntheticConfig(days=days, start=start, instrument=Instrument(symbol=symbol))
+    click.echo(f"[2/{steps}] writing {days} trading days of synthetic {symbol} 1-minute bars "
+               f"({'planted SMC edge' if edge == 'smc' else 'no edge'}) to {settings.landing_dir}")
+    config = SyntheticConfig(days=days, start=start, instrument=Instrument(symbol=symbol), edge=edge,
+                             edge_strength=0.9)
     paths = write_synthetic(config, settings.landing_dir, fmt="ninjatrader", tz=settings.exchange_tz)
     click.echo(f"      {len(paths)} NinjaTrader export files")
 
@@ -64,14 +77,15 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
     instance = DagsterInstance.get()
     sensor = definitions.get_sensor_def("landing_file_sensor")
     cursor_key = "smc_demo_sensor_cursor"
-    with build_sensor_context(instance=instance, resources=definitions.resources,
+    sensor_resources = {key: definitions.resources[key] for key in sensor.required_resource_keys}
+    with build_sensor_context(instance=instance, resources=sensor_resources,
                               cursor=instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)) as context:
         result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     instance.run_storage.set_cursor_values({cursor_key: result.cursor})
     requests = result.run_requests or []
-    click.echo(f"[3/4] landing_file_sensor requested {len(requests)} partition run(s)"
+    click.echo(f"[3/{steps}] landing_file_sensor requested {len(requests)} partition run(s)"
                + ("" if requests else " (files unchanged since the last demo: nothing to load)"))
 
     job = definitions.resolve_job_def("market_data_job")
@@ -87,7 +101,7 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
         failures += 0 if run.success else 1
         rows.append((str(request.partition_key), run.success, metadata, checks, failed_checks))
 
-    click.echo("[4/4] partitions (bars → features → labels)")
+    click.echo(f"[4/{steps}] partitions (bars → features → labels)")
     click.echo(f"      {'partition':<16} {'status':<7} {'bars':>5} {'new':>5} {'features':>9}  {'labels (long/short/skip)':<25} checks")
     for key, success, metadata, checks, failed in rows:
         bars_meta, feature_meta = metadata.get("bars", {}), metadata.get("features", {})
@@ -95,6 +109,39 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date) -> int:
         verdict = f"{checks - len(failed)}/{checks} pass" + (f" (failed: {', '.join(failed)})" if failed else "")
         click.echo(f"      {key:<16} {'ok' if success else 'FAILED':<7} {bars_meta.get('stored_bars', 0):>5} "
                    f"{bars_meta.get('rows_inserted', 0):>5} {feature_meta.get('rows', 0):>9}  {balance:<25} {verdict}")
+    if train and not failures:
+        failures += _train(definitions, instance, settings, steps)
     click.echo(f"done in {time.perf_counter() - started:.1f}s; DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                "(`make ui` shows these runs)")
     return 1 if failures else 0
+
+
+def _train(definitions, instance, settings: Settings, steps: int) -> int:
+    """base_model_job then train_job, with their outcome printed; returns the number of failed runs."""
+    from smc_core.registry import TrackingConfig
+
+    progress = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    for step, job_name, asset in ((5, "base_model_job", "base_model"), (6, "train_job", "lora_model")):
+        click.echo(f"[{step}/{steps}] {job_name}: {definitions.resolve_job_def(job_name).description}")
+        stage_started = time.perf_counter()
+        run = definitions.resolve_job_def(job_name).execute_in_process(
+            instance=instance, run_config={**progress, "ops": {asset: {"config": {}}}}, raise_on_error=False)
+        if not run.success:
+            failure = next((e for e in run.all_events if e.event_type_value == "STEP_FAILURE"), None)
+            click.echo(f"      FAILED: {failure.message if failure else 'see the Dagster run ' + run.run_id}")
+            return 1
+        metadata = {k: v.value for e in run.get_asset_materialization_events() for k, v in
+                    e.materialization.metadata.items()}
+        click.echo(f"      done in {time.perf_counter() - stage_started:.0f}s")
+        if asset == "lora_model":
+            click.echo(f"      registered {metadata['model_version']} (alias challenger), package {metadata['package_path']}")
+            click.echo(f"      calibration (class-weight prior removed, temperature {metadata['temperature']:.3f}): "
+                       f"NLL {metadata['nll_before']:.4f} → {metadata['nll_after']:.4f}, "
+                       f"ECE {metadata['ece_before']:.4f} → {metadata['ece_after']:.4f}")
+            click.echo("      validation, side by side (newest 20% of windows, purged and embargoed):")
+            for line in metadata["comparison"].splitlines():
+                click.echo("      " + line)
+    tracking = TrackingConfig.from_settings(settings)
+    click.echo(f"      MLflow: mlflow ui --backend-store-uri {tracking.tracking_uri} "
+               f"--default-artifact-root {tracking.artifact_root}")
+    return 0

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smc_core.evaluation.baselines import class_weights, train_lightgbm
+from smc_core.evaluation.baselines import inverse_frequency_weights, train_lightgbm
 from smc_core.evaluation.metrics import class_prior_log_loss, classification_report, log_loss
 from smc_core.evaluation.splits import holdout_split, purge, walk_forward_splits
 
@@ -47,12 +47,15 @@ def test_report_numbers_by_hand():
     assert report["precision_long"] == pytest.approx(2 / 3) and report["recall_short"] == pytest.approx(1 / 2)
     assert report["trades"] == 3  # 0.8 long, 0.6 long, 0.7 short; 0.5 is below the threshold
     assert report["trade_precision"] == pytest.approx(2 / 3)
+    # chance: each trade's direction scored at its share of the labels (long 2/5, short 2/5)
+    assert report["trade_chance"] == pytest.approx(0.4)
+    assert report["trade_edge"] == pytest.approx(2 / 3 - 0.4)
 
 
 def test_class_prior_loss_and_weights():
     y_train = np.array([0, 0, 0, 1, 2, 2])
     assert class_prior_log_loss(y_train, np.array([0])) == pytest.approx(-np.log(0.5))
-    weights = class_weights(y_train)
+    weights = inverse_frequency_weights(y_train)
     assert weights.mean() == pytest.approx(1.0) and weights[1] > weights[2] > weights[0]
     assert log_loss(np.array([[1.0, 0.0, 0.0]]), np.array([1])) > 20  # clipped, finite
 

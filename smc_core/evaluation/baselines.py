@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def class_weights(y: np.ndarray, n_classes: int = 3) -> np.ndarray:
+def inverse_frequency_weights(y: np.ndarray, n_classes: int = 3) -> np.ndarray:
     """Inverse class frequency, normalised to mean 1 (absent classes get weight 0)."""
     counts = np.bincount(y, minlength=n_classes).astype("float64")
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
@@ -17,7 +17,7 @@ def train_lightgbm(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray
     """A class-weighted multiclass LightGBM with early stopping on the validation set."""
     import lightgbm
 
-    weights = class_weights(y_train)[y_train]
+    weights = inverse_frequency_weights(y_train)[y_train]
     model = lightgbm.LGBMClassifier(
         objective="multiclass", n_estimators=rounds, learning_rate=0.05, num_leaves=31, min_child_samples=50,
         subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0, random_state=seed,

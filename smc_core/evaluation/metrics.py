@@ -2,7 +2,10 @@
 
 Besides the usual scores, ``trade_precision`` is what a trader cares about: of the bars
 where the model would trade (long or short at confidence >= threshold), the share whose
-label agrees with the direction taken.
+label agrees with the direction taken. ``trade_chance`` is what the same trades would score
+if their directions carried no information (each direction's share among the evaluated
+labels), and ``trade_edge`` the difference: a model with no edge sits near 0 however
+imbalanced the labels are.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def classification_report(probs: np.ndarray, y: np.ndarray, threshold: float = 0
     report["trades"] = float(trades.sum())
     report["trade_rate"] = float(trades.mean()) if len(y) else 0.0
     report["trade_precision"] = float((predicted[trades] == y[trades]).mean()) if trades.any() else float("nan")
+    frequency = np.bincount(y, minlength=len(LABELS)) / max(len(y), 1)
+    report["trade_chance"] = float(frequency[predicted[trades]].mean()) if trades.any() else float("nan")
+    report["trade_edge"] = report["trade_precision"] - report["trade_chance"]
     return report
 
 
@@ -45,3 +51,21 @@ def class_prior_log_loss(y_train: np.ndarray, y_eval: np.ndarray) -> float:
     """Log loss of always predicting the training class frequencies: the floor to beat."""
     prior = np.bincount(y_train, minlength=len(LABELS)) / len(y_train)
     return log_loss(np.tile(prior, (len(y_eval), 1)), y_eval)
+
+
+COMPARISON_METRICS = ("log_loss", "macro_f1", "accuracy", "precision_long", "recall_long", "precision_short",
+                      "recall_short", "precision_skip", "recall_skip", "trades", "trade_precision", "trade_chance",
+                      "trade_edge")
+
+
+def comparison_markdown(reports: dict[str, dict[str, float]], metrics=COMPARISON_METRICS) -> str:
+    """Models as columns, metrics as rows: the side-by-side table for metadata and the demo."""
+    names = list(reports)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for metric in metrics:
+        cells = []
+        for name in names:
+            value = reports[name].get(metric, float("nan"))
+            cells.append("–" if value != value else (f"{value:.0f}" if metric == "trades" else f"{value:.4f}"))
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -72,14 +72,8 @@ class BackboneConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def build_backbone(config: BackboneConfig | None = None, checkpoint: Path | None = None) -> Qwen2Model:
-    """A randomly initialised backbone from ``config``, or a local Qwen2 checkpoint directory.
-
-    The checkpoint is checked before anything loads, so a wrong path fails in milliseconds
-    rather than after a data pipeline ran; a ``config`` that disagrees with it is an error.
-    """
-    if checkpoint is None:
-        return Qwen2Model((config or BackboneConfig()).to_qwen2())
+def check_checkpoint(checkpoint: Path) -> Path:
+    """A local Qwen2 checkpoint directory, checked in milliseconds before any data or weights load."""
     path = Path(checkpoint)
     if not path.is_dir():
         raise ModelError(f"backbone checkpoint {path} does not exist or is not a directory")
@@ -92,6 +86,18 @@ def build_backbone(config: BackboneConfig | None = None, checkpoint: Path | None
         raise ModelError(f"backbone checkpoint {path}: config.json is not a JSON object ({error})") from None
     if model_type != "qwen2":
         raise ModelError(f"backbone checkpoint {path}: config.json model_type is {model_type!r}, expected 'qwen2'")
+    return path
+
+
+def build_backbone(config: BackboneConfig | None = None, checkpoint: Path | None = None) -> Qwen2Model:
+    """A randomly initialised backbone from ``config``, or a local Qwen2 checkpoint directory.
+
+    The checkpoint is checked before anything loads, so a wrong path fails in milliseconds
+    rather than after a data pipeline ran; a ``config`` that disagrees with it is an error.
+    """
+    if checkpoint is None:
+        return Qwen2Model((config or BackboneConfig()).to_qwen2())
+    path = check_checkpoint(checkpoint)
     try:
         backbone = Qwen2Model.from_pretrained(path, local_files_only=True, attn_implementation=ATTENTION)
     except (OSError, ValueError, RuntimeError) as error:
@@ -112,6 +118,7 @@ class BarClassifier(nn.Module):
     """
 
     HEAD = "head."
+    TOKEN_TABLE = "backbone.embed_tokens.weight"
 
     def __init__(self, n_numeric: int, cardinalities: tuple[int, ...], backbone: nn.Module, n_classes: int = 3):
         super().__init__()
@@ -124,11 +131,13 @@ class BarClassifier(nn.Module):
     @classmethod
     def for_spec(cls, spec: EncoderSpec, backbone_config: BackboneConfig | None = None, n_classes: int = 3,
                  checkpoint: Path | None = None) -> "BarClassifier":
-        backbone_config = backbone_config or BackboneConfig()
-        if spec.sequence_length > backbone_config.max_positions:
-            raise ModelError(f"sequence_length {spec.sequence_length} exceeds the backbone's "
-                             f"max_positions {backbone_config.max_positions}")
+        if checkpoint is None:
+            backbone_config = backbone_config or BackboneConfig()
         backbone = build_backbone(backbone_config, checkpoint)
+        max_positions = backbone.config.max_position_embeddings
+        if spec.sequence_length > max_positions:
+            raise ModelError(f"sequence_length {spec.sequence_length} exceeds the backbone's "
+                             f"max_positions {max_positions}")
         return cls(spec.n_numeric, spec.cardinalities, backbone, n_classes)
 
     def bar_tokens(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
@@ -145,8 +154,13 @@ class BarClassifier(nn.Module):
         return self.head(hidden[:, -1])
 
     def body_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the head: what pretraining hands to fine-tuning."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith(self.HEAD)}
+        """Everything but the head (and the unused token table): what pretraining hands to fine-tuning.
+
+        Bars arrive as embeddings, so a checkpoint's vocabulary (150k rows for Qwen2.5) is
+        dead weight; leaving it out lets the body load into a one-row-vocabulary rebuild.
+        """
+        return {k: v.detach().clone() for k, v in self.state_dict().items()
+                if not k.startswith(self.HEAD) and k != self.TOKEN_TABLE}
 
 
 def batched_logits(model: nn.Module, numeric, categorical, batch_size: int = 1024) -> torch.Tensor:

@@ -22,6 +22,19 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def class_weight_offsets(weights) -> np.ndarray:
+    """Logit offsets that undo class-weighted training.
+
+    A model trained with class weights w learns q(c|x) ∝ w_c·p(c|x): rare classes are
+    inflated on purpose so they are learned at all. Adding −log w_c to its logits restores
+    the data's own posterior p(c|x) before temperature scaling (classes absent from
+    training, w_c = 0, get no offset). Temperature alone cannot do this: it rescales all
+    logits together and cannot move mass between classes.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    return np.where(weights > 0, -np.log(np.where(weights > 0, weights, 1.0)), 0.0)
+
+
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the true classes at a temperature."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature

@@ -51,6 +51,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 REFERENCE = "reference.safetensors"
 REQUIRED = (MODEL_WEIGHTS, "backbone_config.json", "encoder.json", "calibration.json", "labels.json",
             "lineage.json", REFERENCE)
+BODY_WEIGHTS = "body.safetensors"
+BASE_REQUIRED = (BODY_WEIGHTS, "backbone_config.json", "encoder.json", "base.json")
 PACKAGE_FORMAT = 1
 
 
@@ -82,8 +84,7 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
     a sibling temporary directory and renamed, so ``path`` never holds half a package.
     """
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ModelError(f"model package {path}: the target exists and is not an empty directory")
+    _check_target(path, "model package")
     reference = np.ascontiguousarray(reference, dtype=np.float32)
     if reference.ndim != 2 or reference.shape[1] != len(spec.feature_names) or len(reference) == 0:
         raise ModelError(f"reference sample must be [n >= 1, {len(spec.feature_names)}], got {list(reference.shape)}")
@@ -96,11 +97,10 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
     if model.head.out_features != len(labels):
         raise ModelError(f"the model has {model.head.out_features} outputs but {len(labels)} labels were given")
 
-    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        merged = _write_weights(staging, model)
+    written = {}
+
+    def write(staging: Path) -> None:
+        written["merged"] = _write_weights(staging, model)
         _write_json(staging / "backbone_config.json", json.loads(backbone_config.to_json()))
         (staging / "encoder.json").write_text(spec.to_json())
         _write_json(staging / "calibration.json", {"temperature": float(temperature)})
@@ -108,14 +108,9 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
         _write_json(staging / "lineage.json", lineage)
         save_file({"features": torch.from_numpy(reference)}, str(staging / REFERENCE),
                   metadata={"feature_set_version": spec.feature_set_version})
-        files = {name: _describe(staging / name) for name in _listing(staging)}
-        _write_json(staging / MANIFEST, {"format": PACKAGE_FORMAT, "files": files})
-        if path.exists():
-            path.rmdir()
-        staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    files = _write_directory(path, write)
+    merged = written["merged"]
     return ModelPackage(path=path, model=merged, spec=spec, backbone_config=backbone_config,
                         temperature=float(temperature), labels=tuple(labels), lineage=lineage,
                         reference=reference, files=files)
@@ -156,7 +151,7 @@ def adapter_model(package: ModelPackage) -> BarClassifier:
     return model.eval()
 
 
-def verify_manifest(path: Path) -> dict:
+def verify_manifest(path: Path, required: tuple[str, ...] = REQUIRED) -> dict:
     """The manifest's file table, after checking the directory matches it exactly."""
     if not path.is_dir():
         raise ModelError(f"model package {path}: no such directory")
@@ -167,7 +162,7 @@ def verify_manifest(path: Path) -> dict:
         files = json.loads(manifest_path.read_text())["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ModelError(f"model package {path}: {MANIFEST} is unreadable ({error})") from None
-    for name in REQUIRED:
+    for name in required:
         if name not in files:
             raise ModelError(f"model package {path}: {name} is missing from {MANIFEST}")
     for name, expected in files.items():
@@ -186,7 +181,71 @@ def verify_manifest(path: Path) -> dict:
     return files
 
 
+@dataclass
+class BasePackage:
+    """A pretrained body (bar projection, category embeddings, backbone; no head) and how it was made."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    spec: EncoderSpec
+    """The encoder the body was pretrained with: its feature set must match the fine-tuning data."""
+    backbone_config: BackboneConfig
+    info: dict
+    """Pretraining facts: data range (``trained_until``), windows, epochs, history, checkpoint."""
+
+
+def save_base(path: Path, state: dict[str, torch.Tensor], spec: EncoderSpec, backbone_config: BackboneConfig,
+              info: dict) -> BasePackage:
+    """Write a pretrained body as a verified directory (same manifest rules as model packages)."""
+    path = Path(path)
+    _check_target(path, "base model")
+
+    def write(staging: Path) -> None:
+        save_file(_contiguous(state), str(staging / BODY_WEIGHTS))
+        _write_json(staging / "backbone_config.json", json.loads(backbone_config.to_json()))
+        (staging / "encoder.json").write_text(spec.to_json())
+        _write_json(staging / "base.json", info)
+
+    _write_directory(path, write)
+    return BasePackage(path, state, spec, backbone_config, info)
+
+
+def load_base(path: Path) -> BasePackage:
+    path = Path(path)
+    verify_manifest(path, BASE_REQUIRED)
+    return BasePackage(path=path, state=_read_weights(path, BODY_WEIGHTS),
+                       spec=EncoderSpec.from_json((path / "encoder.json").read_text()),
+                       backbone_config=BackboneConfig.from_json((path / "backbone_config.json").read_text()),
+                       info=json.loads((path / "base.json").read_text()))
+
+
 # --- internals -------------------------------------------------------------------------
+
+def _check_target(path: Path, what: str) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ModelError(f"{what} {path}: the target exists and is not an empty directory")
+
+
+def _write_directory(path: Path, write) -> dict:
+    """Run ``write(staging)`` in a sibling temporary directory, add the manifest, rename into place.
+
+    ``path`` therefore never holds half a package; returns the manifest's file table.
+    """
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        files = {name: _describe(staging / name) for name in _listing(staging)}
+        _write_json(staging / MANIFEST, {"format": PACKAGE_FORMAT, "files": files})
+        if path.exists():
+            path.rmdir()
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return files
+
 
 def _write_weights(directory: Path, model: BarClassifier) -> BarClassifier:
     """Save served (merged) weights and, for a peft backbone, adapter + base; return the merged model."""

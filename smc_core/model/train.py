@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
+from smc_core.evaluation.baselines import inverse_frequency_weights
 from smc_core.features import FeatureCatalogue
 from smc_core.labels import LABELS
 from smc_core.model.backbone import BackboneConfig, BarClassifier, batched_logits
@@ -107,7 +108,8 @@ def pretrain(model_or_config: BarClassifier | BackboneConfig | None, numeric, ca
     config = config or TrainConfig()
     train = _as_split(numeric, categorical, targets)
     valid = _as_split(*valid) if valid is not None else None
-    _check_training_data(train, valid, [f"bucket {k}" for k in range(RETURN_BUCKETS)], config)
+    check_training_data(train[2], valid[2] if valid is not None else None,
+                        [f"bucket {k}" for k in range(RETURN_BUCKETS)], config)
     with _training_context(config):
         if isinstance(model_or_config, BarClassifier):
             model = model_or_config
@@ -142,7 +144,7 @@ def _train_classifier(encoder_spec: EncoderSpec, train: Split, valid: Split, con
     """Checks first, then one classifier run: LoRA on ``base_state`` when given, else from scratch."""
     config = config or TrainConfig()
     train, valid = _as_split(*train), _as_split(*valid)
-    _check_training_data(train, valid, LABELS, config)
+    check_training_data(train[2], valid[2], LABELS, config)
     with _training_context(config):
         model = BarClassifier.for_spec(encoder_spec, backbone_config, n_classes=len(LABELS))
         if base_state is not None:
@@ -159,9 +161,14 @@ def lora_config(config: TrainConfig | None = None) -> LoraConfig:
 
 def class_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Inverse class frequency, mean 1 over the classes present (absent classes weigh 0)."""
-    counts = torch.bincount(targets, minlength=n_classes).double()
-    weights = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
-    return (weights / weights[counts > 0].mean()).float()
+    return torch.from_numpy(inverse_frequency_weights(np.asarray(targets), n_classes)).float()
+
+
+def add_logit_offsets(model: BarClassifier, offsets) -> BarClassifier:
+    """Fold per-class logit offsets into the head bias (in place), so served logits carry them."""
+    with torch.no_grad():
+        model.head.bias += torch.as_tensor(offsets, dtype=model.head.bias.dtype, device=model.head.bias.device)
+    return model
 
 
 def weighted_nll(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> float:
@@ -181,21 +188,22 @@ def _as_split(numeric, categorical, targets) -> tuple[torch.Tensor, torch.Tensor
     return numeric, categorical, targets
 
 
-def _check_training_data(train: Split, valid: Split | None, class_names, config: TrainConfig) -> None:
+def check_training_data(train_targets, valid_targets, class_names, config: TrainConfig) -> None:
     """Everything that would make training pointless, refused before a weight is built."""
-    n_train, n_valid = len(train[2]), (len(valid[2]) if valid is not None else None)
+    train = torch.as_tensor(np.asarray(train_targets), dtype=torch.int64).reshape(-1)
+    valid = None if valid_targets is None else torch.as_tensor(np.asarray(valid_targets), dtype=torch.int64).reshape(-1)
+    n_train, n_valid = len(train), (len(valid) if valid is not None else None)
     if n_train < config.min_train or (valid is not None and n_valid < config.min_valid):
         raise ModelError(f"too few windows to train: {n_train} training (minimum {config.min_train})"
                          + (f" and {n_valid} validation (minimum {config.min_valid})" if valid is not None else ""))
-    for name, split in (("training", train), ("validation", valid)):
-        if split is None:
+    for name, y in (("training", train), ("validation", valid)):
+        if y is None:
             continue
-        y = split[2]
         bad = torch.nonzero((y < 0) | (y >= len(class_names))).flatten()
         if len(bad):
             raise ModelError(f"{name} target {int(y[bad[0]])} at window {int(bad[0])} is not a class code "
                              f"0..{len(class_names) - 1} (unknown labels must be dropped first)")
-    present = torch.unique(train[2])
+    present = torch.unique(train)
     if len(present) == 1:
         raise ModelError(f"the training set has a single class: all {n_train} windows are "
                          f"{class_names[int(present[0])]!r}; a classifier needs at least two")
@@ -237,7 +245,8 @@ def _load_body(model: BarClassifier, state: dict[str, torch.Tensor]) -> None:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatch: another backbone or encoder
         raise ModelError(f"pretrained weights do not fit this model: {error}") from None
-    missing = [k for k in result.missing_keys if not k.startswith(BarClassifier.HEAD)]
+    missing = [k for k in result.missing_keys
+               if not k.startswith(BarClassifier.HEAD) and k != BarClassifier.TOKEN_TABLE]
     if missing or result.unexpected_keys:
         raise ModelError(f"pretrained weights do not fit this model: missing {missing[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]}")

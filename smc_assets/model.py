@@ -1,0 +1,287 @@
+"""The model stage: ``base_model`` (self-supervised pretraining, refreshed rarely) and
+``lora_model`` (a LoRA adapter on it, calibrated, compared with baselines, packaged,
+tracked in MLflow and registered with the alias ``challenger``).
+
+All learning happens in ``smc_core.model.pipeline``; these assets add storage, progress
+in the Dagster log, MLflow tracking through dagster-mlflow, and metadata for the UI.
+"""
+
+import base64
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from smc_assets.features import features
+from smc_assets.labels import HorizonConfig, labels
+from smc_core.calendar import SessionCalendar
+from smc_core.dataset import TrainingData, load_training_data
+from smc_core.errors import SmcError
+from smc_core.evaluation.metrics import comparison_markdown
+from smc_core.features import CATALOGUE
+from smc_core.model import BackboneConfig, TrainConfig, reliability_diagram, save_package
+from smc_core.model.backbone import check_checkpoint
+from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
+from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
+from smc_core.provenance import code_revision
+from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, register_package
+from smc_core.store import feature_symbols
+
+BASE_KEY = AssetKey("base_model")
+
+
+class TrainingConfig(Config):
+    """Knobs shared by pretraining and fine-tuning."""
+
+    symbols: list[str] = Field(default_factory=list, description="Symbols to train on; empty means all with features.")
+    start: Optional[str] = Field(default=None, description="Earliest decision time (ISO date/time, UTC); empty: all.")
+    end: Optional[str] = Field(default=None, description="Latest decision time (ISO date/time, UTC); empty: all.")
+    sequence_length: int = Field(default=20, description="Bars per window (one token each).")
+    epochs: int = Field(default=30, description="Maximum epochs; early stopping on validation loss ends sooner.")
+    patience: int = Field(default=3, description="Epochs without a lower validation loss before stopping.")
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    seed: int = Field(default=0, description="Seeds every random choice: same data and seed, same weights.")
+    threads: int = Field(default=1, description="Torch intra-op threads while training (1 is fastest on a busy 2-core box).")
+
+    def train_config(self, **extra) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,
+                           learning_rate=self.learning_rate, seed=self.seed, threads=self.threads, **extra)
+
+    def time_range(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        start = _utc(self.start, "start") if self.start else pd.Timestamp("1970-01-01", tz="UTC")
+        end = _utc(self.end, "end") if self.end else pd.Timestamp.now(tz="UTC")
+        if start >= end:
+            raise Failure(description=f"start {start} is not before end {end}")
+        return start, end
+
+
+class BaseModelConfig(TrainingConfig):
+    checkpoint: Optional[str] = Field(
+        default=None, description="Local Qwen2 checkpoint directory (e.g. a downloaded Qwen2.5-0.5B); "
+                                  "empty: the small default backbone below, pretrained here.")
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    epochs: int = Field(default=5, description="Pretraining epochs (0 with a checkpoint: use its weights as they are).")
+    patience: int = 2
+    holdout_fraction: float = Field(
+        default=0.2, description="Newest share of windows never pretrained on, so fine-tuning validation stays unseen.")
+    max_windows: int = Field(default=200_000, description="Cap on pretraining windows (an even subsample).")
+
+    def base_config(self) -> BaseConfig:
+        backbone = BackboneConfig(hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
+                                  num_kv_heads=self.num_kv_heads, intermediate_size=self.intermediate_size)
+        return BaseConfig(backbone=backbone, checkpoint=self.checkpoint, sequence_length=self.sequence_length,
+                          holdout_fraction=self.holdout_fraction, max_windows=self.max_windows,
+                          train=self.train_config())
+
+
+class LoraModelConfig(TrainingConfig):
+    horizon: HorizonConfig = Field(default_factory=HorizonConfig, description="Which stored labels to learn.")
+    valid_fraction: float = Field(default=0.2, description="Newest share of labelled windows used for validation.")
+    embargo_minutes: int = Field(default=60, description="Training samples this soon after validation are dropped.")
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    threshold: float = Field(default=0.55, description="Confidence at which a long/short call counts as a trade.")
+    baselines: bool = Field(default=True, description="Also train LightGBM and the from-scratch transformer.")
+
+    def run_config(self) -> RunConfig:
+        return RunConfig(sequence_length=self.sequence_length, valid_fraction=self.valid_fraction,
+                         embargo=pd.Timedelta(minutes=self.embargo_minutes), threshold=self.threshold,
+                         baselines=self.baselines,
+                         train=self.train_config(lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                                                 lora_dropout=self.lora_dropout))
+
+
+@asset(
+    deps=[features],
+    required_resource_keys={"database", "landing", "model_store", "mlflow"},
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    description="Qwen2 backbone pretrained on next-bar return buckets of all stored bars (or a local checkpoint).",
+)
+def base_model(context: AssetExecutionContext, config: BaseModelConfig) -> MaterializeResult:
+    if config.checkpoint:
+        _checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
+    data = _load(context, config, horizon=None)
+    mlflow = context.resources.mlflow
+    mlflow.set_tags({"stage": "base_model"})
+    mlflow.log_params({"base_" + k: v for k, v in config.model_dump().items()})
+    context.log.info(f"pretraining on {len(data)} windows of {', '.join(data.symbols)}")
+    base = _checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
+    path = context.resources.model_store.directory("base", context.run.run_id)
+    save_base(path, base.state, base.spec, base.backbone_config,
+              {**base.info, "dagster_run_id": context.run.run_id, "mlflow_run_id": mlflow.active_run().info.run_id})
+    mlflow.log_artifact(str(path / "base.json"), "base_model")
+    return MaterializeResult(metadata={
+        "path": MetadataValue.path(str(path)),
+        "trained_until": base.info["trained_until"],
+        "windows_train": base.info["windows_train"],
+        "windows_valid": base.info["windows_valid"],
+        "best_valid_loss": base.info["best_valid_loss"],
+        "backbone": MetadataValue.json(vars(base.backbone_config)),
+        "checkpoint": config.checkpoint or "none (default backbone)",
+        "history": MetadataValue.md(_history_markdown({"pretrain": base.info["history"]})),
+        "mlflow_run_id": mlflow.active_run().info.run_id,
+    })
+
+
+@asset(
+    deps=[base_model, features, labels],
+    required_resource_keys={"database", "landing", "model_store", "mlflow"},
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    description="LoRA adapter on the base, calibrated, scored beside LightGBM and a from-scratch transformer, "
+                "packaged and registered in MLflow with the alias 'challenger'.",
+)
+def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> MaterializeResult:
+    base = _latest_base(context)
+    horizon = config.horizon.horizon().name
+    data = _load(context, config, horizon=horizon)
+    mlflow = context.resources.mlflow
+    run_id = mlflow.active_run().info.run_id
+    mlflow.set_tags({"stage": "lora_model", "horizon": horizon, "base_model": base.info["path"]})
+    mlflow.log_params({k: v for k, v in config.model_dump().items() if k != "horizon"} | {"horizon": horizon})
+    context.log.info(f"fine-tuning on {len(data)} labelled windows of {', '.join(data.symbols)} ({horizon})")
+    run = _checked(lambda: train_lora_run(data, base, CATALOGUE, config.run_config(),
+                                          progress=_progress(context, mlflow)))
+    for model_name, report in run.reports.items():
+        mlflow.log_metrics({f"{model_name}_{k}": v for k, v in report.items() if v == v})
+    calibration = run.calibration
+    mlflow.log_metrics({"temperature": calibration.temperature, "ece_before": calibration.ece_raw,
+                        "ece_after": calibration.ece, "nll_before": calibration.nll_raw, "nll_after": calibration.nll})
+
+    artifact_uri = f"{mlflow.get_artifact_uri()}/{PACKAGE_ARTIFACT}"
+    version = register_package(run_id, artifact_uri, alias=None, tags={"dagster_run_id": context.run.run_id})
+    try:
+        lineage = _lineage(context, config, data, run.facts, base, horizon, run_id, version)
+        path = context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}")
+        save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage, run.reference)
+        mlflow.log_artifacts(str(path), PACKAGE_ARTIFACT)
+        with tempfile.TemporaryDirectory() as scratch:
+            diagrams = [reliability_diagram(probs, run.valid_y, Path(scratch) / f"reliability_{name}.png", title)
+                        for name, probs, title in (("before", calibration.raw, "before calibration"),
+                                                   ("after", calibration.probs, "after calibration"))]
+            for diagram in diagrams:
+                mlflow.log_artifact(str(diagram), "calibration")
+            images = "\n\n".join(f"![{d.stem}](data:image/png;base64,{base64.b64encode(d.read_bytes()).decode()})"
+                                 for d in diagrams)
+        mlflow.tracking_client.set_registered_model_alias(MODEL_NAME, "challenger", version)
+    except BaseException:
+        mlflow.tracking_client.delete_model_version(MODEL_NAME, version)  # never leave a version without files
+        shutil.rmtree(context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}"),
+                      ignore_errors=True)
+        raise
+    context.log.info(f"registered {MODEL_NAME}/{version} as challenger; package at {path}")
+
+    lora = run.reports["lora"]
+    return MaterializeResult(metadata={
+        "model_version": f"{MODEL_NAME}/{version}",
+        "mlflow_run_id": run_id,
+        "package_path": MetadataValue.path(str(path)),
+        "comparison": MetadataValue.md(comparison_markdown(run.reports)),
+        "log_loss": lora["log_loss"],
+        "macro_f1": lora["macro_f1"],
+        "trade_precision": lora["trade_precision"],
+        "trade_edge": lora["trade_edge"],
+        "temperature": calibration.temperature,
+        "ece_before": calibration.ece_raw,
+        "ece_after": calibration.ece,
+        "nll_before": calibration.nll_raw,
+        "nll_after": calibration.nll,
+        "reliability": MetadataValue.md(images),
+        "history": MetadataValue.md(_history_markdown(run.histories)),
+        "split": MetadataValue.json(run.facts),
+        "best_epoch": run.result.best_epoch,
+        "trainable_parameters": run.result.n_trainable,
+        "windows_per_second": run.result.windows_per_second,
+    })
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+def _checked(work):
+    """Domain errors (bad data, bad checkpoint) become a Dagster Failure with their message."""
+    try:
+        return work()
+    except SmcError as error:
+        raise Failure(description=str(error)) from None
+
+
+def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optional[str]) -> TrainingData:
+    db = context.resources.database.database()
+    timeframe = context.resources.landing.timeframe
+    symbols = config.symbols or feature_symbols(db, timeframe, CATALOGUE)
+    if not symbols:
+        raise Failure(description=f"no stored features of feature set {CATALOGUE.version} for {timeframe}: "
+                                  "materialize the features partitions first")
+    start, end = config.time_range()
+    return _checked(lambda: load_training_data(db, symbols, timeframe, start, end, CATALOGUE, horizon,
+                                               config.sequence_length))
+
+
+def _latest_base(context: AssetExecutionContext) -> PretrainedBase:
+    event = context.instance.get_latest_materialization_event(BASE_KEY)
+    if event is None or event.asset_materialization is None:
+        raise Failure(description="no base_model has been materialized yet: materialize base_model first")
+    path = Path(event.asset_materialization.metadata["path"].value)
+    stored = _checked(lambda: load_base(path))
+    context.log.info(f"base model {path} (pretrained until {stored.info['trained_until']})")
+    return PretrainedBase(stored.state, stored.spec, stored.backbone_config, {**stored.info, "path": str(path)})
+
+
+def _progress(context: AssetExecutionContext, mlflow=None):
+    def report(event: dict) -> None:
+        stage = event["stage"]
+        if "epoch" not in event:
+            context.log.info(f"{stage}: training")
+            return
+        valid = event["valid_loss"]
+        context.log.info(f"{stage} epoch {event['epoch']}: train loss {event['train_loss']:.4f}, "
+                         f"valid loss {valid:.4f} ({event['seconds']:.1f} s)")
+        if mlflow is not None:
+            mlflow.log_metrics({f"{stage}_train_loss": event["train_loss"], f"{stage}_valid_loss": valid},
+                               step=event["epoch"])
+    return report
+
+
+def _lineage(context, config: LoraModelConfig, data: TrainingData, facts: dict, base: PretrainedBase, horizon: str,
+             mlflow_run_id: str, version: str) -> dict:
+    calendar: SessionCalendar = context.resources.landing.calendar()
+    days = calendar.trading_day_of(pd.DatetimeIndex(data.row_ts[data.ends]))
+    partitions = sorted({f"{day}|{data.symbols[s]}" for day, s in zip(days, data.row_symbol[data.ends])})
+    return {
+        "registered_model": MODEL_NAME, "model_version": version, "mlflow_run_id": mlflow_run_id,
+        "dagster_run_id": context.run.run_id, "asset": "lora_model", "package_format": PACKAGE_FORMAT,
+        "data": {"symbols": data.symbols, "timeframe": context.resources.landing.timeframe, "horizon": horizon,
+                 "feature_set_version": CATALOGUE.version, "partitions": partitions, **facts},
+        "base": {key: base.info.get(key) for key in ("path", "trained_until", "dagster_run_id", "mlflow_run_id",
+                                                      "checkpoint")},
+        "config": config.model_dump(),
+        "code": code_revision(),
+    }
+
+
+def _history_markdown(histories: dict[str, list[dict]]) -> str:
+    lines = ["| stage | epoch | train loss | valid loss | seconds |", "|---|---|---|---|---|"]
+    for stage, history in histories.items():
+        for epoch in history:
+            lines.append(f"| {stage} | {epoch['epoch']} | {epoch['train_loss']:.4f} | {epoch['valid_loss']:.4f} | "
+                         f"{epoch['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def _utc(text: str, name: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise Failure(description=f"{name} {text!r} is not an ISO date or time") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

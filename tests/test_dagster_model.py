@@ -1,0 +1,171 @@
+"""base_model and lora_model through the real jobs: MLflow run via dagster-mlflow, a registered
+version with the alias ``challenger``, a verified package with lineage, and clear refusals."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import date
+
+import mlflow
+import numpy as np
+import pytest
+from dagster import DagsterInstance
+
+from smc_assets.partitions import SYMBOLS, bar_partition_key
+from smc_core.dataset import load_training_data
+from smc_core.features import CATALOGUE
+from smc_core.model import Predictor, load_package
+from smc_core.model.encoding import encode, windows
+from smc_core.registry import EXPERIMENT, MODEL_NAME, alias_version, package_path
+from smc_core.settings import Settings
+from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
+from smc_jobs.definitions import build_definitions
+
+warnings.filterwarnings("ignore", category=Warning, module="dagster_mlflow")
+
+SYMBOL = "ES"
+DAYS = 6
+START = date(2024, 3, 4)
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+BASE_CONFIG = {"epochs": 2}
+LORA_CONFIG = {"epochs": 3, "patience": 2}
+
+
+def _run_config(asset: str, config: dict) -> dict:
+    return {**QUIET, "ops": {asset: {"config": config}}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(database, tmp_path_factory, monkeypatch_module):
+    home = tmp_path_factory.mktemp("smc_home")
+    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings.from_env({"DATABASE_URL": database.url, "SMC_HOME": str(home)})
+    write_synthetic(SyntheticConfig(days=DAYS, start=START, edge="smc", edge_strength=0.9, seed=11,
+                                            instrument=Instrument(symbol=SYMBOL)), settings.landing_dir)
+    definitions = build_definitions(settings)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(SYMBOLS.name, [SYMBOL])
+    market = definitions.resolve_job_def("market_data_job")
+    keys = []
+    for day in _trading_days():
+        key = bar_partition_key(SYMBOL, day)
+        assert market.execute_in_process(partition_key=key, instance=instance, run_config=QUIET).success
+        keys.append(key)
+    base = definitions.resolve_job_def("base_model_job").execute_in_process(
+        instance=instance, run_config=_run_config("base_model", BASE_CONFIG))
+    train = definitions.resolve_job_def("train_job").execute_in_process(
+        instance=instance, run_config=_run_config("lora_model", LORA_CONFIG))
+    return {"settings": settings, "definitions": definitions, "instance": instance, "base": base, "train": train,
+            "partitions": keys}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _trading_days() -> list[date]:
+    """The trading days the landing files hold, as the file-drop sensor would find them."""
+    from smc_core.calendar import CME_EQUITY
+    from smc_core.synthetic import generate_bars
+
+    bars = generate_bars(SyntheticConfig(days=DAYS, start=START, seed=11, edge="smc", edge_strength=0.9))
+    return sorted({date.fromisoformat(str(d)) for d in CME_EQUITY.trading_day_of(bars["ts"])})
+
+
+def _metadata(result, asset: str) -> dict:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    assert len(events) == 1
+    return {k: v.value for k, v in events[0].materialization.metadata.items()}
+
+
+def test_training_runs_are_tracked_in_mlflow_through_dagster_mlflow(pipeline):
+    assert pipeline["base"].success and pipeline["train"].success
+    meta = _metadata(pipeline["train"], "lora_model")
+    run = mlflow.MlflowClient().get_run(meta["mlflow_run_id"])
+    # dagster-mlflow opened the run for this Dagster run, and its hook closed it
+    assert run.data.tags["dagster_run_id"] == pipeline["train"].run_id
+    assert run.info.status == "FINISHED"
+    assert mlflow.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    assert run.data.params["epochs"] == "3" and run.data.params["horizon"] == "h30_u1.5_d1.5"
+    for model in ("lora", "scratch", "lightgbm", "prior"):
+        assert f"{model}_log_loss" in run.data.metrics
+    assert {"ece_before", "ece_after", "temperature"} <= set(run.data.metrics)
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "lora_valid_loss")
+    assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 2
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "calibration")}
+    assert artifacts == {"calibration/reliability_before.png", "calibration/reliability_after.png"}
+    # the artifact root is the absolute one under SMC_HOME, whatever the cwd was
+    assert run.info.artifact_uri.startswith((pipeline["settings"].smc_home / "mlartifacts").as_uri())
+
+    base_meta = _metadata(pipeline["base"], "base_model")
+    base_run = mlflow.MlflowClient().get_run(base_meta["mlflow_run_id"])
+    assert base_run.data.tags["dagster_run_id"] == pipeline["base"].run_id and base_run.info.status == "FINISHED"
+
+
+def test_the_package_is_registered_as_challenger_with_lineage(pipeline, database):
+    meta = _metadata(pipeline["train"], "lora_model")
+    name, version = meta["model_version"].split("/")
+    assert name == MODEL_NAME and alias_version("challenger") == version
+    downloaded = load_package(package_path(version))  # verifies the manifest of the MLflow copy
+    lineage = downloaded.lineage
+    assert lineage["model_version"] == version and lineage["mlflow_run_id"] == meta["mlflow_run_id"]
+    assert lineage["dagster_run_id"] == pipeline["train"].run_id
+    assert lineage["data"]["partitions"] == sorted(str(k) for k in pipeline["partitions"])
+    assert lineage["data"]["feature_set_version"] == CATALOGUE.version
+    assert lineage["data"]["valid_seen_by_base"] == 0
+    assert lineage["base"]["dagster_run_id"] == pipeline["base"].run_id
+    assert len(lineage["code"]["git_commit"] or "") == 40
+    assert downloaded.has_adapter
+
+    # the MLflow copy and the local package serve identical probabilities on stored features
+    data = load_training_data(database, [SYMBOL], "1m", *_all_time(), CATALOGUE, "h30_u1.5_d1.5", 20)
+    numeric, categorical = encode(np.nan_to_num(data.rows), downloaded.spec)
+    batch = windows(numeric, categorical, data.ends[-64:], 20)
+    local = Predictor.load(meta["package_path"]).predict_proba(*batch)
+    assert np.array_equal(local, Predictor(downloaded).predict_proba(*batch))
+    assert np.allclose(local.sum(axis=1), 1.0)
+
+
+def test_metadata_shows_calibration_and_baselines_side_by_side(pipeline):
+    meta = _metadata(pipeline["train"], "lora_model")
+    header = meta["comparison"].splitlines()[0]
+    assert header == "| metric | lora | scratch | lightgbm | prior |"
+    assert "| trade_precision |" in meta["comparison"] and "| macro_f1 |" in meta["comparison"]
+    assert meta["reliability"].count("data:image/png;base64,") == 2
+    assert 0 <= meta["ece_after"] <= 1 and meta["temperature"] > 0
+    assert meta["split"]["windows_valid"] > 0 and meta["split"]["purged"] >= 0
+    assert "| lora | 1 |" in meta["history"] and "| scratch | 1 |" in meta["history"]
+
+
+def test_a_second_run_moves_the_challenger_alias(pipeline):
+    before = alias_version("challenger")
+    result = pipeline["definitions"].resolve_job_def("train_job").execute_in_process(
+        instance=pipeline["instance"], run_config=_run_config("lora_model", {**LORA_CONFIG, "epochs": 1,
+                                                                              "baselines": False}))
+    assert result.success
+    assert int(alias_version("challenger")) == int(before) + 1
+
+
+@pytest.mark.parametrize("asset, config, message", [
+    ("base_model", {"checkpoint": "/nowhere/qwen"}, "backbone checkpoint /nowhere/qwen does not exist"),
+    ("lora_model", {"symbols": ["NQ"]}, "no feature rows for NQ"),
+    ("lora_model", {"start": "2024-03-05T15:00:00", "end": "2024-03-05T17:00:00"}, "too little data for the split"),
+    ("lora_model", {"start": "yesterday-ish"}, "start 'yesterday-ish' is not an ISO date or time"),
+])
+def test_bad_input_fails_the_run_with_a_clear_message_before_training(pipeline, asset, config, message):
+    job = "base_model_job" if asset == "base_model" else "train_job"
+    versions_before = alias_version("challenger")
+    result = pipeline["definitions"].resolve_job_def(job).execute_in_process(
+        instance=pipeline["instance"], run_config=_run_config(asset, config), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert message in str(failure.step_failure_data.error.message) + str(failure.step_failure_data.user_failure_data)
+    assert alias_version("challenger") == versions_before
+
+
+def _all_time():
+    import pandas as pd
+
+    return pd.Timestamp("2000-01-01", tz="UTC"), pd.Timestamp("2100-01-01", tz="UTC")
