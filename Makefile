@@ -21,12 +21,14 @@ demo: install
 
 # All tests on DATABASE_URL when set (CI: the machine's PostgreSQL), else on the embedded
 # server; with DATABASE_URL set, the database tests run a second time on the embedded one.
+# Two workers, one test file each at a time: training runs one torch thread per worker.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 test: install
-	$(PY) -m pytest
+	$(PYTEST)
 	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-embedded; fi
 
 test-embedded: install
-	env -u DATABASE_URL $(PY) -m pytest -m db -q
+	env -u DATABASE_URL $(PYTEST) -m db -q
 
 ui: install
 	@$(PY) -c "from pathlib import Path; from smc_jobs.demo import ensure_dagster_home; ensure_dagster_home(Path('$(DAGSTER_HOME)'))"

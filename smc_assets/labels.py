@@ -30,7 +30,7 @@ from smc_core.store import load_bars, read_features, write_labels
 
 
 class HorizonConfig(Config):
-    bars: int = Field(default=30, description="Time barrier H, in bars.")
+    bars: int = Field(default=15, description="Time barrier H, in bars (15: a 1-minute setup resolves within a quarter hour).")
     up_atr: float = Field(default=1.5, description="Long profit / short loss barrier, in ATRs of the entry bar.")
     down_atr: float = Field(default=1.5, description="Long loss / short profit barrier, in ATRs of the entry bar.")
     min_move_atr: float = Field(default=0.0, description="Minimum move at the time barrier to count as a direction.")

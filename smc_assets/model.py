@@ -6,7 +6,6 @@ All learning happens in ``smc_core.model.pipeline``; these assets add storage, p
 in the Dagster log, MLflow tracking through dagster-mlflow, and metadata for the UI.
 """
 
-import base64
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,11 +15,11 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from smc_assets.common import checked, image_markdown
 from smc_assets.features import features
 from smc_assets.labels import HorizonConfig, labels
 from smc_core.calendar import SessionCalendar
 from smc_core.dataset import TrainingData, load_training_data
-from smc_core.errors import SmcError
 from smc_core.evaluation.metrics import comparison_markdown
 from smc_core.features import CATALOGUE
 from smc_core.model import BackboneConfig, TrainConfig, reliability_diagram, save_package
@@ -96,7 +95,7 @@ class LoraModelConfig(TrainingConfig):
     def run_config(self) -> RunConfig:
         return RunConfig(sequence_length=self.sequence_length, valid_fraction=self.valid_fraction,
                          embargo=pd.Timedelta(minutes=self.embargo_minutes), threshold=self.threshold,
-                         baselines=self.baselines,
+                         baselines=("scratch", "lightgbm") if self.baselines else (),
                          train=self.train_config(lora_r=self.lora_r, lora_alpha=self.lora_alpha,
                                                  lora_dropout=self.lora_dropout))
 
@@ -110,13 +109,13 @@ class LoraModelConfig(TrainingConfig):
 )
 def base_model(context: AssetExecutionContext, config: BaseModelConfig) -> MaterializeResult:
     if config.checkpoint:
-        _checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
+        checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
     data = _load(context, config, horizon=None)
     mlflow = context.resources.mlflow
     mlflow.set_tags({"stage": "base_model"})
     mlflow.log_params({"base_" + k: v for k, v in config.model_dump().items()})
     context.log.info(f"pretraining on {len(data)} windows of {', '.join(data.symbols)}")
-    base = _checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
+    base = checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
     path = context.resources.model_store.directory("base", context.run.run_id)
     save_base(path, base.state, base.spec, base.backbone_config,
               {**base.info, "dagster_run_id": context.run.run_id, "mlflow_run_id": mlflow.active_run().info.run_id})
@@ -151,7 +150,7 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
     mlflow.set_tags({"stage": "lora_model", "horizon": horizon, "base_model": base.info["path"]})
     mlflow.log_params({k: v for k, v in config.model_dump().items() if k != "horizon"} | {"horizon": horizon})
     context.log.info(f"fine-tuning on {len(data)} labelled windows of {', '.join(data.symbols)} ({horizon})")
-    run = _checked(lambda: train_lora_run(data, base, CATALOGUE, config.run_config(),
+    run = checked(lambda: train_lora_run(data, base, CATALOGUE, config.run_config(),
                                           progress=_progress(context, mlflow)))
     for model_name, report in run.reports.items():
         mlflow.log_metrics({f"{model_name}_{k}": v for k, v in report.items() if v == v})
@@ -172,8 +171,7 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
                                                    ("after", calibration.probs, "after calibration"))]
             for diagram in diagrams:
                 mlflow.log_artifact(str(diagram), "calibration")
-            images = "\n\n".join(f"![{d.stem}](data:image/png;base64,{base64.b64encode(d.read_bytes()).decode()})"
-                                 for d in diagrams)
+            images = image_markdown(*diagrams)
         mlflow.tracking_client.set_registered_model_alias(MODEL_NAME, "challenger", version)
     except BaseException:
         mlflow.tracking_client.delete_model_version(MODEL_NAME, version)  # never leave a version without files
@@ -208,14 +206,6 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
 
 # --- helpers -----------------------------------------------------------------------------
 
-def _checked(work):
-    """Domain errors (bad data, bad checkpoint) become a Dagster Failure with their message."""
-    try:
-        return work()
-    except SmcError as error:
-        raise Failure(description=str(error)) from None
-
-
 def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optional[str]) -> TrainingData:
     db = context.resources.database.database()
     timeframe = context.resources.landing.timeframe
@@ -224,7 +214,7 @@ def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optio
         raise Failure(description=f"no stored features of feature set {CATALOGUE.version} for {timeframe}: "
                                   "materialize the features partitions first")
     start, end = config.time_range()
-    return _checked(lambda: load_training_data(db, symbols, timeframe, start, end, CATALOGUE, horizon,
+    return checked(lambda: load_training_data(db, symbols, timeframe, start, end, CATALOGUE, horizon,
                                                config.sequence_length))
 
 
@@ -233,7 +223,7 @@ def _latest_base(context: AssetExecutionContext) -> PretrainedBase:
     if event is None or event.asset_materialization is None:
         raise Failure(description="no base_model has been materialized yet: materialize base_model first")
     path = Path(event.asset_materialization.metadata["path"].value)
-    stored = _checked(lambda: load_base(path))
+    stored = checked(lambda: load_base(path))
     context.log.info(f"base model {path} (pretrained until {stored.info['trained_until']})")
     return PretrainedBase(stored.state, stored.spec, stored.backbone_config, {**stored.info, "path": str(path)})
 

@@ -65,6 +65,23 @@ class ModelStoreResource(ConfigurableResource):
         return path
 
 
+class TrackingResource(ConfigurableResource):
+    """MLflow tracking and registry for steps that work on existing runs and versions
+    (evaluation, promotion, rollback) rather than opening a run of their own."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI (registry included).")
+    artifact_root: str = Field(description="Absolute artifact root for the experiment (a file:// URI).")
+
+    def config(self) -> TrackingConfig:
+        return TrackingConfig(self.tracking_uri, self.artifact_root)
+
+    def client(self):
+        import mlflow
+
+        configure(self.config())
+        return mlflow.MlflowClient()
+
+
 def mlflow_resource(config: TrackingConfig) -> ResourceDefinition:
     """dagster-mlflow's ``mlflow_tracking`` resource, preceded by our experiment setup.
 

@@ -103,3 +103,26 @@ def load_training_data(db: Database, symbols: list[str], timeframe: str, start: 
         raise SmcError(f"no labelled windows for {', '.join(symbols)} {timeframe} horizon {horizon} in "
                        f"({start}, {end}]: materialize the labels partitions with this horizon first")
     return data
+
+
+def from_bars(bars: dict[str, pd.DataFrame], horizon, sequence_length: int,
+              calendar=None) -> tuple[TrainingData, dict[str, pd.DataFrame]]:
+    """Training data computed in memory from each symbol's bars (no database), and the bars
+    with the ``atr`` and ``session`` columns the backtest needs: for tests, benchmarks and
+    research on generated or exported data."""
+    from smc_core.calendar import CME_EQUITY
+    from smc_core.features import compute_features
+    from smc_core.labels import triple_barrier
+
+    calendar = calendar or CME_EQUITY
+    frames, traded = {}, {}
+    for symbol, symbol_bars in bars.items():
+        features = compute_features(symbol_bars)
+        features.index = pd.DatetimeIndex(symbol_bars["ts"], name="ts")
+        traded[symbol] = symbol_bars.assign(
+            atr=features["atr"].to_numpy(),
+            session=calendar.trading_day_of(symbol_bars["ts"]).astype("int64")).reset_index(drop=True)
+        labels = pd.concat([symbol_bars[["ts"]].reset_index(drop=True),
+                            triple_barrier(traded[symbol], horizon, last_session_complete=True)], axis=1)
+        frames[symbol] = (features, labels)
+    return assemble(frames, sequence_length), traded

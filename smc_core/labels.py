@@ -46,7 +46,7 @@ _UP, _DOWN, _TIME, _SESSION_END, _BOTH, _UNKNOWN_BARRIER = range(6)
 class Horizon:
     """Barriers of one labelling: H bars, profit/loss distances in ATRs of the entry bar."""
 
-    bars: int = 30
+    bars: int = 15
     up_atr: float = 1.5
     down_atr: float = 1.5
     min_move_atr: float = 0.0
@@ -63,7 +63,7 @@ class Horizon:
 
     @property
     def name(self) -> str:
-        """Stable key such as ``h30_u1.5_d1.5`` (``_m0.25`` appended only when min_move_atr > 0)."""
+        """Stable key such as ``h15_u1.5_d1.5`` (``_m0.25`` appended only when min_move_atr > 0)."""
         name = f"h{int(self.bars)}_u{_number(self.up_atr)}_d{_number(self.down_atr)}"
         if self.min_move_atr > 0:
             name += f"_m{_number(self.min_move_atr)}"

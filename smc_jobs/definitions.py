@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job, job
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from sensors.file_drop import build_file_drop_sensor
@@ -11,7 +11,9 @@ from smc_assets.features import features
 from smc_assets.labels import labels
 from smc_assets.model import base_model, lora_model
 from smc_assets.partitions import BAR_PARTITIONS
-from smc_assets.resources import DatabaseResource, LandingResource, ModelStoreResource, mlflow_resource
+from smc_assets.promotion import challenger_evaluation, champion, rollback_champion
+from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
+                                  mlflow_resource)
 from smc_core.registry import TrackingConfig
 from smc_core.settings import Settings
 
@@ -33,18 +35,30 @@ train_job = define_asset_job(
     description="Fine-tune a LoRA adapter on the current base, calibrate, compare with baselines, register as challenger.",
 )
 
+promotion_job = define_asset_job(
+    "promotion_job", selection=AssetSelection.assets(challenger_evaluation, champion),
+    description="Walk-forward backtest of the challenger, every gate a blocking check; champion alias moves on a pass.",
+)
+
+
+@job(description="Move the 'champion' alias back to 'previous' (the service follows within seconds).")
+def rollback_job():
+    rollback_champion()
+
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
+    tracking = TrackingConfig.from_settings(settings)
     return Definitions(
-        assets=[bars, features, labels, base_model, lora_model],
-        jobs=[market_data_job, base_model_job, train_job],
+        assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion],
+        jobs=[market_data_job, base_model_job, train_job, promotion_job, rollback_job],
         sensors=[build_file_drop_sensor(market_data_job.name)],
         resources={
             "database": DatabaseResource(url=settings.database_url),
             "landing": LandingResource(path=str(settings.landing_dir), timezone=settings.exchange_tz),
             "model_store": ModelStoreResource(root=str(settings.smc_home / "models")),
-            "mlflow": mlflow_resource(TrackingConfig.from_settings(settings)),
+            "mlflow": mlflow_resource(tracking),
+            "tracking": TrackingResource(tracking_uri=tracking.tracking_uri, artifact_root=tracking.artifact_root),
         },
     )
 

@@ -53,6 +53,8 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     # dagster-mlflow (beta) calls deprecated Dagster APIs; that is not the user's concern here
     warnings.filterwarnings("ignore", category=BetaWarning)
     warnings.filterwarnings("ignore", message="InitResourceContext")
+    warnings.filterwarnings("ignore", message="Starting in dagster 1.11, get_sensor_def")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
     from smc_core.db import Database, redact
     from smc_core.migrations import migrate, storage_mode
@@ -60,7 +62,7 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     from smc_jobs.definitions import build_definitions
 
     started = time.perf_counter()
-    steps = 6 if train else 4
+    steps = 7 if train else 4
     click.echo(f"[1/{steps}] database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
@@ -117,31 +119,56 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
 
 
 def _train(definitions, instance, settings: Settings, steps: int) -> int:
-    """base_model_job then train_job, with their outcome printed; returns the number of failed runs."""
+    """base_model_job, train_job, then promotion_job, with their outcomes printed; returns 1 on a failed run.
+
+    A challenger refused by its gates is an outcome, not a failure: the demo prints why.
+    """
     from smc_core.registry import TrackingConfig
 
     progress = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    for step, job_name, asset in ((5, "base_model_job", "base_model"), (6, "train_job", "lora_model")):
+    stages = ((5, "base_model_job", "base_model"), (6, "train_job", "lora_model"),
+              (7, "promotion_job", "challenger_evaluation"))
+    for step, job_name, asset in stages:
         click.echo(f"[{step}/{steps}] {job_name}: {definitions.resolve_job_def(job_name).description}")
         stage_started = time.perf_counter()
         run = definitions.resolve_job_def(job_name).execute_in_process(
             instance=instance, run_config={**progress, "ops": {asset: {"config": {}}}}, raise_on_error=False)
-        if not run.success:
+        metadata = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                    for e in run.get_asset_materialization_events()}
+        if asset not in metadata:
             failure = next((e for e in run.all_events if e.event_type_value == "STEP_FAILURE"), None)
             click.echo(f"      FAILED: {failure.message if failure else 'see the Dagster run ' + run.run_id}")
             return 1
-        metadata = {k: v.value for e in run.get_asset_materialization_events() for k, v in
-                    e.materialization.metadata.items()}
         click.echo(f"      done in {time.perf_counter() - stage_started:.0f}s")
-        if asset == "lora_model":
-            click.echo(f"      registered {metadata['model_version']} (alias challenger), package {metadata['package_path']}")
-            click.echo(f"      calibration (class-weight prior removed, temperature {metadata['temperature']:.3f}): "
-                       f"NLL {metadata['nll_before']:.4f} → {metadata['nll_after']:.4f}, "
-                       f"ECE {metadata['ece_before']:.4f} → {metadata['ece_after']:.4f}")
-            click.echo("      validation, side by side (newest 20% of windows, purged and embargoed):")
-            for line in metadata["comparison"].splitlines():
-                click.echo("      " + line)
+        _print_outcome(asset, metadata)
     tracking = TrackingConfig.from_settings(settings)
     click.echo(f"      MLflow: mlflow ui --backend-store-uri {tracking.tracking_uri} "
-               f"--default-artifact-root {tracking.artifact_root}")
+               f"--default-artifact-root {tracking.artifact_root}   (or: make mlflow-ui)")
     return 0
+
+
+def _print_outcome(asset: str, metadata: dict) -> None:
+    meta = metadata[asset]
+    if asset == "lora_model":
+        click.echo(f"      registered {meta['model_version']} (alias challenger), package {meta['package_path']}")
+        click.echo(f"      calibration (class-weight prior removed, temperature {meta['temperature']:.3f}): "
+                   f"NLL {meta['nll_before']:.4f} → {meta['nll_after']:.4f}, "
+                   f"ECE {meta['ece_before']:.4f} → {meta['ece_after']:.4f}")
+        click.echo("      validation, side by side (newest 20% of windows, purged and embargoed):")
+        _echo_block(meta["comparison"])
+    elif asset == "challenger_evaluation":
+        click.echo(f"      walk-forward backtest of {meta['model_version']} (selected entry threshold "
+                   f"{meta['selected_threshold']}):")
+        _echo_block(meta["backtest"])
+        click.echo("      gates:")
+        _echo_block(meta["gates"])
+        if "champion" in metadata:
+            click.echo(f"      PROMOTED: {metadata['champion']['champion']} is champion "
+                       f"(previous: {metadata['champion']['previous']})")
+        else:
+            click.echo(f"      REFUSED: {meta['model_version']} stays challenger; the champion alias did not move")
+
+
+def _echo_block(text: str) -> None:
+    for line in text.splitlines():
+        click.echo("      " + line)

@@ -80,7 +80,7 @@ def test_service_recomputation_from_a_50_bar_request_equals_stored_rows(database
 
 def test_labels_are_stored_with_their_outcome_time(database, materialized):
     start, end = CME_EQUITY.session_bounds(DAYS[1])
-    stored = read_labels(database, SYMBOL, "1m", "h30_u1.5_d1.5", start, end)
+    stored = read_labels(database, SYMBOL, "1m", "h15_u1.5_d1.5", start, end)
     assert len(stored) == 1380
     assert set(stored["label"]) <= {0, 1, 2}  # the session is over: nothing unknown
     assert (stored["t1"] >= stored["ts"]).all() and (stored["t1"] <= end).all()

@@ -4,74 +4,32 @@ version with the alias ``challenger``, a verified package with lineage, and clea
 from __future__ import annotations
 
 import warnings
-from datetime import date
 
 import mlflow
 import numpy as np
 import pytest
-from dagster import DagsterInstance
-
-from smc_assets.partitions import SYMBOLS, bar_partition_key
 from smc_core.dataset import load_training_data
 from smc_core.features import CATALOGUE
 from smc_core.model import Predictor, load_package
 from smc_core.model.encoding import encode, windows
 from smc_core.registry import EXPERIMENT, MODEL_NAME, alias_version, package_path
-from smc_core.settings import Settings
-from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
-from smc_jobs.definitions import build_definitions
+from pipeline_setup import SYMBOL, run_config, trained_pipeline
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster_mlflow")
 
-SYMBOL = "ES"
 DAYS = 6
-START = date(2024, 3, 4)
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 BASE_CONFIG = {"epochs": 2}
 LORA_CONFIG = {"epochs": 3, "patience": 2}
 
 
-def _run_config(asset: str, config: dict) -> dict:
-    return {**QUIET, "ops": {asset: {"config": config}}}
-
-
 @pytest.fixture(scope="module")
-def pipeline(database, tmp_path_factory, monkeypatch_module):
-    home = tmp_path_factory.mktemp("smc_home")
-    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = Settings.from_env({"DATABASE_URL": database.url, "SMC_HOME": str(home)})
-    write_synthetic(SyntheticConfig(days=DAYS, start=START, edge="smc", edge_strength=0.9, seed=11,
-                                            instrument=Instrument(symbol=SYMBOL)), settings.landing_dir)
-    definitions = build_definitions(settings)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(SYMBOLS.name, [SYMBOL])
-    market = definitions.resolve_job_def("market_data_job")
-    keys = []
-    for day in _trading_days():
-        key = bar_partition_key(SYMBOL, day)
-        assert market.execute_in_process(partition_key=key, instance=instance, run_config=QUIET).success
-        keys.append(key)
-    base = definitions.resolve_job_def("base_model_job").execute_in_process(
-        instance=instance, run_config=_run_config("base_model", BASE_CONFIG))
-    train = definitions.resolve_job_def("train_job").execute_in_process(
-        instance=instance, run_config=_run_config("lora_model", LORA_CONFIG))
-    return {"settings": settings, "definitions": definitions, "instance": instance, "base": base, "train": train,
-            "partitions": keys}
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+def pipeline(database, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
-def _trading_days() -> list[date]:
-    """The trading days the landing files hold, as the file-drop sensor would find them."""
-    from smc_core.calendar import CME_EQUITY
-    from smc_core.synthetic import generate_bars
-
-    bars = generate_bars(SyntheticConfig(days=DAYS, start=START, seed=11, edge="smc", edge_strength=0.9))
-    return sorted({date.fromisoformat(str(d)) for d in CME_EQUITY.trading_day_of(bars["ts"])})
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        trained = trained_pipeline(database.url, tmp_path_factory.mktemp("smc_home"), DAYS, BASE_CONFIG,
+                                   LORA_CONFIG)
+    return {"settings": trained.settings, "definitions": trained.definitions, "instance": trained.instance,
+            "base": trained.base, "train": trained.train, "partitions": trained.partitions}
 
 
 def _metadata(result, asset: str) -> dict:
@@ -88,7 +46,7 @@ def test_training_runs_are_tracked_in_mlflow_through_dagster_mlflow(pipeline):
     assert run.data.tags["dagster_run_id"] == pipeline["train"].run_id
     assert run.info.status == "FINISHED"
     assert mlflow.get_experiment(run.info.experiment_id).name == EXPERIMENT
-    assert run.data.params["epochs"] == "3" and run.data.params["horizon"] == "h30_u1.5_d1.5"
+    assert run.data.params["epochs"] == "3" and run.data.params["horizon"] == "h15_u1.5_d1.5"
     for model in ("lora", "scratch", "lightgbm", "prior"):
         assert f"{model}_log_loss" in run.data.metrics
     assert {"ece_before", "ece_after", "temperature"} <= set(run.data.metrics)
@@ -120,7 +78,7 @@ def test_the_package_is_registered_as_challenger_with_lineage(pipeline, database
     assert downloaded.has_adapter
 
     # the MLflow copy and the local package serve identical probabilities on stored features
-    data = load_training_data(database, [SYMBOL], "1m", *_all_time(), CATALOGUE, "h30_u1.5_d1.5", 20)
+    data = load_training_data(database, [SYMBOL], "1m", *_all_time(), CATALOGUE, "h15_u1.5_d1.5", 20)
     numeric, categorical = encode(np.nan_to_num(data.rows), downloaded.spec)
     batch = windows(numeric, categorical, data.ends[-64:], 20)
     local = Predictor.load(meta["package_path"]).predict_proba(*batch)
@@ -142,7 +100,7 @@ def test_metadata_shows_calibration_and_baselines_side_by_side(pipeline):
 def test_a_second_run_moves_the_challenger_alias(pipeline):
     before = alias_version("challenger")
     result = pipeline["definitions"].resolve_job_def("train_job").execute_in_process(
-        instance=pipeline["instance"], run_config=_run_config("lora_model", {**LORA_CONFIG, "epochs": 1,
+        instance=pipeline["instance"], run_config=run_config("lora_model", {**LORA_CONFIG, "epochs": 1,
                                                                               "baselines": False}))
     assert result.success
     assert int(alias_version("challenger")) == int(before) + 1
@@ -158,7 +116,7 @@ def test_bad_input_fails_the_run_with_a_clear_message_before_training(pipeline, 
     job = "base_model_job" if asset == "base_model" else "train_job"
     versions_before = alias_version("challenger")
     result = pipeline["definitions"].resolve_job_def(job).execute_in_process(
-        instance=pipeline["instance"], run_config=_run_config(asset, config), raise_on_error=False)
+        instance=pipeline["instance"], run_config=run_config(asset, config), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert message in str(failure.step_failure_data.error.message) + str(failure.step_failure_data.user_failure_data)

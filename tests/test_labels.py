@@ -162,9 +162,9 @@ def test_bad_inputs_are_rejected():
 
 
 def test_horizon_name_and_validation():
-    assert Horizon().name == "h30_u1.5_d1.5"
+    assert Horizon().name == "h15_u1.5_d1.5"
     assert Horizon(bars=15, up_atr=2, down_atr=1).name == "h15_u2.0_d1.0"
-    assert Horizon(min_move_atr=0.25).name == "h30_u1.5_d1.5_m0.25"
+    assert Horizon(min_move_atr=0.25).name == "h15_u1.5_d1.5_m0.25"
     for bad in ({"bars": 0}, {"up_atr": 0}, {"down_atr": -1}, {"min_move_atr": float("nan")}):
         with pytest.raises(ConfigError):
             Horizon(**bad)

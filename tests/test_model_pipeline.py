@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 from transformers import Qwen2Config, Qwen2Model
 
-from smc_core.calendar import CME_EQUITY
-from smc_core.dataset import TrainingData, assemble
-from smc_core.features import CATALOGUE, compute_features
-from smc_core.labels import Horizon, triple_barrier
+from smc_core.dataset import TrainingData, from_bars
+from smc_core.features import CATALOGUE
+from smc_core.labels import Horizon
 from smc_core.model import ModelError, TrainConfig
 from smc_core.model.calibration import class_weight_offsets, nll, softmax
 from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, split_for_training, train_lora_run
@@ -19,17 +18,12 @@ from smc_core.synthetic import SyntheticConfig, generate_bars
 
 HORIZON = Horizon(bars=30, up_atr=1.5, down_atr=1.5)
 FAST_BASE = BaseConfig(train=TrainConfig(epochs=3, patience=2))
-RUN = RunConfig(baselines=False, train=TrainConfig(epochs=12, patience=3))
+RUN = RunConfig(baselines=(), train=TrainConfig(epochs=12, patience=3))
 
 
 def synthetic_data(edge: str, days: int = 8, seed: int = 3) -> TrainingData:
     bars = generate_bars(SyntheticConfig(days=days, edge=edge, edge_strength=0.9, seed=seed))
-    features = compute_features(bars)
-    features.index = pd.DatetimeIndex(bars["ts"], name="ts")
-    labelled = bars.assign(atr=features["atr"].to_numpy(),
-                           session=CME_EQUITY.trading_day_of(bars["ts"]).astype("int64"))
-    labels = pd.concat([bars[["ts"]], triple_barrier(labelled, HORIZON, last_session_complete=True)], axis=1)
-    return assemble({"ES": (features, labels)}, 20)
+    return from_bars({"ES": bars}, HORIZON, 20)[0]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +79,7 @@ def test_a_local_qwen2_checkpoint_can_be_the_base(tmp_path):
     base = pretrain_base(data, CATALOGUE, BaseConfig(checkpoint=str(checkpoint), train=TrainConfig(epochs=0)))
     assert base.backbone_config.hidden_size == 32 and base.info["checkpoint"] == str(checkpoint)
     assert "backbone.embed_tokens.weight" not in base.state  # the vocabulary is never used by bar tokens
-    run = train_lora_run(data, base, CATALOGUE, RunConfig(baselines=False, train=TrainConfig(epochs=1)))
+    run = train_lora_run(data, base, CATALOGUE, RunConfig(baselines=(), train=TrainConfig(epochs=1)))
     assert run.result.lora and np.isfinite(run.reports["lora"]["log_loss"])
 
 

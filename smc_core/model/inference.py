@@ -7,6 +7,7 @@ is process-wide, so it is made once, deliberately, when the predictor is created
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,20 @@ class Predictor:
     def predict_proba(self, numeric_windows, categorical_windows) -> np.ndarray:
         """Calibrated class probabilities [N, n_labels]: softmax(logits / T)."""
         return softmax(self.logits(numeric_windows, categorical_windows), self.temperature)
+
+    def single_window_latency_ms(self, repeats: int = 200) -> float:
+        """p50 milliseconds of one prediction from raw feature rows (rows of the package's
+        reference sample): what the service pays per bar, encoding included."""
+        rows = self.package.reference[: self.spec.sequence_length].astype(np.float64)
+        if len(rows) < self.spec.sequence_length:
+            raise ValueError(f"the reference sample has {len(rows)} rows, fewer than one window")
+        self.predict_rows(rows)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.predict_rows(rows)
+            times.append((time.perf_counter() - started) * 1000)
+        return float(np.median(times))
 
     def predict_rows(self, feature_rows: np.ndarray) -> np.ndarray:
         """Probabilities [n_labels] for the window ending at the last of ``feature_rows`` (raw features).

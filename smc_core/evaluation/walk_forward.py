@@ -1,0 +1,224 @@
+"""Walk-forward evaluation: the model retrained per fold as it would be live, then traded.
+
+Each fold trains on the past only (expanding or rolling), purged by label end time ``t1``
+and embargoed, pretrains its own base on that past (so no fold's test bars were ever seen,
+not even self-supervised), fine-tunes LoRA, and predicts the fold's test windows with its
+calibrated probabilities. The out-of-sample probabilities of all folds are then traded bar
+by bar under the policy, and under every candidate policy the experiment tries (for PBO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from smc_core.dataset import TrainingData
+from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec, backtest
+from smc_core.evaluation.gates import Champion, GateConfig, GateResult, evaluate_gates, trial_sharpes_of
+from smc_core.evaluation.splits import walk_forward_splits
+from smc_core.errors import SmcError
+from smc_core.features import FeatureCatalogue
+from smc_core.model.backbone import batched_logits
+from smc_core.model.calibration import softmax
+from smc_core.model.encoding import encode, windows
+from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, train_lora_run
+from smc_core.policy import PolicyConfig
+
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    folds: int = 3
+    min_train_fraction: float = 0.5
+    expanding: bool = True
+    embargo: pd.Timedelta = pd.Timedelta(minutes=60)
+    candidate_thresholds: tuple[float, ...] = (0.55, 0.60, 0.65, 0.70, 0.75)
+    """Entry thresholds tried as candidate policies (PBO's configurations, DSR's trials); none below
+    the seed's 0.55, under which a call is never traded."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    instrument: InstrumentSpec = field(default_factory=InstrumentSpec)
+
+
+@dataclass
+class WalkForward:
+    probabilities: np.ndarray
+    """[n_samples, 3] out-of-sample calibrated probabilities; NaN for samples never tested."""
+    baseline_probabilities: np.ndarray
+    """The same for the LightGBM baseline trained on each fold's past."""
+    folds: list[dict]
+
+
+def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: BaseConfig, run_config: RunConfig,
+                 config: WalkForwardConfig = WalkForwardConfig(), progress: Progress | None = None) -> WalkForward:
+    probabilities = np.full((len(data), 3), np.nan)
+    baseline = np.full((len(data), 3), np.nan)
+    folds = []
+    splits = walk_forward_splits(data.ts, data.t1, config.folds, config.min_train_fraction, config.expanding,
+                                 config.embargo)
+    for number, split in enumerate(splits, start=1):
+        past = _subset(data, split.train)
+        report = _staged(progress, number)
+        base = pretrain_base(past, catalogue, base_config, progress=report)
+        run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
+        probabilities[split.test] = predict_samples(run.model, run.spec, run.calibration.temperature, data,
+                                                    split.test)
+        baseline[split.test] = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])
+        ts = pd.DatetimeIndex(data.ts)
+        folds.append({"fold": number, "train_windows": int(len(split.train)), "test_windows": int(len(split.test)),
+                      "purged": split.purged, "embargoed": split.embargoed,
+                      "train_end": ts[split.train].max().isoformat(), "test_start": ts[split.test].min().isoformat(),
+                      "test_end": ts[split.test].max().isoformat(), "best_epoch": run.result.best_epoch,
+                      "valid_log_loss": run.reports["lora"]["log_loss"]})
+    return WalkForward(probabilities, baseline, folds)
+
+
+def predict_samples(model, spec, temperature: float, data: TrainingData, positions: np.ndarray,
+                    batch_size: int = 1024) -> np.ndarray:
+    """Calibrated probabilities [len(positions), 3] for samples of ``data`` under one model's encoder."""
+    numeric, categorical = encode(np.where(np.isfinite(data.rows), data.rows, 0.0), spec)
+    batch = windows(numeric, categorical, data.ends[positions], spec.sequence_length)
+    with torch.inference_mode():
+        logits = batched_logits(model.eval(), batch[0], batch[1], batch_size).numpy()
+    return softmax(logits, temperature)
+
+
+def bar_probabilities(data: TrainingData, probabilities: np.ndarray) -> dict[str, pd.DataFrame]:
+    """Per symbol, a frame indexed by bar close time with the samples' probabilities (tested ones only)."""
+    tested = np.isfinite(probabilities).all(axis=1)
+    out = {}
+    for code, symbol in enumerate(data.symbols):
+        mine = tested & (data.row_symbol[data.ends] == code)
+        out[symbol] = pd.DataFrame(probabilities[mine], columns=["long", "short", "skip"],
+                                   index=pd.DatetimeIndex(data.row_ts[data.ends[mine]], name="ts"))
+    return out
+
+
+def backtest_portfolio(bars: dict[str, pd.DataFrame], probabilities: dict[str, pd.DataFrame],
+                       policy: PolicyConfig, instrument: InstrumentSpec) -> BacktestResult:
+    """One backtest per symbol over its bars from the first tested bar on, summed per bar time.
+
+    ``bars`` frames carry ts, open, high, low, close, atr, session; bars without a
+    prediction simply get no new entry (positions still run to their orders).
+    """
+    parts, trades = [], []
+    for symbol, frame in bars.items():
+        predicted = probabilities.get(symbol)
+        if predicted is None or predicted.empty:
+            continue
+        frame = frame[frame["ts"] >= predicted.index.min()].reset_index(drop=True)
+        aligned = predicted.reindex(pd.DatetimeIndex(frame["ts"])).to_numpy()
+        result = backtest(frame, aligned, policy, instrument)
+        parts.append(pd.DataFrame({"ts": frame["ts"], "session": frame["session"], "pnl": result.pnl,
+                                   "in_market": result.in_market}))
+        trades.append(result.trades.assign(symbol=symbol))
+    if not parts:
+        raise ValueError("no symbol has out-of-sample predictions to trade")
+    combined = pd.concat(parts).groupby("ts", sort=True).agg(session=("session", "first"), pnl=("pnl", "sum"),
+                                                            in_market=("in_market", "max"))
+    return BacktestResult(combined["pnl"].to_numpy(), combined["in_market"].to_numpy(dtype=bool),
+                          pd.concat(trades, ignore_index=True), combined.index.to_numpy(),
+                          combined["session"].to_numpy(), instrument)
+
+
+def _subset(data: TrainingData, positions: np.ndarray) -> TrainingData:
+    return TrainingData(data.rows, data.row_ts, data.row_symbol, data.ends[positions], data.y[positions],
+                        data.t1[positions], data.symbols, data.sequence_length)
+
+
+def _staged(progress: Progress | None, fold: int) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda event: progress({**event, "stage": f"fold {fold} {event['stage']}"})
+
+
+# --- the challenger's evaluation -----------------------------------------------------------
+
+@dataclass
+class ChampionModel:
+    """What the champion needs to be backtested on the challenger's bars."""
+
+    version: str
+    model: object
+    spec: object
+    temperature: float
+    entry_threshold: float
+
+
+@dataclass
+class Evaluation:
+    walk: WalkForward
+    candidates: dict[float, BacktestResult]
+    """Entry threshold → backtest of the challenger under that candidate policy (out of sample)."""
+    baseline_candidates: dict[float, BacktestResult]
+    """The LightGBM baseline under the same policies: configurations tried too, so they count
+    in PBO and in the DSR's trials."""
+    selected_threshold: float
+    champion: Champion | None
+    gates: list[GateResult]
+    trial_sharpes: dict[str, float]
+
+    @property
+    def challenger(self) -> BacktestResult:
+        return self.candidates[self.selected_threshold]
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+
+def candidate_policy(policy: PolicyConfig, threshold: float) -> PolicyConfig:
+    """The policy with its entry threshold moved (full size stays at or above it)."""
+    return replace(policy, half_threshold=threshold, full_threshold=max(threshold, policy.full_threshold))
+
+
+def evaluate_challenger(data: TrainingData, bars: dict[str, pd.DataFrame], catalogue: FeatureCatalogue,
+                        base_config: BaseConfig, run_config: RunConfig, config: WalkForwardConfig,
+                        gate_config: GateConfig, *, ece: float, latency_ms: float,
+                        champion: ChampionModel | str | None, trial_history: np.ndarray,
+                        progress: Progress | None = None) -> Evaluation:
+    """Walk-forward, every candidate policy traded, the best selected, the champion traded on the
+    same bars, then every gate. ``champion`` is None (first model) or a reason it cannot be used."""
+    walk = walk_forward(data, catalogue, base_config, run_config, config, progress)
+
+    def trade(probabilities: np.ndarray) -> dict[float, BacktestResult]:
+        by_bar = bar_probabilities(data, probabilities)
+        return {t: backtest_portfolio(bars, by_bar, candidate_policy(config.policy, t), config.instrument)
+                for t in config.candidate_thresholds}
+
+    candidates, baseline_candidates = trade(walk.probabilities), trade(walk.baseline_probabilities)
+    sharpes = {t: result.metrics()["sharpe"] for t, result in candidates.items()}
+    finite = {t: s for t, s in sharpes.items() if np.isfinite(s)}
+    selected = max(finite, key=finite.get) if finite else min(
+        candidates, key=lambda t: abs(t - config.policy.half_threshold))
+    tried = {f"lora threshold={t}": r for t, r in candidates.items()} | {
+        f"lightgbm threshold={t}": r for t, r in baseline_candidates.items()}
+    matrix = np.column_stack([result.returns for result in tried.values()])
+    this_run = dict(zip(tried, (float(v) for v in trial_sharpes_of(matrix))))
+    history = np.concatenate([np.asarray(trial_history, dtype=np.float64), list(this_run.values())])
+    rival = _champion_backtest(champion, data, walk, bars, config, catalogue)
+    gates = evaluate_gates(candidates[selected], matrix, history, rival, ece, latency_ms, gate_config)
+    return Evaluation(walk, candidates, baseline_candidates, selected, rival, gates, this_run)
+
+
+def _champion_backtest(champion, data, walk, bars, config, catalogue) -> Champion | None:
+    if champion is None:
+        return None
+    if isinstance(champion, str):
+        return Champion(error=champion)
+    if tuple(champion.spec.feature_names) != tuple(catalogue.names):
+        return Champion(version=champion.version, error=f"champion {champion.version} uses feature set "
+                        f"{champion.spec.feature_set_version}, the data {catalogue.version}: it cannot be compared")
+    tested = np.flatnonzero(np.isfinite(walk.probabilities).all(axis=1))
+    probabilities = np.full_like(walk.probabilities, np.nan)
+    try:
+        probabilities[tested] = predict_samples(champion.model, champion.spec, champion.temperature, data, tested)
+    except (ValueError, SmcError) as error:
+        return Champion(version=champion.version, error=f"champion {champion.version} cannot score these bars: {error}")
+    policy = candidate_policy(config.policy, champion.entry_threshold)
+    result = backtest_portfolio(bars, bar_probabilities(data, probabilities), policy, config.instrument)
+    return Champion(version=champion.version, result=result)

@@ -1,0 +1,134 @@
+"""Champion promotion, refusal and rollback: registry aliases moved and every decision recorded.
+
+Aliases: ``challenger`` (newest trained), ``champion`` (trading), ``previous`` (the
+champion before it, the rollback target). A decision is a ``model_promotions`` row with
+the gate statistics and the Dagster run id, written whether or not anything moved.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from smc_core.db import Database
+from smc_core.errors import SmcError
+from smc_core.registry import MODEL_NAME, alias_version
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+ENTRY_THRESHOLD_TAG = "entry_threshold"
+
+
+class PromotionError(SmcError):
+    """A promotion or rollback that cannot be carried out (nothing to roll back to, say)."""
+
+
+def record_decision(db: Database, decision: str, version: str, reason: str, *, champion_before: str | None,
+                    champion_after: str | None, gates: list[dict] | None = None, metrics: dict | None = None,
+                    dagster_run_id: str | None = None, name: str = MODEL_NAME) -> int:
+    with db.connection() as conn:
+        row = conn.execute(
+            """INSERT INTO model_promotions (model_name, version, decision, champion_before, champion_after, reason,
+                                             gates, metrics, dagster_run_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (name, version, decision, champion_before, champion_after, reason, _json(gates or []),
+             _json(metrics or {}), dagster_run_id),
+        ).fetchone()
+    return int(row[0])
+
+
+def promote(db: Database, version: str, reason: str, *, entry_threshold: float | None = None,
+            gates: list[dict] | None = None, metrics: dict | None = None, dagster_run_id: str | None = None,
+            name: str = MODEL_NAME) -> str | None:
+    """``previous`` ← current champion, ``champion`` ← ``version``; returns the old champion."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = alias_version(CHAMPION, name=name)
+    if entry_threshold is not None:
+        client.set_model_version_tag(name, version, ENTRY_THRESHOLD_TAG, str(entry_threshold))
+    if before is not None and before != version:
+        client.set_registered_model_alias(name, PREVIOUS, before)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    record_decision(db, "promoted", version, reason, champion_before=before, champion_after=version, gates=gates,
+                    metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+    return before
+
+
+def refuse(db: Database, version: str, reason: str, *, gates: list[dict] | None = None,
+           metrics: dict | None = None, dagster_run_id: str | None = None, name: str = MODEL_NAME) -> None:
+    champion = alias_version(CHAMPION, name=name)
+    record_decision(db, "refused", version, reason, champion_before=champion, champion_after=champion, gates=gates,
+                    metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+
+
+def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MODEL_NAME) -> tuple[str, str]:
+    """``champion`` ← ``previous`` (and ``previous`` cleared, so a second rollback is refused
+    rather than flipping back); returns (rolled-back version, restored version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    current, previous = alias_version(CHAMPION, name=name), alias_version(PREVIOUS, name=name)
+    if previous is None:
+        raise PromotionError(f"{name}: no 'previous' alias to roll back to"
+                             + (f" (champion is version {current})" if current else " (no champion either)"))
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    record_decision(db, "rollback", previous, f"rolled back from version {current} to {previous}",
+                    champion_before=current, champion_after=previous, dagster_run_id=dagster_run_id, name=name)
+    return current, previous
+
+
+def entry_threshold_of(version: str, name: str = MODEL_NAME) -> float | None:
+    """The entry threshold a version was promoted with (None if it never was)."""
+    import mlflow
+
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    return float(tags[ENTRY_THRESHOLD_TAG]) if ENTRY_THRESHOLD_TAG in tags else None
+
+
+def record_trials(db: Database, version: str, sharpes: dict[str, float], observations: int,
+                  dagster_run_id: str | None = None, name: str = MODEL_NAME) -> None:
+    with db.connection() as conn:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                """INSERT INTO backtest_trials (model_name, version, candidate, sharpe, observations, dagster_run_id)
+                   VALUES (%s, %s, %s, %s, %s, %s)""",
+                [(name, version, candidate, float(value) if np.isfinite(value) else None, observations,
+                  dagster_run_id) for candidate, value in sharpes.items()])
+
+
+def trial_sharpes(db: Database, name: str = MODEL_NAME) -> np.ndarray:
+    """Every trial's Sharpe ratio for ``name`` (NaN where undefined): DSR's N and variance."""
+    with db.connection() as conn:
+        rows = conn.execute("SELECT sharpe FROM backtest_trials WHERE model_name = %s ORDER BY id", (name,)).fetchall()
+    return np.array([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
+
+
+def decisions(db: Database, name: str = MODEL_NAME) -> list[dict]:
+    with db.connection() as conn:
+        rows = conn.execute(
+            """SELECT id, decided_at, version, decision, champion_before, champion_after, reason, gates, metrics,
+                      dagster_run_id FROM model_promotions WHERE model_name = %s ORDER BY id""", (name,)).fetchall()
+    keys = ("id", "decided_at", "version", "decision", "champion_before", "champion_after", "reason", "gates",
+            "metrics", "dagster_run_id")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def _json(value) -> str:
+    return json.dumps(_finite(value), default=str)
+
+
+def _finite(value):
+    """JSON has no NaN: undefined statistics are stored as null."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
