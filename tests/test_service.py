@@ -1,0 +1,251 @@
+"""The BentoML service as a real server process over HTTP: the /predict contract, every error
+code with its body, keys, limits, readiness, the prediction log (and its outage), a refused
+reload that keeps the old model serving, and feature parity with the batch computation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from serving_setup import bars, request_for, tiny_package
+
+from smc_core.features import CATALOGUE, compute_features
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY, ADMIN = "test-key", "test-admin-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict, home: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MODEL_URI", "DATABASE_URL")}
+        full_env.update({"API_KEY": KEY, "ADMIN_API_KEY": ADMIN, "SMC_HOME": str(home), "TIMEOUT_MS": "5000",
+                         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env})
+        self.log = open(home / f"server-{self.port}.log", "w")
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                         "bento.service:SmcPredictor", "--port", str(self.port), "--host", "127.0.0.1"],
+                                        cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait(self, ready: bool = True, timeout: float = 90) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                health = self.client.get("/health")
+                if health.status_code == 200 and (health.json()["model_loaded"] or not ready):
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not up in {timeout}s: {Path(self.log.name).read_text()[-3000:]}")
+
+    def predict(self, payload, key=KEY, **kwargs):
+        return self.client.post("/predict", json=payload, headers={"X-API-Key": key} if key else {}, **kwargs)
+
+    def stop(self):
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return tiny_package(tmp_path_factory.mktemp("packages") / "smc-test")
+
+
+@pytest.fixture(scope="module")
+def market():
+    return bars(days=3, seed=9)
+
+
+@pytest.fixture(scope="module")
+def server(package, database, tmp_path_factory):
+    served = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(package, served)
+    home = tmp_path_factory.mktemp("home")
+    running = Server({"MODEL_PATH": str(served), "DATABASE_URL": database.url, "MAX_BODY_BYTES": "200000",
+                      "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "2000"}, home).wait()
+    running.model_dir = served
+    yield running
+    running.stop()
+
+
+def test_predict_answers_the_contract(server, market):
+    response = server.predict(request_for(market, 700))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) >= {"label", "confidence", "probabilities", "processing_time_ms", "model_version", "request_id",
+                         "position_size"}
+    assert body["model_version"] == "local/model" and uuid.UUID(body["request_id"])
+    probabilities = body["probabilities"]
+    assert set(probabilities) == {"long", "short", "skip"} and abs(sum(probabilities.values()) - 1) < 1e-9
+    assert body["confidence"] == max(probabilities.values())
+    # below the threshold the call is reported as skip, probabilities still returned
+    if body["confidence"] < body["threshold"] or body["raw_label"] == "skip":
+        assert body["label"] == "skip" and body["position_size"] == 0
+    else:
+        assert body["label"] == body["raw_label"] and body["position_size"] in (0.5, 1.0)
+
+
+def _broken(market, change):
+    payload = json.loads(json.dumps(request_for(market, 700)))
+    change(payload)
+    return payload
+
+
+@pytest.mark.parametrize("change, path, words", [
+    (lambda p: p["context_bars"][3].update(h=1.0), "context_bars[3]", "below low"),
+    (lambda p: p["context_bars"][5].update(volume=-1), "context_bars[5].volume", "greater than or equal to 0"),
+    (lambda p: p["current_bar"].update(c=float("nan")), "current_bar.c", "finite"),
+    (lambda p: p["context_bars"][10].update(time_utc=p["context_bars"][9]["time_utc"]), "body", "repeats"),
+    (lambda p: p["context_bars"].reverse(), "body", "earlier than"),
+    (lambda p: p.pop("metadata"), "metadata", "required"),
+    (lambda p: p.update(context_bars=p["context_bars"][-30:]), "context_bars", "at least 49"),
+])
+def test_impossible_requests_get_422_with_the_field_path(server, market, change, path, words):
+    response = server.client.post("/predict", content=json.dumps(_broken(market, change)).encode(),
+                                  headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == 422 and set(body) == {"error", "code", "details"}
+    assert any(e["path"] == path and words in e["message"] for e in body["details"]["errors"]), body
+
+
+def test_transport_errors_have_their_codes_and_no_traceback(server, market):
+    malformed = server.client.post("/predict", content=b'{"context_bars": [', headers={"X-API-Key": KEY})
+    assert malformed.status_code == 400 and malformed.json()["error"] == "malformed JSON"
+    assert server.predict(request_for(market, 700), key=None).status_code == 401
+    assert server.predict(request_for(market, 700), key="wrong").status_code == 401
+    assert server.predict(request_for(market, 700), key=ADMIN).status_code == 401  # admin key is not a predict key
+    big = server.client.post("/predict", content=b" " * 300_000, headers={"X-API-Key": KEY})
+    assert big.status_code == 413 and big.json()["details"]["limit_bytes"] == 200_000
+    for response in (malformed, big):
+        assert "Traceback" not in response.text
+    # health and metrics need no key
+    assert server.client.get("/health").status_code == 200
+    assert server.client.get("/readyz").status_code == 200
+    assert "smc_requests_total" in server.client.get("/metrics").text
+
+
+def test_model_endpoint_describes_what_is_served(server):
+    assert server.client.get("/model").status_code == 401
+    info = server.client.get("/model", headers={"X-API-Key": KEY}).json()
+    assert info["required_bars"] == 49 and info["features"] == list(CATALOGUE.names)
+    assert info["thresholds"] == {"half_size": 0.55, "full_size": 0.7}
+
+
+def test_predict_batch_answers_each_item(server, market):
+    good, bad = request_for(market, 700), _broken(market, lambda p: p["current_bar"].update(h=0.0))
+    response = server.client.post("/predict_batch", json={"requests": [good, bad]}, headers={"X-API-Key": KEY})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["label"] in ("long", "short", "skip") and results[1]["code"] == 422 and results[1]["index"] == 1
+
+
+def test_logged_features_equal_the_batch_computation_bit_for_bit(server, market, database):
+    ends = [650, 800, 1200]
+    ids = [server.predict(request_for(market, end)).json()["request_id"] for end in ends]
+    batch = compute_features(market)
+    deadline = time.monotonic() + 15
+    rows = []
+    while time.monotonic() < deadline and len(rows) < len(ids):
+        with database.connection() as conn:
+            rows = conn.execute("SELECT request_id, ts, features, feature_set FROM predictions "
+                                "WHERE request_id = ANY(%s)", (ids,)).fetchall()
+        time.sleep(0.2)
+    assert len(rows) == len(ids)
+    by_id = {r[0]: r for r in rows}
+    for request_id, end in zip(ids, ends):
+        _, ts, features, feature_set = by_id[request_id]
+        assert feature_set == CATALOGUE.version and ts == market["ts"].iloc[end].to_pydatetime()
+        assert np.array_equal(np.array(features), batch.iloc[end].to_numpy(), equal_nan=True)
+
+
+def test_indicator_mismatches_are_counted_per_feature(server, market):
+    payload = request_for(market, 700)
+    payload["current_bar"]["atr"] = 12345.0
+    payload["current_bar"]["ext_dir"] = 1 if compute_features(market).iloc[700]["ext_dir"] != 1 else -1
+    assert server.predict(payload).status_code == 200
+    metrics = server.client.get("/metrics").text
+    assert 'smc_indicator_mismatches_total{feature="atr"}' in metrics
+    assert 'smc_indicator_mismatches_total{feature="ext_dir"}' in metrics
+
+
+def test_a_broken_package_is_refused_and_the_old_model_keeps_serving(server, market):
+    (server.model_dir / "calibration.json").write_text('{"temperature": 0.5}')  # altered after the manifest
+    response = server.client.post("/admin/reload", headers={"X-Admin-Key": ADMIN})
+    assert response.status_code == 409 and "altered" in response.json()["details"]["reason"]
+    assert server.client.post("/admin/reload", headers={"X-Admin-Key": KEY}).status_code == 401
+    assert server.predict(request_for(market, 700)).status_code == 200
+    health = server.client.get("/health").json()
+    assert health["model_version"] == "local/model" and "altered" in health["last_reload_error"]
+    assert 'smc_model_reloads_total{result="refused"}' in server.client.get("/metrics").text
+
+
+@pytest.fixture(scope="module")
+def degraded(package, tmp_path_factory):
+    """A server whose database is unreachable and whose time budget is 1 ms."""
+    home = tmp_path_factory.mktemp("degraded")
+    running = Server({"MODEL_PATH": str(package), "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{_free_port()}/x",
+                      "TIMEOUT_MS": "1", "RATE_LIMIT_PER_SECOND": "1", "RATE_LIMIT_BURST": "3"}, home).wait()
+    yield running
+    running.stop()
+
+
+def test_timeouts_rate_limits_and_a_database_outage(degraded, market):
+    answers = [degraded.predict(request_for(market, 700 + i)) for i in range(5)]
+    codes = [a.status_code for a in answers]
+    assert codes[:3] == [504, 504, 504] and 429 in codes[3:]
+    assert answers[0].json()["details"] == {"timeout_ms": 1.0}
+    assert answers[-1].json()["error"] == "rate limit exceeded"
+    deadline = time.monotonic() + 20  # the timed-out predictions finish and their log rows are dropped
+    while time.monotonic() < deadline and not degraded.client.get("/health").json()["prediction_log"]["dropped"]:
+        time.sleep(0.5)
+    assert degraded.client.get("/health").json()["prediction_log"]["dropped"] >= 1
+    assert "smc_prediction_log_dropped_total" in degraded.client.get("/metrics").text
+
+
+def test_not_ready_without_a_model(tmp_path_factory, market):
+    home = tmp_path_factory.mktemp("empty")
+    running = Server({"DATABASE_URL": "", "LOG_PREDICTIONS": "false"}, home).wait(ready=False)
+    try:
+        assert running.client.get("/readyz").status_code != 200
+        response = running.predict(request_for(market, 700))
+        assert response.status_code == 503 and response.json()["code"] == 503
+        assert running.client.get("/health").json()["model_loaded"] is False
+    finally:
+        running.stop()
+
+
+def test_keys_are_required_unless_dev_mode():
+    from smc_core.errors import ConfigError
+    from smc_core.serving.runtime import ServiceSettings
+
+    with pytest.raises(ConfigError, match="API_KEY and ADMIN_API_KEY must be set"):
+        ServiceSettings.from_env({})
+    assert ServiceSettings.from_env({"SMC_DEV_MODE": "1"}).dev_mode
+    with pytest.raises(ConfigError, match="TIMEOUT_MS='fast' is not a float"):
+        ServiceSettings.from_env({"SMC_DEV_MODE": "1", "TIMEOUT_MS": "fast"})
