@@ -151,6 +151,53 @@ def demo(days: int, symbol: str, start: str, edge: str, train: bool) -> None:
                       train=train))
 
 
+# --- serving -------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--dev", is_flag=True, help="Serve without API keys (local use only; SMC_DEV_MODE=1).")
+def serve(dev: bool) -> None:
+    """Serve /predict with BentoML on HOST:PORT (the champion, or MODEL_PATH)."""
+    from smc_core.serving.runtime import ServiceSettings
+
+    if dev:
+        os.environ["SMC_DEV_MODE"] = "1"
+    settings = ServiceSettings.from_env()  # a bad setting fails here, with its name, before BentoML starts
+    root = Path(__file__).resolve().parent.parent
+    bentoml = Path(sys.executable).parent / "bentoml"
+    os.chdir(root)
+    os.execv(str(bentoml), [str(bentoml), "serve", "bento.service:SmcPredictor", "--host", settings.host,
+                            "--port", str(settings.port)])
+
+
+@cli.command()
+@click.option("--symbol", required=True, help="Symbol whose stored bars are replayed.")
+@click.option("--day", required=True, help="Trading day to replay (YYYY-MM-DD).")
+@click.option("--timeframe", default="1m", show_default=True)
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service.")
+@click.option("--api-key", envvar="API_KEY", default="", help="Predict key [env API_KEY].")
+def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str) -> None:
+    """Stream a stored trading day to the service bar by bar, like NinjaTrader, and report signals and P&L."""
+    import json
+
+    from smc_core.calendar import CME_EQUITY
+    from smc_core.serving.replay import replay as run_replay
+    from smc_core.store import load_bars
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"))
+    from smc_client import SmcClient
+
+    start, end = CME_EQUITY.session_bounds(_parse_date(day, "--day"))
+    bars = load_bars(_database(), symbol, timeframe, start, end, history=48)
+    if len(bars) <= 48:
+        raise SmcError(f"no stored {timeframe} bars for {symbol} on {day}: ingest or materialize that day first")
+    first = int((bars["ts"] <= start).sum())
+    with SmcClient(url, api_key, timeout=2.0) as client:
+        with click.progressbar(length=len(bars) - first, label=f"replaying {symbol} {day}", file=sys.stderr) as bar:
+            report = run_replay(bars, max(first, 48), client.predict_payload,
+                                symbol=symbol, timeframe=timeframe, progress=lambda done, total: bar.update(1))
+    click.echo(json.dumps(report.summary(), default=str))
+
+
 def _parse_date(text: str, option: str) -> date:
     try:
         return date.fromisoformat(text)

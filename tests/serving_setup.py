@@ -3,9 +3,14 @@ tests and the service benchmark share."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import numpy as np
+import httpx
 import pandas as pd
 
 from smc_core.dataset import from_bars
@@ -13,6 +18,7 @@ from smc_core.features import CATALOGUE
 from smc_core.labels import Horizon
 from smc_core.model import TrainConfig, save_package
 from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, train_lora_run
+from smc_core.serving.replay import request_payload
 from smc_core.synthetic import SyntheticConfig, generate_bars
 
 
@@ -32,11 +38,54 @@ def tiny_package(path: Path, days: int = 3, seed: int = 5, lineage: dict | None 
 
 def request_for(frame: pd.DataFrame, end: int, count: int = 49, symbol: str = "ES") -> dict:
     """The seed-000 request for the ``count`` bars ending at row ``end`` (the last is current_bar)."""
-    rows = frame.iloc[end - count + 1: end + 1]
-    bars_json = [{"time_utc": ts.isoformat(), "o": o, "h": h, "l": l, "c": c, "volume": v,
-                  "delta": None if not np.isfinite(d) else d}
-                 for ts, o, h, l, c, v, d in zip(rows["ts"], rows["open"], rows["high"], rows["low"], rows["close"],
-                                                rows["volume"], rows["delta"] if "delta" in rows else [np.nan] * len(rows))]
-    return {"context_bars": bars_json[:-1], "current_bar": bars_json[-1], "features": {},
-            "metadata": {"symbol": symbol, "timeframe": "1m", "session": "RTH",
-                         "request_time": rows["ts"].iloc[-1].isoformat()}}
+    return request_payload(frame.iloc[end - count + 1: end + 1], symbol, "1m")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY, ADMIN = "test-key", "test-admin-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict, home: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MODEL_URI", "DATABASE_URL")}
+        full_env.update({"API_KEY": KEY, "ADMIN_API_KEY": ADMIN, "SMC_HOME": str(home), "TIMEOUT_MS": "5000",
+                         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env})
+        self.log = open(home / f"server-{self.port}.log", "w")
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                         "bento.service:SmcPredictor", "--port", str(self.port), "--host", "127.0.0.1"],
+                                        cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait(self, ready: bool = True, timeout: float = 90) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                health = self.client.get("/health")
+                if health.status_code == 200 and (health.json()["model_loaded"] or not ready):
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not up in {timeout}s: {Path(self.log.name).read_text()[-3000:]}")
+
+    def predict(self, payload, key=KEY, **kwargs):
+        return self.client.post("/predict", json=payload, headers={"X-API-Key": key} if key else {}, **kwargs)
+
+    def stop(self):
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()

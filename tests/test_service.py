@@ -5,70 +5,15 @@ reload that keeps the old model serving, and feature parity with the batch compu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from serving_setup import bars, request_for, tiny_package
+from serving_setup import ADMIN, KEY, Server, bars, free_port, request_for, tiny_package
 
 from smc_core.features import CATALOGUE, compute_features
-
-ROOT = Path(__file__).resolve().parent.parent
-KEY, ADMIN = "test-key", "test-admin-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, env: dict, home: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MODEL_URI", "DATABASE_URL")}
-        full_env.update({"API_KEY": KEY, "ADMIN_API_KEY": ADMIN, "SMC_HOME": str(home), "TIMEOUT_MS": "5000",
-                         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env})
-        self.log = open(home / f"server-{self.port}.log", "w")
-        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                         "bento.service:SmcPredictor", "--port", str(self.port), "--host", "127.0.0.1"],
-                                        cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def wait(self, ready: bool = True, timeout: float = 90) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-3000:]}")
-            try:
-                health = self.client.get("/health")
-                if health.status_code == 200 and (health.json()["model_loaded"] or not ready):
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not up in {timeout}s: {Path(self.log.name).read_text()[-3000:]}")
-
-    def predict(self, payload, key=KEY, **kwargs):
-        return self.client.post("/predict", json=payload, headers={"X-API-Key": key} if key else {}, **kwargs)
-
-    def stop(self):
-        self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +154,7 @@ def test_a_broken_package_is_refused_and_the_old_model_keeps_serving(server, mar
 def degraded(package, tmp_path_factory):
     """A server whose database is unreachable and whose time budget is 1 ms."""
     home = tmp_path_factory.mktemp("degraded")
-    running = Server({"MODEL_PATH": str(package), "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{_free_port()}/x",
+    running = Server({"MODEL_PATH": str(package), "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/x",
                       "TIMEOUT_MS": "1", "RATE_LIMIT_PER_SECOND": "1", "RATE_LIMIT_BURST": "3"}, home).wait()
     yield running
     running.stop()
@@ -249,3 +194,23 @@ def test_keys_are_required_unless_dev_mode():
     assert ServiceSettings.from_env({"SMC_DEV_MODE": "1"}).dev_mode
     with pytest.raises(ConfigError, match="TIMEOUT_MS='fast' is not a float"):
         ServiceSettings.from_env({"SMC_DEV_MODE": "1", "TIMEOUT_MS": "fast"})
+
+
+def test_replay_streams_a_stored_day_through_the_service(server, database, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from smc_core.ingest import ingest_file
+    from smc_core.synthetic import SyntheticConfig, write_synthetic
+    from smc_jobs.cli import cli
+
+    paths = write_synthetic(SyntheticConfig(days=2, seed=9, edge="smc", edge_strength=0.9), tmp_path)
+    for path in paths:
+        ingest_file(database, path, "ES", "1m")
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    result = CliRunner().invoke(cli, ["replay", "--symbol", "ES", "--day", "2024-01-03", "--url", server.url,
+                                      "--api-key", KEY])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["requests"] == 1380 and sum(summary["signals"].values()) == 1380
+    assert summary["versions"] == ["local/model"] and summary["latency_p50_ms"] > 0
+    assert np.isfinite(summary["net_pnl"])
