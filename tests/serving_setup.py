@@ -13,11 +13,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from smc_core.dataset import from_bars
-from smc_core.features import CATALOGUE
-from smc_core.labels import Horizon
-from smc_core.model import TrainConfig, save_package
-from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, train_lora_run
+from smc_core.model.pipeline import train_small_package
 from smc_core.serving.replay import request_payload
 from smc_core.synthetic import SyntheticConfig, generate_bars
 
@@ -26,13 +22,9 @@ def bars(days: int = 3, seed: int = 5) -> pd.DataFrame:
     return generate_bars(SyntheticConfig(days=days, edge="smc", edge_strength=0.9, seed=seed))
 
 
-def tiny_package(path: Path, days: int = 3, seed: int = 5, lineage: dict | None = None) -> Path:
+def tiny_package(path: Path, days: int = 3, seed: int = 5) -> Path:
     """A real LoRA package trained for one epoch on synthetic bars (seconds, not minutes)."""
-    data, _ = from_bars({"ES": bars(days, seed)}, Horizon(), 20)
-    base = pretrain_base(data, CATALOGUE, BaseConfig(train=TrainConfig(epochs=1)))
-    run = train_lora_run(data, base, CATALOGUE, RunConfig(baselines=(), train=TrainConfig(epochs=1)))
-    save_package(path, run.model, run.spec, run.backbone_config, run.calibration.temperature,
-                 lineage or {"model_version": "test", "data": run.facts}, run.reference)
+    train_small_package(path, {"ES": bars(days, seed)}, epochs=1)
     return path
 
 

@@ -321,3 +321,20 @@ def _check_base_fits(base: PretrainedBase, catalogue: FeatureCatalogue) -> None:
     if base.spec.feature_set_version != catalogue.version or base.spec.feature_names != tuple(catalogue.names):
         raise ModelError(f"the base model was pretrained on feature set {base.spec.feature_set_version}, the data "
                          f"has {catalogue.version}: materialize base_model again")
+
+
+def train_small_package(path, bars: dict, *, epochs: int = 1, lineage: dict | None = None,
+                        catalogue: FeatureCatalogue | None = None):
+    """A real, quickly trained LoRA package from raw bars (default horizon, all defaults but
+    ``epochs``): what tests, benchmarks and local trials need when no registry model exists."""
+    from smc_core.dataset import from_bars
+    from smc_core.features import CATALOGUE
+    from smc_core.labels import Horizon
+    from smc_core.model.package import save_package
+
+    catalogue = catalogue or CATALOGUE
+    data, _ = from_bars(bars, Horizon(), RunConfig().sequence_length)
+    base = pretrain_base(data, catalogue, BaseConfig(train=TrainConfig(epochs=epochs)))
+    run = train_lora_run(data, base, catalogue, RunConfig(baselines=(), train=TrainConfig(epochs=epochs)))
+    return save_package(path, run.model, run.spec, run.backbone_config, run.calibration.temperature,
+                        lineage or {"model_version": "local", "data": run.facts}, run.reference)

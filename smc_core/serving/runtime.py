@@ -289,11 +289,16 @@ class Runtime:
 
 
 def _warm_up_features() -> None:
-    """Compile the feature kernels (numba) before the first request rather than during it."""
-    from smc_core.features import compute_features
-    from smc_core.synthetic import SyntheticConfig, generate_bars
+    """Run the feature kernels (numba, cached on disk) once before the first request rather than in it."""
+    import numpy as np
+    import pandas as pd
 
-    compute_features(generate_bars(SyntheticConfig(days=1)).iloc[:120])
+    from smc_core.features import compute_features
+
+    close = 5000 + np.cumsum(np.random.default_rng(0).normal(0, 1, 120)).round(2)
+    compute_features(pd.DataFrame({
+        "ts": pd.date_range("2024-03-05 14:31", periods=120, freq="min", tz="UTC"), "open": close,
+        "high": close + 0.5, "low": close - 0.5, "close": close, "volume": 100.0, "delta": np.nan}))
 
 
 def error_body(error: RequestError) -> dict:

@@ -1,0 +1,37 @@
+"""The benchmark's peer: a plain FastAPI app serving the same package with the same
+preprocessing (smc_core.serving), no auth, limits, metrics or log. Run by bench/serve.py:
+``uvicorn bench.serve_peer:app``, MODEL_PATH set."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastapi import FastAPI, Request  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+
+from smc_core.policy import PolicyConfig  # noqa: E402
+from smc_core.serving.engine import load_model, predict  # noqa: E402
+from smc_core.serving.request import RequestError, parse_request  # noqa: E402
+
+model = load_model(Path(os.environ["MODEL_PATH"]), "peer", threads=1)
+app = FastAPI()
+
+
+@app.post("/predict")
+def predict_route(payload: dict) -> JSONResponse:
+    started = time.perf_counter()
+    try:
+        request = parse_request(payload, model.required_bars)
+    except RequestError as error:
+        return JSONResponse({"error": error.error, "code": error.status, "details": error.details}, error.status)
+    return JSONResponse(predict(request, model, PolicyConfig(), started).body)
+
+
+@app.get("/health")
+def health() -> dict:
+    return {"ok": True}
