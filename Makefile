@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1
 export SMC_HOME ?= $(CURDIR)/.smc
 export DAGSTER_HOME ?= $(SMC_HOME)/dagster
 
-.PHONY: install demo test test-embedded ui mlflow-ui serve bench-ingest bench-serve clean
+.PHONY: install demo test test-embedded ui mlflow-ui serve serve-bento bench-ingest bench-serve clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ mlflow-ui: install
 # API_KEY and ADMIN_API_KEY must be set, or run `smc serve --dev` for a keyless local service.
 serve: install
 	$(VENV)/bin/smc serve
+
+serve-bento: install
+	$(VENV)/bin/smc serve --bento
 
 bench-serve: install
 	$(PY) bench/serve.py

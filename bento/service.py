@@ -174,6 +174,9 @@ class SmcPredictor:
 
     def __init__(self) -> None:
         logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
+        if os.environ.get("MODEL_TAG") and not os.environ.get("MODEL_PATH"):
+            # a built Bento serves the package packed with it (its label model_tag; bento_artifact's metadata)
+            os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path
         settings = ServiceSettings.from_env()
         self.runtime = Runtime(settings, metrics=Metrics()).start()
         app.state.runtime = self.runtime

@@ -155,18 +155,29 @@ def demo(days: int, symbol: str, start: str, edge: str, train: bool) -> None:
 
 @cli.command()
 @click.option("--dev", is_flag=True, help="Serve without API keys (local use only; SMC_DEV_MODE=1).")
-def serve(dev: bool) -> None:
-    """Serve /predict with BentoML on HOST:PORT (the champion, or MODEL_PATH)."""
+@click.option("--bento", "from_bento", is_flag=True,
+              help="Serve the latest built Bento (bento_artifact) with the model packed in it, not the source.")
+def serve(dev: bool, from_bento: bool) -> None:
+    """Serve /predict with BentoML on HOST:PORT (the champion followed live, MODEL_PATH, or --bento)."""
     from smc_core.serving.runtime import ServiceSettings
 
     if dev:
         os.environ["SMC_DEV_MODE"] = "1"
+    target = "bento.service:SmcPredictor"
+    if from_bento:
+        os.environ.setdefault("BENTOML_HOME", str(_settings().smc_home / "bentoml"))
+        import bentoml
+
+        try:
+            bento = bentoml.get("smc_predictor:latest")
+        except bentoml.exceptions.NotFound:
+            raise SmcError("no smc_predictor Bento built yet: materialize bento_artifact (promotion_job)") from None
+        os.environ["MODEL_TAG"] = bento.info.labels["model_tag"]
+        target = str(bento.tag)
     settings = ServiceSettings.from_env()  # a bad setting fails here, with its name, before BentoML starts
-    root = Path(__file__).resolve().parent.parent
-    bentoml = Path(sys.executable).parent / "bentoml"
-    os.chdir(root)
-    os.execv(str(bentoml), [str(bentoml), "serve", "bento.service:SmcPredictor", "--host", settings.host,
-                            "--port", str(settings.port)])
+    os.chdir(Path(__file__).resolve().parent.parent)
+    executable = Path(sys.executable).parent / "bentoml"
+    os.execv(str(executable), [str(executable), "serve", target, "--host", settings.host, "--port", str(settings.port)])
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.promotion import challenger_evaluation, champion, rollback_champion
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
+from smc_assets.serving import bento_artifact
 from smc_core.registry import TrackingConfig
 from smc_core.settings import Settings
 
@@ -36,8 +37,9 @@ train_job = define_asset_job(
 )
 
 promotion_job = define_asset_job(
-    "promotion_job", selection=AssetSelection.assets(challenger_evaluation, champion),
-    description="Walk-forward backtest of the challenger, every gate a blocking check; champion alias moves on a pass.",
+    "promotion_job", selection=AssetSelection.assets(challenger_evaluation, champion, bento_artifact),
+    description="Walk-forward backtest of the challenger, every gate a blocking check; on a pass the champion alias "
+                "moves and the Bento is built.",
 )
 
 
@@ -50,7 +52,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     tracking = TrackingConfig.from_settings(settings)
     return Definitions(
-        assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion],
+        assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact],
         jobs=[market_data_job, base_model_job, train_job, promotion_job, rollback_job],
         sensors=[build_file_drop_sensor(market_data_job.name)],
         resources={

@@ -62,7 +62,7 @@ def test_passing_gates_promote_and_a_second_model_keeps_the_first_as_previous(pi
     first = alias_version("challenger")
     result = pipeline.run("promotion_job", "challenger_evaluation", PERMISSIVE)
     assert result.success and all(_checks(result).values())
-    assert _materialized(result) == {"challenger_evaluation", "champion"}
+    assert _materialized(result) == {"challenger_evaluation", "champion", "bento_artifact"}
     assert alias_version("champion") == first
     tags = mlflow.MlflowClient().get_model_version("smc-lora", first).tags
     assert float(tags["entry_threshold"]) in (0.55, 0.6, 0.65, 0.7, 0.75)
@@ -70,6 +70,13 @@ def test_passing_gates_promote_and_a_second_model_keeps_the_first_as_previous(pi
     assert "| gate | verdict |" in meta["challenger_evaluation"]["gates"].value
     assert "data:image/png;base64," in meta["challenger_evaluation"]["equity"].value
     assert Path(meta["challenger_evaluation"]["returns_path"].value).is_file()
+    # the Bento packs exactly the promoted version, with its lineage as labels
+    import bentoml
+
+    bento = bentoml.get(meta["bento_artifact"]["bento"].value)
+    assert bento.info.labels["model_version"] == first and bento.info.labels["registered_model"] == "smc-lora"
+    packed = bentoml.models.get(meta["bento_artifact"]["model_tag"].value)
+    assert (Path(packed.path) / "manifest.json").is_file() and packed.info.labels["model_version"] == first
 
     assert pipeline.run("train_job", "lora_model", {"epochs": 1, "baselines": False}).success
     second = alias_version("challenger")
