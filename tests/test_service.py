@@ -214,3 +214,43 @@ def test_replay_streams_a_stored_day_through_the_service(server, database, tmp_p
     assert summary["requests"] == 1380 and sum(summary["signals"].values()) == 1380
     assert summary["versions"] == ["local/model"] and summary["latency_p50_ms"] > 0
     assert np.isfinite(summary["net_pnl"])
+
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    junk = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
+                     st.text(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                                              st.integers(), max_size=2))
+    fields = st.sampled_from(["time_utc", "o", "h", "l", "c", "volume", "delta", "ext_dir", "has_fvg_bull", "atr"])
+    where = st.one_of(st.just("current_bar"), st.integers(0, 47))
+    top = st.sampled_from(["context_bars", "current_bar", "features", "metadata"])
+    return st.one_of(st.tuples(st.just("bar"), where, fields, junk), st.tuples(st.just("top"), top, st.just(""), junk),
+                     st.tuples(st.just("drop"), where, fields, st.none()))
+
+
+def test_fuzzed_requests_never_get_a_5xx(server, market):
+    """Schema-directed fuzzing of /predict over HTTP: any mutation is answered 200, 400 or 422."""
+    from hypothesis import HealthCheck, given, settings
+
+    base = request_for(market, 700)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(_mutations())
+    def check(mutation):
+        kind, where, field, value = mutation
+        payload = json.loads(json.dumps(base))
+        if kind == "top":
+            payload[where] = value
+        else:
+            bar = payload["current_bar"] if where == "current_bar" else payload["context_bars"][where]
+            if kind == "drop":
+                bar.pop(field, None)
+            else:
+                bar[field] = value
+        response = server.client.post("/predict", content=json.dumps(payload).encode(), headers={"X-API-Key": KEY})
+        assert response.status_code in (200, 400, 422), (mutation, response.status_code, response.text)
+        body = response.json()
+        assert ("label" in body) if response.status_code == 200 else set(body) == {"error", "code", "details"}
+
+    check()
