@@ -62,7 +62,7 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     from smc_jobs.definitions import build_definitions
 
     started = time.perf_counter()
-    steps = 7 if train else 4
+    steps = 8 if train else 4
     click.echo(f"[1/{steps}] database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
@@ -113,6 +113,9 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
                    f"{bars_meta.get('rows_inserted', 0):>5} {feature_meta.get('rows', 0):>9}  {balance:<25} {verdict}")
     if train and not failures:
         failures += _train(definitions, instance, settings, steps)
+    if train and not failures and rows:
+        last_day = max(date.fromisoformat(str(key).split("|")[0]) for key, *_ in rows)
+        failures += _serve_and_replay(settings, symbol, last_day, steps)
     click.echo(f"done in {time.perf_counter() - started:.1f}s; DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                "(`make ui` shows these runs)")
     return 1 if failures else 0
@@ -172,3 +175,71 @@ def _print_outcome(asset: str, metadata: dict) -> None:
 def _echo_block(text: str) -> None:
     for line in text.splitlines():
         click.echo("      " + line)
+
+
+def _serve_and_replay(settings: Settings, symbol: str, day: date, steps: int) -> int:
+    """Serve the champion (or, when the gates refused every model, the challenger, clearly
+    marked) with the real BentoML service and replay the last sample day through the client."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from smc_core.calendar import CME_EQUITY
+    from smc_core.db import Database
+    from smc_core.registry import TrackingConfig, alias_version, configure, package_path
+    from smc_core.serving.replay import replay
+    from smc_core.store import load_bars
+
+    configure(TrackingConfig.from_settings(settings))
+    env = {**os.environ, "SMC_DEV_MODE": "1", "SMC_HOME": str(settings.smc_home), "LOG_LEVEL": "WARNING"}
+    if alias_version("champion") is not None:
+        what = f"the champion smc-lora/{alias_version('champion')} (followed through the registry alias)"
+    else:
+        version = alias_version("challenger")
+        env["MODEL_PATH"] = str(package_path(version))
+        what = (f"the challenger smc-lora/{version} — REFUSED by the gates, served here only to show the "
+                "service; nothing follows the champion alias until a model passes")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    click.echo(f"[{steps}/{steps}] serving {what}")
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 120:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None:
+                click.echo("      FAILED: the service exited while starting (run `smc serve --dev` to see why)")
+                return 1
+            time.sleep(0.3)
+        click.echo(f"      ready in {time.perf_counter() - started:.1f}s at {url}; replaying {symbol} {day} bar by bar "
+                   "through the Python client")
+        sys.path.insert(0, str(root / "bento" / "clients" / "python"))
+        from smc_client import SmcClient
+
+        session_open, session_close = CME_EQUITY.session_bounds(day)
+        bars = load_bars(Database.from_settings(settings), symbol, "1m", session_open, session_close, history=48)
+        first = max(48, int((bars["ts"] <= session_open).sum()))
+        with SmcClient(url, "dev", timeout=2.0) as client:
+            report = replay(bars, first, client.predict_payload, symbol=symbol, timeframe="1m")
+        summary = report.summary()
+        click.echo(f"      {summary['requests']} requests, signals {summary['signals']}, latency p50 "
+                   f"{summary['latency_p50_ms']:.1f} ms / p99 {summary['latency_p99_ms']:.1f} ms; policy P&L with "
+                   f"costs {summary['net_pnl']:+.2f} $ over {summary['trades']} trades")
+        return 0
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
