@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1
 export SMC_HOME ?= $(CURDIR)/.smc
 export DAGSTER_HOME ?= $(SMC_HOME)/dagster
 
-.PHONY: install demo test test-embedded ui mlflow-ui serve serve-bento bench-ingest bench-serve clean
+.PHONY: install demo test test-embedded ui mlflow-ui serve serve-live bench-ingest bench-serve clean
 
 install: $(STAMP)
 
@@ -38,13 +38,14 @@ mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(SMC_HOME)/mlflow.db}" \
 		--default-artifact-root "file://$(SMC_HOME)/mlartifacts" --host 127.0.0.1 --port 5000
 
-# The champion (registry alias) or MODEL_PATH, on HOST:PORT (default 127.0.0.1:8000);
-# API_KEY and ADMIN_API_KEY must be set, or run `smc serve --dev` for a keyless local service.
+# `serve`: the latest built Bento with the champion packed in it; `serve-live`: the source,
+# following the registry alias (or MODEL_PATH). Both on HOST:PORT (default 127.0.0.1:8000);
+# API_KEY and ADMIN_API_KEY must be set, or use `smc serve --dev` for a keyless local service.
 serve: install
-	$(VENV)/bin/smc serve
-
-serve-bento: install
 	$(VENV)/bin/smc serve --bento
+
+serve-live: install
+	$(VENV)/bin/smc serve
 
 bench-serve: install
 	$(PY) bench/serve.py

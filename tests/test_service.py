@@ -85,6 +85,8 @@ def test_transport_errors_have_their_codes_and_no_traceback(server, market):
     assert server.predict(request_for(market, 700), key=None).status_code == 401
     assert server.predict(request_for(market, 700), key="wrong").status_code == 401
     assert server.predict(request_for(market, 700), key=ADMIN).status_code == 401  # admin key is not a predict key
+    assert server.client.post("/predict_batch", json={"requests": []}).status_code == 401
+    assert server.client.post("/admin/reload").status_code == 401
     big = server.client.post("/predict", content=b" " * 300_000, headers={"X-API-Key": KEY})
     assert big.status_code == 413 and big.json()["details"]["limit_bytes"] == 200_000
     for response in (malformed, big):

@@ -7,6 +7,7 @@ is process-wide, so it is made once, deliberately, when the predictor is created
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -23,11 +24,14 @@ class Predictor:
     """A loaded package in eval mode; every call runs under ``torch.inference_mode``."""
 
     def __init__(self, package: ModelPackage, model: BarClassifier | None = None, threads: int | None = 1,
-                 batch_size: int = 1024):
+                 batch_size: int = 1024, device: str | None = None):
         if threads is not None:
             torch.set_num_threads(threads)
         self.package = package
-        self.model = (model if model is not None else package.model).cpu().eval()
+        # CUDA when present (TORCH_DEVICE overrides), CPU otherwise: the same code either way
+        self.device = torch.device(device or os.environ.get("TORCH_DEVICE")
+                                   or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = (model if model is not None else package.model).to(self.device).eval()
         self.spec = package.spec
         self.temperature = package.temperature
         self.labels = package.labels
