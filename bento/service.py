@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for `bentoml serve`
 
-from smc_core.serving.request import RequestError  # noqa: E402
+from smc_core.serving.request import PredictRequest, RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 
-app = FastAPI(title="SMC predictor", docs_url=None, redoc_url=None, openapi_url=None)
+app = FastAPI(title="SMC predictor", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
 json_log = logging.getLogger("smc.requests")
 # Predictions run one at a time on one thread: the model is a few ms of single-threaded
 # torch, and a second compute thread only contends (measured: ~10x slower with 2 threads).
@@ -123,12 +123,38 @@ async def _respond(request: Request, endpoint: str, admin: bool, work, needs_bod
     return JSONResponse(body, status_code=status)
 
 
-@app.post("/predict")
+def _body(schema: dict) -> dict:
+    """An OpenAPI request body from a JSON schema; the route still validates by itself (422 format)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "parameters": [{"name": "X-API-Key", "in": "header", "required": True, "schema": {"type": "string"}}]}
+
+
+_PREDICT_SCHEMA = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+_DEFINITIONS = _PREDICT_SCHEMA.pop("$defs", {})
+
+
+def _openapi() -> dict:
+    """FastAPI's document plus the request models, so clients and fuzzers see the real contract."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        document = get_openapi(title=app.title, version="1", routes=app.routes)
+        document.setdefault("components", {}).setdefault("schemas", {}).update(
+            {**_DEFINITIONS, "PredictRequest": _PREDICT_SCHEMA})
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
+@app.post("/predict", openapi_extra=_body({"$ref": "#/components/schemas/PredictRequest"}))
 async def predict(request: Request) -> JSONResponse:
     return await _respond(request, "predict", False, _runtime().predict_payload)
 
 
-@app.post("/predict_batch")
+@app.post("/predict_batch", openapi_extra=_body({"type": "object", "required": ["requests"], "properties": {
+    "requests": {"type": "array", "items": {"$ref": "#/components/schemas/PredictRequest"}}}}))
 async def predict_batch(request: Request) -> JSONResponse:
     def work(payload, started):
         runtime = _runtime()

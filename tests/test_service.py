@@ -256,3 +256,24 @@ def test_fuzzed_requests_never_get_a_5xx(server, market):
         assert ("label" in body) if response.status_code == 200 else set(body) == {"error", "code", "details"}
 
     check()
+
+
+def test_schemathesis_cases_from_the_openapi_never_get_a_5xx(server):
+    """Schemathesis generates requests from the service's own OpenAPI document (the
+    PredictRequest model, published at /openapi.json): every one is answered, never with a
+    5xx or a traceback. Its hypothesis strategy is driven directly (its pytest plugin does
+    not load under pytest 9)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    operation = schema["/predict"]["POST"]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(operation.as_strategy())
+    def check(case):
+        response = case.call(base_url=server.url, headers={"X-API-Key": KEY})
+        assert response.status_code < 500, (response.status_code, response.text[:500])
+        assert "Traceback" not in response.text
+
+    check()
