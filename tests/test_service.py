@@ -64,10 +64,14 @@ def _broken(market, change):
 @pytest.mark.parametrize("change, path, words", [
     (lambda p: p["context_bars"][3].update(h=1.0), "context_bars[3]", "below low"),
     (lambda p: p["context_bars"][5].update(volume=-1), "context_bars[5].volume", "greater than or equal to 0"),
+    (lambda p: p["context_bars"][6].update(o=-5.0), "context_bars[6].o", "greater than 0"),
     (lambda p: p["current_bar"].update(c=float("nan")), "current_bar.c", "finite"),
     (lambda p: p["context_bars"][10].update(time_utc=p["context_bars"][9]["time_utc"]), "body", "repeats"),
     (lambda p: p["context_bars"].reverse(), "body", "earlier than"),
     (lambda p: p.pop("metadata"), "metadata", "required"),
+    (lambda p: p["context_bars"][0].update(time_utc="0001-01-01T00:00:00+01:00"), "context_bars[0].time_utc",
+     "no UTC representation"),  # found by schemathesis: was a 500
+    (lambda p: p["current_bar"].update(time_utc="2999-01-01T00:00:00Z"), "current_bar.time_utc", "lies outside"),
     (lambda p: p.update(context_bars=p["context_bars"][-30:]), "context_bars", "at least 49"),
 ])
 def test_impossible_requests_get_422_with_the_field_path(server, market, change, path, words):

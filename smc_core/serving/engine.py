@@ -22,7 +22,7 @@ from smc_core.errors import SmcError
 from smc_core.features import CATALOGUE, compute_features
 from smc_core.model import Predictor, load_package
 from smc_core.policy import PolicyConfig
-from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest
+from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest, RequestError
 
 log = logging.getLogger("smc.serving")
 
@@ -139,8 +139,15 @@ def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, s
     """Features from the request's bars (the training code), calibrated probabilities, the tier."""
     rows = compute_features(request.frame())
     length = model.predictor.spec.sequence_length
-    window = rows.iloc[-length:]
-    probabilities = model.predictor.predict_rows(window.to_numpy())
+    window = rows.iloc[-length:].to_numpy()
+    bad = np.argwhere(~np.isfinite(window))
+    if len(bad):  # degenerate bars (e.g. a flat, zero-range stretch) leave a feature undefined
+        row, column = (int(i) for i in bad[0])
+        position = len(request.bars) - length + row
+        raise RequestError(422, "bars cannot be used", {"errors": [{
+            "path": "current_bar" if position == len(request.bars) - 1 else f"context_bars[{position}]",
+            "message": f"feature {CATALOGUE.names[column]!r} is undefined at this bar; the model needs it finite"}]})
+    probabilities = model.predictor.predict_rows(window)
     labels = model.predictor.labels
     best = int(np.argmax(probabilities))
     confidence = float(probabilities[best])

@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+MAX_PRICE = 1e9     # no futures contract trades above; keeps every derived feature finite
+MAX_VOLUME = 1e12
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)  # well inside pandas' nanosecond range
 CLIENT_INDICATORS = ("ext_dir", "int_dir", "has_fvg_bull", "has_fvg_bear", "has_ob_bull", "has_ob_bear", "atr")
 
 
@@ -24,12 +28,12 @@ class Bar(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
     time_utc: datetime
-    o: float
-    h: float
-    l: float  # noqa: E741 (the seed's field name)
-    c: float
-    volume: float = Field(ge=0)
-    delta: Optional[float] = None
+    o: float = Field(gt=0, le=MAX_PRICE)
+    h: float = Field(gt=0, le=MAX_PRICE)
+    l: float = Field(gt=0, le=MAX_PRICE)  # noqa: E741 (the seed's field name)
+    c: float = Field(gt=0, le=MAX_PRICE)
+    volume: float = Field(ge=0, le=MAX_VOLUME)
+    delta: Optional[float] = Field(default=None, ge=-MAX_VOLUME, le=MAX_VOLUME)
     ext_dir: Optional[int] = Field(default=None, ge=-1, le=1)
     int_dir: Optional[int] = Field(default=None, ge=-1, le=1)
     has_fvg_bull: Optional[bool] = None
@@ -41,7 +45,13 @@ class Bar(BaseModel):
     @field_validator("time_utc")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        try:
+            utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 has no UTC representation
+            raise ValueError(f"{value.isoformat()} has no UTC representation") from None
+        if not EARLIEST <= utc < LATEST:
+            raise ValueError(f"{utc.isoformat()} lies outside {EARLIEST.date()} .. {LATEST.date()}")
+        return utc
 
     @model_validator(mode="after")
     def _consistent(self) -> "Bar":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from smc_core.errors import ConfigError
+from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE
 from smc_core.policy import PolicyConfig
 from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_model, predict
@@ -187,6 +187,9 @@ class Runtime:
             prediction = predict(request, model, self.policy(model), started, request_id)
         except RequestError:
             raise
+        except SmcError as error:  # bars the feature code refuses (it names the row)
+            raise RequestError(422, "bars cannot be used", {"errors": [{"path": "context_bars",
+                                                                        "message": str(error)}]}) from None
         except Exception as error:
             log.exception("prediction failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
