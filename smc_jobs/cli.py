@@ -190,22 +190,18 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str) -> Non
     """Stream a stored trading day to the service bar by bar, like NinjaTrader, and report signals and P&L."""
     import json
 
-    from smc_core.calendar import CME_EQUITY
-    from smc_core.serving.replay import replay as run_replay
-    from smc_core.store import load_bars
+    from smc_core.serving.replay import replay_stored_day
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"))
     from smc_client import SmcClient
 
-    start, end = CME_EQUITY.session_bounds(_parse_date(day, "--day"))
-    bars = load_bars(_database(), symbol, timeframe, start, end, history=48)
-    if len(bars) <= 48:
-        raise SmcError(f"no stored {timeframe} bars for {symbol} on {day}: ingest or materialize that day first")
-    first = int((bars["ts"] <= start).sum())
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            click.echo(f"replaying {symbol} {day}: {done}/{total} bars", err=True)
+
     with SmcClient(url, api_key, timeout=2.0) as client:
-        with click.progressbar(length=len(bars) - first, label=f"replaying {symbol} {day}", file=sys.stderr) as bar:
-            report = run_replay(bars, max(first, 48), client.predict_payload,
-                                symbol=symbol, timeframe=timeframe, progress=lambda done, total: bar.update(1))
+        report = replay_stored_day(_database(), symbol, _parse_date(day, "--day"), client.predict_payload,
+                                   timeframe=timeframe, progress=progress)
     click.echo(json.dumps(report.summary(), default=str))
 
 

@@ -186,11 +186,9 @@ def _serve_and_replay(settings: Settings, symbol: str, day: date, steps: int) ->
 
     import httpx
 
-    from smc_core.calendar import CME_EQUITY
     from smc_core.db import Database
     from smc_core.registry import TrackingConfig, alias_version, configure, package_path
-    from smc_core.serving.replay import replay
-    from smc_core.store import load_bars
+    from smc_core.serving.replay import replay_stored_day
 
     configure(TrackingConfig.from_settings(settings))
     env = {**os.environ, "SMC_DEV_MODE": "1", "SMC_HOME": str(settings.smc_home), "LOG_LEVEL": "WARNING"}
@@ -227,11 +225,8 @@ def _serve_and_replay(settings: Settings, symbol: str, day: date, steps: int) ->
         sys.path.insert(0, str(root / "bento" / "clients" / "python"))
         from smc_client import SmcClient
 
-        session_open, session_close = CME_EQUITY.session_bounds(day)
-        bars = load_bars(Database.from_settings(settings), symbol, "1m", session_open, session_close, history=48)
-        first = max(48, int((bars["ts"] <= session_open).sum()))
         with SmcClient(url, "dev", timeout=2.0) as client:
-            report = replay(bars, first, client.predict_payload, symbol=symbol, timeframe="1m")
+            report = replay_stored_day(Database.from_settings(settings), symbol, day, client.predict_payload)
         summary = report.summary()
         click.echo(f"      {summary['requests']} requests, signals {summary['signals']}, latency p50 "
                    f"{summary['latency_p50_ms']:.1f} ms / p99 {summary['latency_p99_ms']:.1f} ms; policy P&L with "

@@ -72,3 +72,19 @@ def replay(bars: pd.DataFrame, first: int, predict: Callable[[dict], dict], *, s
     policy = PolicyConfig(half_threshold=threshold or 0.55, full_threshold=max(threshold or 0.55, 0.70))
     result = backtest(traded.iloc[first:].reset_index(drop=True), probabilities[first:], policy, instrument)
     return ReplayReport(len(latencies), signals, np.array(latencies), result, versions)
+
+
+def replay_stored_day(db, symbol: str, day, predict: Callable[[dict], dict], *, timeframe: str = "1m",
+                      context: int = 49, calendar: SessionCalendar = CME_EQUITY,
+                      progress: Callable[[int, int], None] | None = None) -> ReplayReport:
+    """Replay every stored bar of one trading day, with the ``context - 1`` bars before it as history."""
+    from smc_core.errors import SmcError
+    from smc_core.store import load_bars
+
+    session_open, session_close = calendar.session_bounds(day)
+    bars = load_bars(db, symbol, timeframe, session_open, session_close, history=context - 1)
+    first = max(context - 1, int((bars["ts"] <= session_open).sum()))
+    if len(bars) <= first:
+        raise SmcError(f"no stored {timeframe} bars for {symbol} on {day}: ingest or materialize that day first")
+    return replay(bars, first, predict, symbol=symbol, timeframe=timeframe, context=context, calendar=calendar,
+                  progress=progress)

@@ -132,17 +132,9 @@ class Runtime:
 
             configure(TrackingConfig.from_settings(Settings.from_env()))
             name, alias = _parse_alias_uri(self.settings.model_uri)
-            self.follower = AliasFollower(self.slot, lambda: _alias_version(name, alias),
-                                          lambda version: self._load_registered(name, version),
-                                          self.settings.poll_seconds)
-            self.follower.check()
-            self.follower.start()
+            self.follower = self._follow(self.slot, name, alias)
             if self.settings.shadow_alias:
-                self.shadow_follower = AliasFollower(self.shadow, lambda: _alias_version(name, self.settings.shadow_alias),
-                                                     lambda version: self._load_registered(name, version),
-                                                     self.settings.poll_seconds)
-                self.shadow_follower.check()
-                self.shadow_follower.start()
+                self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias)
         self._record_model()
         return self
 
@@ -259,6 +251,14 @@ class Runtime:
             self._database = Database.from_settings(Settings.from_env())
             migrate(self._database)
         return self._database
+
+    def _follow(self, slot: ModelSlot, name: str, alias: str) -> AliasFollower:
+        """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
+        follower = AliasFollower(slot, lambda: _alias_version(name, alias),
+                                 lambda version: self._load_registered(name, version), self.settings.poll_seconds)
+        follower.check()
+        follower.start()
+        return follower
 
     def _load_registered(self, name: str, version: str) -> LoadedModel:
         from smc_core.promotion import entry_threshold_of
