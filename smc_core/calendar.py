@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -17,7 +18,10 @@ import pandas as pd
 
 from smc_core.errors import ConfigError
 
-_ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+_MICROSECOND_NS = 1_000
+SECOND_NS = 1_000_000_000
+MINUTE_NS = 60 * SECOND_NS
+DAY_NS = 86_400 * SECOND_NS
 
 
 def zone(name: str) -> ZoneInfo:
@@ -48,10 +52,7 @@ class SessionCalendar:
 
     def session_bounds(self, day: date) -> tuple[pd.Timestamp, pd.Timestamp]:
         """UTC (open, close] of trading day ``day``'s full (ETH) session."""
-        tzinfo = zone(self.tz)
-        open_local = datetime.combine(day - timedelta(days=1), self.eth_open, tzinfo)
-        close_local = datetime.combine(day, self.eth_close, tzinfo)
-        return pd.Timestamp(open_local).tz_convert("UTC"), pd.Timestamp(close_local).tz_convert("UTC")
+        return _session_bounds(self, day)
 
     def expected_closes(self, day: date, width: timedelta) -> pd.DatetimeIndex:
         """Close times of every bar of ``width`` in trading day ``day`` (empty on holidays)."""
@@ -66,20 +67,34 @@ class SessionCalendar:
         return [d.date() for d in days if self.is_trading_day(d.date())]
 
     # --- vectorised over bar close times ------------------------------------------
+    # One time-zone conversion to exchange wall-clock nanoseconds, then integer arithmetic:
+    # the service computes these for every request, and pandas' per-call overhead dominated.
+    def wall_clock_ns(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+        """Exchange-local wall-clock time of each UTC stamp, as int64 nanoseconds since 1970."""
+        return pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None).asi8
+
     def trading_day_of(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
         """Trading day (``datetime64[D]``) each bar close belongs to, by the (open, close] rule."""
-        local = pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None)
-        close_offset = pd.Timedelta(hours=self.eth_close.hour, minutes=self.eth_close.minute)
-        shifted = local - _ONE_MICROSECOND - close_offset
-        return (shifted.normalize() + pd.Timedelta(days=1)).values.astype("datetime64[D]")
+        return self.trading_day_at(self.wall_clock_ns(ts_utc))
 
     def in_session(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
         """True where a bar close lies inside its trading day's session (not in a halt,
         a weekend or a holiday)."""
-        index = pd.DatetimeIndex(ts_utc)
-        days = self.trading_day_of(index)
-        local = index.tz_convert(self.tz).tz_localize(None)
-        minutes = (local - _ONE_MICROSECOND - local.normalize()).total_seconds().to_numpy() / 60.0
+        return self.in_session_at(self.wall_clock_ns(ts_utc))
+
+    def is_rth(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+        """True where a bar close lies in the regular trading hours (rth_open, rth_close]."""
+        return self.is_rth_at(self.wall_clock_ns(ts_utc))
+
+    def trading_day_at(self, wall: np.ndarray) -> np.ndarray:
+        """``trading_day_of`` for stamps already in wall-clock nanoseconds (``wall_clock_ns``)."""
+        close_offset = (self.eth_close.hour * 60 + self.eth_close.minute) * MINUTE_NS
+        return ((wall - _MICROSECOND_NS - close_offset) // DAY_NS + 1).astype("datetime64[D]")
+
+    def in_session_at(self, wall: np.ndarray) -> np.ndarray:
+        """``in_session`` for stamps already in wall-clock nanoseconds."""
+        days = self.trading_day_at(wall)
+        minutes = _minutes_into_day(wall)
         open_min = self.eth_open.hour * 60 + self.eth_open.minute
         close_min = self.eth_close.hour * 60 + self.eth_close.minute
         in_halt = (minutes >= close_min) & (minutes < open_min)
@@ -89,13 +104,26 @@ class SessionCalendar:
             trading &= ~np.isin(days, np.array(sorted(self.holidays), dtype="datetime64[D]"))
         return trading & ~in_halt
 
-    def is_rth(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
-        """True where a bar close lies in the regular trading hours (rth_open, rth_close]."""
-        local = pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None)
-        minutes = (local - _ONE_MICROSECOND - local.normalize()).total_seconds().to_numpy() / 60.0
+    def is_rth_at(self, wall: np.ndarray) -> np.ndarray:
+        """``is_rth`` for stamps already in wall-clock nanoseconds."""
+        minutes = _minutes_into_day(wall)
         open_min = self.rth_open.hour * 60 + self.rth_open.minute
         close_min = self.rth_close.hour * 60 + self.rth_close.minute
-        return (minutes >= open_min) & (minutes < close_min) & self.in_session(ts_utc)
+        return (minutes >= open_min) & (minutes < close_min) & self.in_session_at(wall)
+
+
+def _minutes_into_day(wall: np.ndarray) -> np.ndarray:
+    """Minutes from the stamp's local midnight to one microsecond before it, so a bar closing
+    at 15:00 counts as inside the minute that starts at 14:59."""
+    return ((wall - _MICROSECOND_NS - wall // DAY_NS * DAY_NS) / SECOND_NS) / 60.0
+
+
+@lru_cache(maxsize=4096)
+def _session_bounds(calendar: SessionCalendar, day: date) -> tuple[pd.Timestamp, pd.Timestamp]:
+    tzinfo = zone(calendar.tz)
+    open_local = datetime.combine(day - timedelta(days=1), calendar.eth_open, tzinfo)
+    close_local = datetime.combine(day, calendar.eth_close, tzinfo)
+    return pd.Timestamp(open_local).tz_convert("UTC"), pd.Timestamp(close_local).tz_convert("UTC")
 
 
 CME_EQUITY = SessionCalendar()

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smc_core.features import CATALOGUE, FeatureInputError, compute_features
+from smc_core.calendar import CME_EQUITY
+from smc_core.features import CATALOGUE, FeatureInputError, compute_features, time_features
 from smc_core.features.technical import cutler_rsi, true_range, window_mean
 from smc_core.synthetic import SyntheticConfig, generate_bars
 
@@ -93,6 +94,49 @@ def test_atr_and_rsi_match_pandas_definitions():
     np.testing.assert_allclose(cutler_rsi(close, 14), 100 * gains / (gains + losses), rtol=1e-10)
     features = compute_features(bars)
     np.testing.assert_allclose(features["atr"], tr.rolling(14).mean(), rtol=1e-12)
+
+
+def calendar_stamps(seed: int) -> pd.DatetimeIndex:
+    """Random minute closes over several years plus every edge the encodings turn on: local
+    midnight, session close/open, RTH open/close and both DST switches, to the microsecond."""
+    rng = np.random.default_rng(seed)
+    random = pd.to_datetime(rng.integers(pd.Timestamp("2019-01-01").value, pd.Timestamp("2027-01-01").value, 3000)
+                            // 60_000_000_000 * 60_000_000_000, utc=True)
+    local_edges = [f"{day} {clock}" for day in ("2024-03-08", "2024-03-10", "2024-03-11", "2024-11-01",
+                                                  "2024-11-03", "2024-11-04", "2025-12-26")
+                   for clock in ("00:00", "08:30", "15:00", "16:00", "17:00", "23:59:59.999999")]
+    edges = pd.DatetimeIndex(local_edges).tz_localize("America/Chicago", ambiguous=True).tz_convert("UTC")
+    near = edges.append([edges + pd.Timedelta(microseconds=1), edges - pd.Timedelta(microseconds=1)])
+    return random.append(near).append(pd.DatetimeIndex(["2024-03-10 08:00", "2024-11-03 06:30"], tz="UTC")).sort_values()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_calendar_encodings_match_their_pandas_definitions(seed):
+    """The vectorised wall-clock arithmetic equals the plain pandas definitions bit for bit."""
+    ts = calendar_stamps(seed)
+    local = ts.tz_convert("America/Chicago").tz_localize(None)
+    minutes_in_day = (local - pd.Timedelta(microseconds=1) - local.normalize()).total_seconds().to_numpy() / 60.0
+    trading_day = ((local - pd.Timedelta(microseconds=1) - pd.Timedelta(hours=16)).normalize()
+                   + pd.Timedelta(days=1)).values.astype("datetime64[D]")
+    weekday = pd.DatetimeIndex(trading_day).weekday.to_numpy()
+    in_session = (weekday < 5) & ~((minutes_in_day >= 16 * 60) & (minutes_in_day < 17 * 60))
+    rth = (minutes_in_day >= 8 * 60 + 30) & (minutes_in_day < 15 * 60) & in_session
+    np.testing.assert_array_equal(CME_EQUITY.trading_day_of(ts), trading_day)
+    np.testing.assert_array_equal(CME_EQUITY.in_session(ts), in_session)
+    np.testing.assert_array_equal(CME_EQUITY.is_rth(ts), rth)
+
+    encoded = time_features(ts, CME_EQUITY)
+    clock = ts.tz_convert("America/Chicago")
+    angle = 2 * np.pi * (clock.hour * 60 + clock.minute + clock.second / 60.0).to_numpy(dtype="float64") / 1440.0
+    day_angle = 2 * np.pi * weekday.astype("float64") / 5.0
+    bounds = [CME_EQUITY.session_bounds(pd.Timestamp(d).date()) for d in trading_day]
+    opens = np.array([b[0].value for b in bounds], dtype="float64")
+    closes = np.array([b[1].value for b in bounds], dtype="float64")
+    expected = {"tod_sin": np.sin(angle), "tod_cos": np.cos(angle), "dow_sin": np.sin(day_angle),
+                "dow_cos": np.cos(day_angle), "is_rth": rth.astype("float64"),
+                "session_progress": (ts.asi8.astype("float64") - opens) / (closes - opens)}
+    for name, values in expected.items():
+        np.testing.assert_array_equal(encoded[name], values, err_msg=name)
 
 
 def test_delta_is_estimated_and_flagged_when_missing():

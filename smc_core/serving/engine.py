@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from smc_core.errors import SmcError
-from smc_core.features import CATALOGUE, compute_features
+from smc_core.features import CATALOGUE, feature_matrix
 from smc_core.model import Predictor, load_package
 from smc_core.policy import PolicyConfig
 from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest, RequestError
@@ -137,9 +137,9 @@ class Prediction:
 def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, started: float,
             request_id: str | None = None) -> Prediction:
     """Features from the request's bars (the training code), calibrated probabilities, the tier."""
-    rows = compute_features(request.frame())
+    rows = feature_matrix(request.columns())
     length = model.predictor.spec.sequence_length
-    window = rows.iloc[-length:].to_numpy()
+    window = rows[-length:]
     bad = np.argwhere(~np.isfinite(window))
     if len(bad):  # degenerate bars (e.g. a flat, zero-range stretch) leave a feature undefined
         row, column = (int(i) for i in bad[0])
@@ -164,7 +164,7 @@ def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, s
         "threshold": policy.half_threshold,
         "processing_time_ms": (time.perf_counter() - started) * 1000,
     }
-    return Prediction(body, rows.iloc[-1].to_numpy(), compare_indicators(request, rows.to_numpy()))
+    return Prediction(body, rows[-1], compare_indicators(request, rows))
 
 
 def compare_indicators(request: PredictRequest, rows: np.ndarray) -> dict[str, int]:

@@ -8,7 +8,7 @@ the server's own computation (DESIGN §4: counted, never trusted).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Optional, Union
 
 import numpy as np
@@ -20,6 +20,9 @@ MAX_VOLUME = 1e12
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)  # well inside pandas' nanosecond range
 CLIENT_INDICATORS = ("ext_dir", "int_dir", "has_fvg_bull", "has_fvg_bear", "has_ob_bull", "has_ob_bear", "atr")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 class Bar(BaseModel):
@@ -94,15 +97,19 @@ class PredictRequest(BaseModel):
     def bars(self) -> list[Bar]:
         return [*self.context_bars, self.current_bar]
 
-    def frame(self) -> pd.DataFrame:
+    def columns(self) -> dict[str, np.ndarray | pd.DatetimeIndex]:
         """The bars as the feature code takes them (ts, open, high, low, close, volume, delta)."""
         bars = self.bars
-        return pd.DataFrame({
-            "ts": pd.DatetimeIndex([b.time_utc for b in bars]).tz_convert("UTC").astype("datetime64[ns, UTC]"),
-            "open": [b.o for b in bars], "high": [b.h for b in bars], "low": [b.l for b in bars],
-            "close": [b.c for b in bars], "volume": [b.volume for b in bars],
-            "delta": [np.nan if b.delta is None else b.delta for b in bars],
-        })
+        return {
+            "ts": pd.to_datetime(np.array([(b.time_utc - _EPOCH) // _ONE_MICROSECOND for b in bars], dtype="int64"),
+                                 unit="us", utc=True).as_unit("ns"),
+            "open": np.array([b.o for b in bars], dtype="float64"),
+            "high": np.array([b.h for b in bars], dtype="float64"),
+            "low": np.array([b.l for b in bars], dtype="float64"),
+            "close": np.array([b.c for b in bars], dtype="float64"),
+            "volume": np.array([b.volume for b in bars], dtype="float64"),
+            "delta": np.array([np.nan if b.delta is None else b.delta for b in bars], dtype="float64"),
+        }
 
 
 class RequestError(Exception):
