@@ -163,7 +163,8 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
     try:
         lineage = _lineage(context, config, data, run.facts, base, horizon, run_id, version)
         path = context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}")
-        save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage, run.reference)
+        save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage, run.reference,
+                     reference_probabilities=calibration.probs)
         mlflow.log_artifacts(str(path), PACKAGE_ARTIFACT)
         with tempfile.TemporaryDirectory() as scratch:
             diagrams = [reliability_diagram(probs, run.valid_y, Path(scratch) / f"reliability_{name}.png", title)

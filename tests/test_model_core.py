@@ -86,9 +86,10 @@ def package(data, lora_run, tmp_path_factory):
     with torch.no_grad():
         logits = batched_logits(result.model, valid[0], valid[1]).numpy()
     path = tmp_path_factory.mktemp("packages") / "lora"
-    in_memory = save_package(path, result.model, data.spec, BackboneConfig(), fit_temperature(logits, valid[2]),
+    temperature = fit_temperature(logits, valid[2])
+    in_memory = save_package(path, result.model, data.spec, BackboneConfig(), temperature,
                              {"run": "test", "feature_set_version": data.spec.feature_set_version},
-                             data.rows[:500])
+                             data.rows[:500], reference_probabilities=softmax(logits, temperature))
     return path, in_memory
 
 
@@ -270,6 +271,8 @@ def test_package_round_trip_gives_identical_probabilities(data, package):
     assert np.allclose(probabilities.sum(axis=1), 1.0) and probabilities.shape == (300, 3)
     assert loaded.package.lineage["run"] == "test"
     assert np.array_equal(loaded.package.reference, data.rows[:500].astype(np.float32))
+    assert np.array_equal(loaded.package.reference_probabilities, in_memory.reference_probabilities)
+    assert loaded.package.reference_probabilities.shape == (len(data.valid_ends), 3)
     end = int(data.valid_ends[0])
     single = loaded.predict_rows(data.rows[end - 40:end + 1])
     assert np.allclose(single, probabilities[0], atol=1e-6)
@@ -311,6 +314,10 @@ def test_scratch_model_packages_without_adapter(data, tmp_path):
         Predictor.from_adapter(saved.path)
     with pytest.raises(ModelError, match="not an empty directory"):
         save_package(saved.path, result.model, data.spec, BackboneConfig(), 1.0, {}, data.rows[:10])
+    assert Predictor.load(saved.path).package.reference_probabilities is None  # optional: drift skips predictions
+    with pytest.raises(ModelError, match="reference probabilities must be finite"):
+        save_package(tmp_path / "nan", result.model, data.spec, BackboneConfig(), 1.0, {}, data.rows[:10],
+                     reference_probabilities=np.full((5, 3), np.nan))
     with pytest.raises(ModelError, match="outputs but 2 labels"):
         save_package(tmp_path / "other", result.model, data.spec, BackboneConfig(), 1.0, {},
                      data.rows[:10], labels=("up", "down"))

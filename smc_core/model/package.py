@@ -13,7 +13,9 @@ Layout::
     calibration.json           {"temperature": T}
     labels.json                ["long", "short", "skip"]
     lineage.json               whatever the caller passes (data, code, runs)
-    reference.safetensors      "features": float32 [n, n_features] training feature sample
+    reference.safetensors      "features": float32 [n, n_features] training feature sample;
+                               "probabilities": float32 [m, n_labels] calibrated validation
+                               probabilities (optional): the drift reports' baselines
                                (column names in encoder.json) for drift checks
     adapter/adapter_model.safetensors, adapter/adapter_config.json
                                the peft adapter, kept for lineage      } LoRA models only
@@ -68,6 +70,8 @@ class ModelPackage:
     lineage: dict
     reference: np.ndarray
     files: dict
+    reference_probabilities: np.ndarray | None = None
+    """Calibrated probabilities on the validation windows (out of sample), for prediction drift."""
 
     @property
     def has_adapter(self) -> bool:
@@ -76,7 +80,7 @@ class ModelPackage:
 
 def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_config: BackboneConfig,
                  temperature: float, lineage: dict, reference: np.ndarray,
-                 labels: tuple[str, ...] = LABELS) -> ModelPackage:
+                 labels: tuple[str, ...] = LABELS, reference_probabilities: np.ndarray | None = None) -> ModelPackage:
     """Write a package to ``path`` (which must not exist or be empty); returns it as loaded in memory.
 
     ``model`` may carry a peft backbone (from ``finetune_lora``): then the adapter and base
@@ -88,6 +92,14 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
     reference = np.ascontiguousarray(reference, dtype=np.float32)
     if reference.ndim != 2 or reference.shape[1] != len(spec.feature_names) or len(reference) == 0:
         raise ModelError(f"reference sample must be [n >= 1, {len(spec.feature_names)}], got {list(reference.shape)}")
+    reference_tensors = {"features": torch.from_numpy(reference)}
+    if reference_probabilities is not None:
+        reference_probabilities = np.ascontiguousarray(reference_probabilities, dtype=np.float32)
+        if (reference_probabilities.ndim != 2 or reference_probabilities.shape[1] != len(labels)
+                or len(reference_probabilities) == 0 or not np.isfinite(reference_probabilities).all()):
+            raise ModelError(f"reference probabilities must be finite [m >= 1, {len(labels)}], "
+                             f"got {list(reference_probabilities.shape)}")
+        reference_tensors["probabilities"] = torch.from_numpy(reference_probabilities)
     if not (np.isfinite(temperature) and temperature > 0):
         raise ModelError(f"temperature must be a finite number > 0, got {temperature!r}")
     try:
@@ -106,14 +118,14 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
         _write_json(staging / "calibration.json", {"temperature": float(temperature)})
         _write_json(staging / "labels.json", list(labels))
         _write_json(staging / "lineage.json", lineage)
-        save_file({"features": torch.from_numpy(reference)}, str(staging / REFERENCE),
+        save_file(reference_tensors, str(staging / REFERENCE),
                   metadata={"feature_set_version": spec.feature_set_version})
 
     files = _write_directory(path, write)
     merged = written["merged"]
     return ModelPackage(path=path, model=merged, spec=spec, backbone_config=backbone_config,
                         temperature=float(temperature), labels=tuple(labels), lineage=lineage,
-                        reference=reference, files=files)
+                        reference=reference, files=files, reference_probabilities=reference_probabilities)
 
 
 def load_package(path: Path) -> ModelPackage:
@@ -123,13 +135,15 @@ def load_package(path: Path) -> ModelPackage:
     spec = EncoderSpec.from_json((path / "encoder.json").read_text())
     backbone_config = BackboneConfig.from_json((path / "backbone_config.json").read_text())
     labels = tuple(json.loads((path / "labels.json").read_text()))
+    reference = _read_weights(path, REFERENCE)
     model = _empty_model(spec, backbone_config, len(labels))
     _load_state(model, _read_weights(path, MODEL_WEIGHTS), path, MODEL_WEIGHTS)
     return ModelPackage(
         path=path, model=model.eval(), spec=spec, backbone_config=backbone_config,
         temperature=float(json.loads((path / "calibration.json").read_text())["temperature"]),
         labels=labels, lineage=json.loads((path / "lineage.json").read_text()),
-        reference=_read_weights(path, REFERENCE)["features"].numpy(), files=files,
+        reference=reference["features"].numpy(), files=files,
+        reference_probabilities=reference["probabilities"].numpy() if "probabilities" in reference else None,
     )
 
 
