@@ -13,6 +13,7 @@ import numpy as np
 
 from smc_core.db import Database
 from smc_core.errors import SmcError
+from smc_core.jsonable import plain
 from smc_core.registry import MODEL_NAME, alias_version
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
@@ -116,19 +117,4 @@ def decisions(db: Database, name: str = MODEL_NAME) -> list[dict]:
 
 
 def _json(value) -> str:
-    return json.dumps(_finite(value), default=str)
-
-
-def _finite(value):
-    """JSON has no NaN: undefined statistics are stored as null."""
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+    return json.dumps(plain(value), default=str)
