@@ -28,6 +28,7 @@ from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
 from smc_core.provenance import code_revision
 from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, register_package
+from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
 
 BASE_KEY = AssetKey("base_model")
@@ -39,6 +40,9 @@ class TrainingConfig(Config):
     symbols: list[str] = Field(default_factory=list, description="Symbols to train on; empty means all with features.")
     start: Optional[str] = Field(default=None, description="Earliest decision time (ISO date/time, UTC); empty: all.")
     end: Optional[str] = Field(default=None, description="Latest decision time (ISO date/time, UTC); empty: all.")
+    recent_days: Optional[int] = Field(
+        default=None, description="Only the newest N trading days of stored bars (a sliding window; retrains set "
+                                  "it). Empty: start/end decide.")
     sequence_length: int = Field(default=20, description="Bars per window (one token each).")
     epochs: int = Field(default=30, description="Maximum epochs; early stopping on validation loss ends sooner.")
     patience: int = Field(default=3, description="Epochs without a lower validation loss before stopping.")
@@ -215,6 +219,13 @@ def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optio
         raise Failure(description=f"no stored features of feature set {CATALOGUE.version} for {timeframe}: "
                                   "materialize the features partitions first")
     start, end = config.time_range()
+    if config.recent_days is not None:
+        if config.recent_days < 2:
+            raise Failure(description=f"recent_days must be at least 2, got {config.recent_days}")
+        window = window_start(db, timeframe, config.recent_days, context.resources.landing.calendar())
+        if window is not None and window > start:
+            start = window
+            context.log.info(f"training window: the newest {config.recent_days} trading days, from {start}")
     return checked(lambda: load_training_data(db, symbols, timeframe, start, end, CATALOGUE, horizon,
                                                config.sequence_length))
 

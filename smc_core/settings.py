@@ -52,3 +52,28 @@ class Settings:
             partition_start=start,
             log_level=level,
         )
+
+
+def env_number(env, name: str, default, kind, low, high):
+    """``env[name]`` as ``kind`` within [low, high], ``default`` when unset; a ConfigError names the variable."""
+    text = env.get(name)
+    if text in (None, ""):
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a {kind.__name__}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is outside [{low}, {high}]")
+    return value
+
+
+def env_flag(env, name: str, default: bool = False) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a switch: use on/off (or 1/0, true/false)")

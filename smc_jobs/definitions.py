@@ -5,18 +5,25 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job, job
 from dagster_mlflow import end_mlflow_on_run_finished
 
+from sensors.drift import build_drift_sensor
 from sensors.file_drop import build_file_drop_sensor
+from sensors.performance import build_performance_sensor, build_skip_rate_sensor
+from sensors.retrain import RETRAIN_JOB, build_retrain_chain_sensor
+from sensors.run_failure import build_run_failure_sensor
 from smc_assets.bars import bars
 from smc_assets.features import features
 from smc_assets.labels import labels
 from smc_assets.model import base_model, lora_model
+from smc_assets.monitoring import drift_report, outcomes, reports_dir
 from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.promotion import challenger_evaluation, champion, rollback_champion
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
 from smc_assets.serving import bento_artifact
+from smc_core.monitoring import MonitoringSettings
 from smc_core.registry import TrackingConfig
 from smc_core.settings import Settings
+from smc_jobs.schedules import build_schedules
 
 market_data_job = define_asset_job(
     "market_data_job",
@@ -43,22 +50,45 @@ promotion_job = define_asset_job(
 )
 
 
+# The loop: retrain_chain_sensor starts this once the newest partitions are reloaded. lora_model
+# opens the MLflow run (dagster-mlflow); the evaluation, gates and promotion of the same run
+# are logged onto the challenger's MLflow run by id, and the hook ends it after the last step.
+retrain_job = define_asset_job(
+    RETRAIN_JOB, selection=AssetSelection.assets(lora_model, challenger_evaluation, champion, bento_artifact),
+    hooks={end_mlflow_on_run_finished},
+    description="Fine-tune a new LoRA adapter on the current base (newest trading days), evaluate, gate, promote, "
+                "rebuild the Bento; the running service follows the champion alias by itself.",
+)
+
+monitoring_job = define_asset_job(
+    "monitoring_job", selection=AssetSelection.assets(outcomes, drift_report),
+    description="Resolve live outcomes of logged predictions and write an Evidently drift report of the champion.",
+)
+
+
 @job(description="Move the 'champion' alias back to 'previous' (the service follows within seconds).")
 def rollback_job():
     rollback_champion()
 
 
-def build_definitions(settings: Settings | None = None) -> Definitions:
+def build_definitions(settings: Settings | None = None, monitoring: MonitoringSettings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
+    monitoring = monitoring or MonitoringSettings.from_env()
     tracking = TrackingConfig.from_settings(settings)
+    model_root = str(settings.smc_home / "models")
     return Definitions(
-        assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact],
-        jobs=[market_data_job, base_model_job, train_job, promotion_job, rollback_job],
-        sensors=[build_file_drop_sensor(market_data_job.name)],
+        assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact,
+                outcomes, drift_report],
+        jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, monitoring_job, rollback_job],
+        schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
+                                  base_model_job=base_model_job),
+        sensors=[build_file_drop_sensor(market_data_job.name), build_drift_sensor(monitoring, reports_dir(model_root)),
+                 build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
+                 build_retrain_chain_sensor(monitoring), build_run_failure_sensor(monitoring)],
         resources={
             "database": DatabaseResource(url=settings.database_url),
             "landing": LandingResource(path=str(settings.landing_dir), timezone=settings.exchange_tz),
-            "model_store": ModelStoreResource(root=str(settings.smc_home / "models")),
+            "model_store": ModelStoreResource(root=model_root),
             "mlflow": mlflow_resource(tracking),
             "tracking": TrackingResource(tracking_uri=tracking.tracking_uri, artifact_root=tracking.artifact_root),
         },

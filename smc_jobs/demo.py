@@ -48,7 +48,7 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
 
     import warnings
 
-    from dagster import BetaWarning, DagsterInstance, build_sensor_context
+    from dagster import BetaWarning, DagsterInstance
 
     # dagster-mlflow (beta) calls deprecated Dagster APIs; that is not the user's concern here
     warnings.filterwarnings("ignore", category=BetaWarning)
@@ -77,31 +77,10 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
 
     definitions = build_definitions(settings)
     instance = DagsterInstance.get()
-    sensor = definitions.get_sensor_def("landing_file_sensor")
-    cursor_key = "smc_demo_sensor_cursor"
-    sensor_resources = {key: definitions.resources[key] for key in sensor.required_resource_keys}
-    with build_sensor_context(instance=instance, resources=sensor_resources,
-                              cursor=instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)) as context:
-        result = sensor(context)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    instance.run_storage.set_cursor_values({cursor_key: result.cursor})
-    requests = result.run_requests or []
+    requests, rows = load_landing_files(definitions, instance)
+    failures = sum(0 if success else 1 for _, success, *_ in rows)
     click.echo(f"[3/{steps}] landing_file_sensor requested {len(requests)} partition run(s)"
                + ("" if requests else " (files unchanged since the last demo: nothing to load)"))
-
-    job = definitions.resolve_job_def("market_data_job")
-    failures = 0
-    rows = []
-    for request in requests:
-        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
-                                     run_config=_QUIET_CONSOLE, raise_on_error=False)
-        metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
-                    for event in run.get_asset_materialization_events()}
-        failed_checks = sorted(e.check_name for e in run.get_asset_check_evaluations() if not e.passed)
-        checks = len(run.get_asset_check_evaluations())
-        failures += 0 if run.success else 1
-        rows.append((str(request.partition_key), run.success, metadata, checks, failed_checks))
 
     click.echo(f"[4/{steps}] partitions (bars → features → labels)")
     click.echo(f"      {'partition':<16} {'status':<7} {'bars':>5} {'new':>5} {'features':>9}  {'labels (long/short/skip)':<25} checks")
@@ -119,6 +98,34 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     click.echo(f"done in {time.perf_counter() - started:.1f}s; DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
                "(`make ui` shows these runs)")
     return 1 if failures else 0
+
+
+def load_landing_files(definitions, instance, cursor_key: str = "smc_demo_sensor_cursor"):
+    """One tick of ``landing_file_sensor`` (its cursor kept in the instance), then every
+    partition run it requested, executed here. Returns (run requests, per-run rows of
+    partition key, success, materialization metadata by asset, checks, failed checks)."""
+    from dagster import build_sensor_context
+
+    sensor = definitions.get_sensor_def("landing_file_sensor")
+    sensor_resources = {key: definitions.resources[key] for key in sensor.required_resource_keys}
+    with build_sensor_context(instance=instance, resources=sensor_resources,
+                              cursor=instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)) as context:
+        result = sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    instance.run_storage.set_cursor_values({cursor_key: result.cursor})
+    requests = result.run_requests or []
+    job = definitions.resolve_job_def("market_data_job")
+    rows = []
+    for request in requests:
+        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
+                                     run_config=_QUIET_CONSOLE, raise_on_error=False)
+        metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+                    for event in run.get_asset_materialization_events()}
+        failed_checks = sorted(e.check_name for e in run.get_asset_check_evaluations() if not e.passed)
+        rows.append((str(request.partition_key), run.success, metadata, len(run.get_asset_check_evaluations()),
+                     failed_checks))
+    return requests, rows
 
 
 def _train(definitions, instance, settings: Settings, steps: int) -> int:

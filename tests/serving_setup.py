@@ -22,9 +22,9 @@ def bars(days: int = 3, seed: int = 5) -> pd.DataFrame:
     return generate_bars(SyntheticConfig(days=days, edge="smc", edge_strength=0.9, seed=seed))
 
 
-def tiny_package(path: Path, days: int = 3, seed: int = 5) -> Path:
+def tiny_package(path: Path, days: int = 3, seed: int = 5, bars_frame: pd.DataFrame | None = None) -> Path:
     """A real LoRA package trained for one epoch on synthetic bars (seconds, not minutes)."""
-    train_small_package(path, {"ES": bars(days, seed)}, epochs=1)
+    train_small_package(path, {"ES": bars(days, seed) if bars_frame is None else bars_frame}, epochs=1)
     return path
 
 

@@ -337,5 +337,6 @@ def train_small_package(path, bars: dict, *, epochs: int = 1, lineage: dict | No
     base = pretrain_base(data, catalogue, BaseConfig(train=TrainConfig(epochs=epochs)))
     run = train_lora_run(data, base, catalogue, RunConfig(baselines=(), train=TrainConfig(epochs=epochs)))
     return save_package(path, run.model, run.spec, run.backbone_config, run.calibration.temperature,
-                        lineage or {"model_version": "local", "data": run.facts}, run.reference,
+                        lineage or {"model_version": "local", "data": {**run.facts, "horizon": Horizon().name}},
+                        run.reference,
                         reference_probabilities=run.calibration.probs)

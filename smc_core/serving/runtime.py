@@ -25,6 +25,7 @@ from smc_core.policy import PolicyConfig
 from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_model, predict
 from smc_core.serving.prediction_log import PredictionLog
 from smc_core.serving.request import PredictRequest, RequestError, parse_request
+from smc_core.settings import env_number
 
 log = logging.getLogger("smc.serving")
 CHAMPION_URI = "models:/smc-lora@champion"
@@ -61,20 +62,20 @@ class ServiceSettings:
             model_path=Path(env["MODEL_PATH"]).expanduser().resolve() if env.get("MODEL_PATH") else None,
             model_uri=env.get("MODEL_URI", CHAMPION_URI),
             host=env.get("HOST", "127.0.0.1"),
-            port=_number(env, "PORT", 8000, int, 1, 65535),
+            port=env_number(env, "PORT", 8000, int, 1, 65535),
             api_key=env.get("API_KEY") or None,
             admin_api_key=env.get("ADMIN_API_KEY") or None,
             dev_mode=dev,
-            confidence_threshold=(_number(env, "CONFIDENCE_THRESHOLD", 0.55, float, 0.0, 1.0)
+            confidence_threshold=(env_number(env, "CONFIDENCE_THRESHOLD", 0.55, float, 0.0, 1.0)
                                   if env.get("CONFIDENCE_THRESHOLD") else None),
-            full_threshold=_number(env, "FULL_SIZE_THRESHOLD", 0.70, float, 0.0, 1.0),
-            timeout_ms=_number(env, "TIMEOUT_MS", 100.0, float, 1.0, 60_000.0),
-            max_batch_size=_number(env, "MAX_BATCH_SIZE", 64, int, 1, 10_000),
-            max_body_bytes=_number(env, "MAX_BODY_BYTES", 1_000_000, int, 1_000, 100_000_000),
-            rate_limit_per_second=_number(env, "RATE_LIMIT_PER_SECOND", 100.0, float, 0.01, 1e6),
-            rate_limit_burst=_number(env, "RATE_LIMIT_BURST", 200, int, 1, 10**6),
-            poll_seconds=_number(env, "MODEL_POLL_SECONDS", 2.0, float, 0.1, 3600.0),
-            torch_threads=_number(env, "TORCH_THREADS", 1, int, 1, 256),
+            full_threshold=env_number(env, "FULL_SIZE_THRESHOLD", 0.70, float, 0.0, 1.0),
+            timeout_ms=env_number(env, "TIMEOUT_MS", 100.0, float, 1.0, 60_000.0),
+            max_batch_size=env_number(env, "MAX_BATCH_SIZE", 64, int, 1, 10_000),
+            max_body_bytes=env_number(env, "MAX_BODY_BYTES", 1_000_000, int, 1_000, 100_000_000),
+            rate_limit_per_second=env_number(env, "RATE_LIMIT_PER_SECOND", 100.0, float, 0.01, 1e6),
+            rate_limit_burst=env_number(env, "RATE_LIMIT_BURST", 200, int, 1, 10**6),
+            poll_seconds=env_number(env, "MODEL_POLL_SECONDS", 2.0, float, 0.1, 3600.0),
+            torch_threads=env_number(env, "TORCH_THREADS", 1, int, 1, 256),
             log_predictions=env.get("LOG_PREDICTIONS", "true").lower() not in {"0", "false", "no"},
             shadow_alias=env.get("SHADOW_ALIAS") or None,
         )
@@ -329,16 +330,3 @@ def _alias_version(name: str, alias: str) -> str | None:
     from smc_core.registry import alias_version
 
     return alias_version(alias, name=name)
-
-
-def _number(env, name, default, kind, low, high):
-    text = env.get(name)
-    if text in (None, ""):
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a {kind.__name__}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is outside [{low}, {high}]")
-    return value

@@ -1,0 +1,130 @@
+"""How a retrain is started, whoever starts it (drift, performance decay, the weekly schedule).
+
+A retrain is two steps because Dagster runs one partitions definition per run:
+1. ``market_data_job`` runs for the newest trading days of every symbol (bars, features and
+   labels reloaded, so the last labels see the bars that came after them), each tagged with
+   the retrain episode and the reason;
+2. once every one of those runs has succeeded, ``retrain_chain_sensor`` requests one
+   ``retrain_job`` run with the same tags: LoRA on the current base, evaluation, gates,
+   promotion, Bento. The service picks a new champion up by itself.
+The run keys are the episode, so a repeated tick never starts a second retrain.
+"""
+
+import json
+import time
+
+from dagster import DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster._core.storage.dagster_run import DagsterRunStatus
+
+from smc_assets.partitions import bar_partition_key
+from smc_assets.resources import TrackingResource
+from smc_core.db import Database
+from smc_core.monitoring import Episode, MonitoringSettings, episode_id, newest_trading_days
+
+REFRESH_JOB = "market_data_job"
+RETRAIN_JOB = "retrain_job"
+EPISODE_TAG = "smc/retrain_episode"
+REASON_TAG = "smc/reason"
+TRIGGER_TAG = "smc/trigger"
+_FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+def champion_package(tracking: TrackingResource):
+    """(``<name>/<version>``, local package directory) of the model serving now, or None."""
+    from smc_core.registry import MODEL_NAME, alias_version, package_path
+
+    tracking.client()  # configures MLflow for this process
+    version = alias_version("champion")
+    return None if version is None else (f"{MODEL_NAME}/{version}", package_path(version))
+
+
+def serving_champion(context: SensorEvaluationContext, tracking: TrackingResource):
+    """``champion_package``, or the SensorResult a monitoring sensor returns when nothing serves."""
+    champion = champion_package(tracking)
+    if champion is None:
+        return SensorResult(skip_reason=SkipReason("no champion: nothing is serving"), cursor=context.cursor)
+    return champion
+
+
+def default_status(settings: MonitoringSettings) -> DefaultSensorStatus:
+    """Everything automatic is off until switched on (SMC_AUTOMATION=on, or in the UI)."""
+    return DefaultSensorStatus.RUNNING if settings.automation else DefaultSensorStatus.STOPPED
+
+
+def refresh_requests(db: Database, timeframe: str, settings: MonitoringSettings, episode: str, trigger: str,
+                     reason: str) -> list[RunRequest]:
+    """Step 1 of a retrain: one market-data run per newest (symbol, trading day)."""
+    tags = {EPISODE_TAG: episode, TRIGGER_TAG: trigger, REASON_TAG: reason[:4000]}
+    requests = []
+    for symbol, days in newest_trading_days(db, timeframe, settings.refresh_days).items():
+        for day in days:
+            key = bar_partition_key(symbol, day)
+            requests.append(RunRequest(run_key=f"{episode}|{key}", job_name=REFRESH_JOB, partition_key=key, tags=tags))
+    return requests
+
+
+def retrain_run_config(settings: MonitoringSettings) -> dict:
+    return {"ops": {"lora_model": {"config": {"recent_days": settings.retrain_days}}}}
+
+
+def fire(context: SensorEvaluationContext, kind: str, condition: bool, version: str, reason: str,
+         db: Database, timeframe: str, settings: MonitoringSettings, state: dict, quiet: str) -> SensorResult:
+    """One tick of a trigger sensor: advance its episode and, when it fires, start a retrain.
+
+    ``state`` is the decoded cursor (the episode is kept under ``episode``); ``quiet`` is the
+    skip reason shown in the UI when nothing fires.
+    """
+    now = time.time()
+    episode, run_key = Episode.from_json(state.get("episode")).step(
+        condition, episode_id(kind, version, now), now, settings.cooldown_hours * 3600)
+    state = {**state, "episode": episode.to_json()}
+    if run_key is None:
+        why = quiet if not condition else f"{reason} (episode {episode.active} already triggered; cooldown " \
+                                          f"{settings.cooldown_hours:g} h)"
+        return SensorResult(skip_reason=SkipReason(why), cursor=json.dumps(state, sort_keys=True))
+    requests = refresh_requests(db, timeframe, settings, run_key, kind, reason)
+    if not requests:
+        return SensorResult(skip_reason=SkipReason(f"{reason}, but no stored bars to retrain on"),
+                            cursor=json.dumps(state, sort_keys=True))
+    context.log.warning(f"{kind}: {reason} → retrain episode {run_key} ({len(requests)} market-data runs first)")
+    return SensorResult(run_requests=requests, cursor=json.dumps(state, sort_keys=True))
+
+
+def build_retrain_chain_sensor(settings: MonitoringSettings, minimum_interval_seconds: int = 30):
+    @sensor(
+        name="retrain_chain_sensor",
+        job_name=RETRAIN_JOB,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status(settings),
+        description="Starts retrain_job once every market-data run of a retrain episode has succeeded.",
+    )
+    def retrain_chain_sensor(context: SensorEvaluationContext):
+        done = set(json.loads(context.cursor)) if context.cursor else set()
+        instance = context.instance
+        episodes = next((values for key, values in instance.get_run_tags(tag_keys=[EPISODE_TAG]) if key == EPISODE_TAG),
+                        set())
+        requests, waiting = [], []
+        for episode in sorted(set(episodes) - done):
+            runs = instance.get_runs(filters=RunsFilter(tags={EPISODE_TAG: episode}))
+            if any(run.job_name == RETRAIN_JOB for run in runs):
+                done.add(episode)
+                continue
+            refresh = [run for run in runs if run.job_name == REFRESH_JOB]
+            if any(run.status not in _FINISHED for run in refresh):
+                waiting.append(episode)
+                continue
+            done.add(episode)
+            failed = [run.run_id for run in refresh if run.status != DagsterRunStatus.SUCCESS]
+            if failed:
+                context.log.error(f"retrain episode {episode} abandoned: market-data run(s) {', '.join(failed)} failed")
+                continue
+            tags = {key: value for key, value in refresh[0].tags.items() if key in (EPISODE_TAG, TRIGGER_TAG, REASON_TAG)}
+            requests.append(RunRequest(run_key=episode, job_name=RETRAIN_JOB, tags=tags,
+                                       run_config=retrain_run_config(settings)))
+        cursor = json.dumps(sorted(done))
+        if requests:
+            return SensorResult(run_requests=requests, cursor=cursor)
+        why = f"waiting for the market-data runs of {', '.join(waiting)}" if waiting else "no retrain episode pending"
+        return SensorResult(skip_reason=SkipReason(why), cursor=cursor)
+
+    return retrain_chain_sensor

@@ -1,0 +1,126 @@
+"""After deployment: what the live model's calls turned into (``outcomes``) and whether its
+inputs still look like its training data (``drift_report``). Both read the service's
+prediction log; the sensors in ``sensors/`` run the same smc_core code on their own ticks."""
+
+import json
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from smc_assets.common import checked
+from smc_assets.labels import labels
+from smc_core.model import load_package
+from smc_core.monitoring import MonitoringSettings, check_drift, latest_prediction_time
+from smc_core.outcomes import live_summary, refresh_live_metrics, resolve_outcomes
+from smc_core.promotion import CHAMPION
+from smc_core.registry import MODEL_NAME, alias_version, package_path
+
+
+@asset(
+    deps=[labels],
+    required_resource_keys={"database", "tracking"},
+    group_name="monitoring",
+    kinds={"postgres"},
+    description="Every logged prediction scored against its triple-barrier label once the horizon has passed; "
+                "live hit rate, skip rate, return, Sharpe and calibration per model version and day.",
+)
+def outcomes(context: AssetExecutionContext) -> MaterializeResult:
+    db = context.resources.database.database()
+    context.resources.tracking.client()
+    horizons = _served_horizons(db)
+    if not horizons:
+        raise Failure(description="no logged predictions of a registered model yet: serve a champion first")
+    added = pending = 0
+    for horizon, versions in sorted(horizons.items()):
+        batch = checked(lambda: resolve_outcomes(db, horizon=horizon, model_versions=versions))
+        added, pending = added + batch.added, pending + batch.pending
+        context.log.info(f"{horizon}: {batch.added} outcomes resolved, {batch.pending} still pending")
+    metrics = refresh_live_metrics(db)
+    summaries = [live_summary(db, version, shadow=shadow)
+                 for version, shadow in sorted({(v, s) for v, s in zip(metrics["model_version"], metrics["shadow"])})]
+    return MaterializeResult(metadata={
+        "resolved": added, "pending": pending,
+        "live_metrics": MetadataValue.md(_summary_table(summaries)),
+        **({"champion_hit_rate": _champion_value(summaries, "hit_rate")} if summaries else {}),
+    })
+
+
+@asset(
+    required_resource_keys={"database", "tracking", "model_store"},
+    group_name="monitoring",
+    kinds={"evidently"},
+    description="Evidently drift of the champion's newest live predictions against the reference sample in its "
+                "package; stored in drift_reports with an HTML report.",
+)
+def drift_report(context: AssetExecutionContext) -> MaterializeResult:
+    settings = MonitoringSettings.from_env()
+    db = context.resources.database.database()
+    context.resources.tracking.client()
+    version = alias_version(CHAMPION)
+    if version is None:
+        raise Failure(description="no model version has the alias 'champion': nothing is serving")
+    model_version = f"{MODEL_NAME}/{version}"
+    if latest_prediction_time(db, model_version) is None:
+        raise Failure(description=f"{model_version} has served no predictions yet")
+    reports = reports_dir(context.resources.model_store.root)
+    check = checked(lambda: check_drift(db, load_package(package_path(version)), model_version, settings, reports,
+                                       reason=f"drift_report asset, run {context.run.run_id}"))
+    if check.result is None:
+        raise Failure(description=check.reason)
+    result = check.result
+    rows = sorted(result.features, key=lambda row: (not row.drifted, row.column))
+    table = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
+    table += [f"| {row.column} | {row.method} | {_fmt(row.score)} | {_fmt(row.threshold)} | "
+              f"{'yes' if row.drifted else 'no'} |" for row in rows]
+    return MaterializeResult(metadata={
+        "model_version": model_version, "report_id": check.report_id, "drifted": check.drifted,
+        "drifted_share": result.drifted_share, "n_drifted": result.n_drifted,
+        "prediction_drift": "not measured" if result.prediction_drift is None else str(result.prediction_drift),
+        "summary": check.reason, "report_html": MetadataValue.path(str(check.html_path)),
+        "features": MetadataValue.md("\n".join(table)),
+        "window": MetadataValue.json({"start": check.window.start.isoformat(), "end": check.window.end.isoformat(),
+                                      "rows": len(check.window)}),
+    })
+
+
+def reports_dir(model_store_root: str) -> Path:
+    """Drift reports live beside the model store, under SMC_HOME."""
+    return Path(model_store_root).parent / "reports"
+
+
+def _served_horizons(db) -> dict[str, list[str]]:
+    """Label horizon → the registered versions (``name/version``) with logged predictions."""
+    with db.connection() as connection:
+        versions = [row[0] for row in connection.execute("SELECT DISTINCT model_version FROM predictions").fetchall()]
+    horizons: dict[str, list[str]] = {}
+    for model_version in versions:
+        name, _, number = model_version.partition("/")
+        if name != MODEL_NAME or not number.isdigit():
+            continue  # local packages served by path have no registry lineage
+        lineage = json.loads((package_path(number) / "lineage.json").read_text())
+        horizon = (lineage.get("data") or {}).get("horizon")
+        if horizon:
+            horizons.setdefault(horizon, []).append(model_version)
+    return horizons
+
+
+def _summary_table(summaries: list[dict]) -> str:
+    lines = ["| model | shadow | days | predictions | trades | hit rate | skip rate | return | Sharpe | log loss | ECE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['model_version']} | {'yes' if s['shadow'] else 'no'} | {s['days']} | {s['predictions']} | "
+                     f"{s['trades']} | {_fmt(s['hit_rate'])} | {_fmt(s['skip_rate'])} | {_fmt(s['realised_return'])} | "
+                     f"{_fmt(s['sharpe'])} | {_fmt(s['log_loss'])} | {_fmt(s['ece'])} |")
+    return "\n".join(lines)
+
+
+def _champion_value(summaries: list[dict], key: str) -> float:
+    version = alias_version(CHAMPION)
+    for s in summaries:
+        if s["model_version"] == f"{MODEL_NAME}/{version}" and not s["shadow"] and s[key] is not None:
+            return float(s[key])
+    return float("nan")
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or value != value else f"{value:.4f}"
