@@ -47,9 +47,12 @@ def configure(config: TrackingConfig) -> str:
     mlflow.set_tracking_uri(config.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(config.experiment)
-    if experiment is None:
-        return client.create_experiment(config.experiment, artifact_location=config.artifact_root)
-    return experiment.experiment_id
+    experiment_id = (client.create_experiment(config.experiment, artifact_location=config.artifact_root)
+                     if experiment is None else experiment.experiment_id)
+    # active too: a bare mlflow.start_run() would otherwise use experiment 0, whose artifact
+    # root is ./mlruns relative to wherever the process happens to run
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def register_package(run_id: str, artifact_uri: str, *, name: str = MODEL_NAME, alias: str | None = "challenger",
