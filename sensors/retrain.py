@@ -10,6 +10,7 @@ A retrain is two steps because Dagster runs one partitions definition per run:
 The run keys are the episode, so a repeated tick never starts a second retrain.
 """
 
+import copy
 import json
 import time
 
@@ -17,7 +18,7 @@ from dagster import DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluatio
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from smc_assets.partitions import bar_partition_key
-from smc_assets.resources import TrackingResource
+from smc_assets.resources import DatabaseResource, TrackingResource
 from smc_core.db import Database
 from smc_core.monitoring import Episode, MonitoringSettings, episode_id, newest_trading_days
 
@@ -64,7 +65,11 @@ def refresh_requests(db: Database, timeframe: str, settings: MonitoringSettings,
 
 
 def retrain_run_config(settings: MonitoringSettings) -> dict:
-    return {"ops": {"lora_model": {"config": {"recent_days": settings.retrain_days}}}}
+    """SMC_RETRAIN_CONFIG's run config with the sliding window (``recent_days``) filled in."""
+    config = copy.deepcopy(settings.retrain_config or {})
+    lora = config.setdefault("ops", {}).setdefault("lora_model", {}).setdefault("config", {})
+    lora.setdefault("recent_days", settings.retrain_days)
+    return config
 
 
 def fire(context: SensorEvaluationContext, kind: str, condition: bool, version: str, reason: str,
@@ -128,3 +133,33 @@ def build_retrain_chain_sensor(settings: MonitoringSettings, minimum_interval_se
         return SensorResult(skip_reason=SkipReason(why), cursor=cursor)
 
     return retrain_chain_sensor
+
+
+SHADOW_REVIEW_JOB = "shadow_review_job"
+
+
+def build_shadow_sensor(settings: MonitoringSettings, minimum_interval_seconds: int = 300):
+    @sensor(
+        name="shadow_sensor",
+        job_name=SHADOW_REVIEW_JOB,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status(settings),
+        description="When a model's shadow period has ended, starts shadow_review_job (live record vs the champion "
+                    "decides promotion).",
+    )
+    def shadow_sensor(context: SensorEvaluationContext, database: DatabaseResource, tracking: TrackingResource):
+        import pandas as pd
+
+        from smc_core.promotion import shadow_state
+
+        tracking.client()
+        state = shadow_state(database.database())
+        if state is None:
+            return SkipReason("no model is in shadow")
+        until = pd.Timestamp(state["until"])
+        if pd.Timestamp.now(tz="UTC") < until:
+            return SkipReason(f"version {state['version']} is in shadow until {until}")
+        return RunRequest(run_key=f"shadow-review:{state['version']}:{state['decision']['id']}",
+                          tags={TRIGGER_TAG: "shadow_period_end"})
+
+    return shadow_sensor

@@ -9,6 +9,7 @@ out of sample never reaches the alias the service follows. Every decision is rec
 import json
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,10 @@ from smc_core.features import CATALOGUE
 from smc_core.model import Predictor, TrainConfig, load_package
 from smc_core.model.pipeline import BaseConfig
 from smc_core.policy import PolicyConfig
-from smc_core.promotion import (CHALLENGER, CHAMPION, entry_threshold_of, promote, record_trials, refuse, rollback,
-                                trial_sharpes)
+from smc_core.monitoring import MonitoringSettings, prediction_times
+from smc_core.outcomes import live_summary, resolve_outcomes
+from smc_core.promotion import (CHALLENGER, CHAMPION, end_shadow, entry_threshold_of, promote, record_trials, refuse,
+                                rollback, shadow_state, shadow_verdict, start_shadow, trial_sharpes)
 from smc_core.registry import MODEL_NAME, alias_version, package_path
 from smc_core.store import load_bars, read_features
 
@@ -188,15 +191,21 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
     )
 
 
+class ChampionConfig(Config):
+    shadow_hours: Optional[float] = Field(
+        default=None, description="Serve a gated challenger in shadow this long before promoting it on its live "
+                                  "record; 0 promotes at once. Empty: SMC_SHADOW_HOURS (default 0).")
+
+
 @asset(
     deps=[challenger_evaluation],
     required_resource_keys={"database", "tracking"},
     group_name="promotion",
     kinds={"mlflow"},
-    description="Moves the registry alias 'champion' to the evaluated challenger (old champion → 'previous'); "
-                "runs only when every gate passed.",
+    description="Moves the registry alias 'champion' to the evaluated challenger (old champion → 'previous'), or "
+                "puts it in shadow first (shadow_hours); runs only when every gate passed.",
 )
-def champion(context: AssetExecutionContext) -> MaterializeResult:
+def champion(context: AssetExecutionContext, config: ChampionConfig) -> MaterializeResult:
     db = context.resources.database.database()
     context.resources.tracking.client()
     event = context.instance.get_latest_materialization_event(EVALUATION_KEY)
@@ -206,12 +215,54 @@ def champion(context: AssetExecutionContext) -> MaterializeResult:
     if meta["verdict"] != "passed":
         raise Failure(description=f"{meta['model_version']} did not pass its gates; nothing is promoted")
     version = meta["version"]
+    hours = config.shadow_hours if config.shadow_hours is not None else MonitoringSettings.from_env().shadow_hours
+    if hours > 0 and alias_version(CHAMPION) not in (None, version):
+        until = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=hours)
+        start_shadow(db, version, f"all gates passed; in shadow for {hours:g} h", until=until,
+                     entry_threshold=meta["selected_threshold"], gates=meta["gate_results"],
+                     metrics={"challenger": meta["metrics"]}, dagster_run_id=context.run.run_id)
+        context.log.info(f"{MODEL_NAME}/{version} serves in shadow until {until} (champion unchanged)")
+        return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{alias_version(CHAMPION)}",
+                                           "shadow": f"{MODEL_NAME}/{version}", "shadow_until": until.isoformat()})
     before = promote(db, version, "all gates passed", entry_threshold=meta["selected_threshold"],
                      gates=meta["gate_results"], metrics={"challenger": meta["metrics"]},
                      dagster_run_id=context.run.run_id)
     context.log.info(f"{MODEL_NAME}/{version} is champion (previous: {before or 'none'})")
     return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{version}", "previous": before or "none",
                                        "entry_threshold": meta["selected_threshold"]})
+
+
+@asset(
+    required_resource_keys={"database", "tracking"},
+    group_name="promotion",
+    kinds={"mlflow"},
+    description="Ends a shadow period: the shadow's live outcomes against the champion's on the same requests decide "
+                "promotion or refusal; the shadow alias is cleared.",
+)
+def shadow_review(context: AssetExecutionContext) -> MaterializeResult:
+    db = context.resources.database.database()
+    context.resources.tracking.client()
+    state = checked(lambda: shadow_state(db))
+    if state is None:
+        raise Failure(description="no model is in shadow")
+    shadow_version, champion_version = f"{MODEL_NAME}/{state['version']}", f"{MODEL_NAME}/{alias_version(CHAMPION)}"
+    since, _ = prediction_times(db, shadow_version, shadow=True)  # bar time, not wall time: replays count too
+    if since is None:
+        raise Failure(description=f"{shadow_version} has logged no shadow predictions: is the service running with "
+                                  "SHADOW_ALIAS=shadow?")
+    horizon = json.loads((package_path(state["version"]) / "lineage.json").read_text())["data"]["horizon"]
+    checked(lambda: resolve_outcomes(db, horizon=horizon, model_versions=[shadow_version, champion_version]))
+    # both on the requests since the shadow started: the shadow's rows and the champion's answers to the same bars
+    shadow_live = live_summary(db, shadow_version, shadow=True, since=since)
+    champion_live = live_summary(db, champion_version, shadow=False, since=since)
+    passed, reason = shadow_verdict(shadow_live, champion_live, MonitoringSettings.from_env().min_trades)
+    before = end_shadow(db, state["version"], passed, reason, metrics={"shadow": shadow_live, "champion": champion_live},
+                        dagster_run_id=context.run.run_id)
+    context.log.info(f"{shadow_version} {'promoted' if passed else 'refused'}: {reason}")
+    return MaterializeResult(metadata={
+        "verdict": "promoted" if passed else "refused", "reason": reason, "shadow": shadow_version,
+        "champion_before": f"{MODEL_NAME}/{before}" if before else "none",
+        "shadow_live": MetadataValue.json(shadow_live), "champion_live": MetadataValue.json(champion_live)})
 
 
 @op(required_resource_keys={"database", "tracking"},

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from pathlib import Path
 
 from smc_core.calendar import CME_EQUITY, SessionCalendar
 from smc_core.db import Database
@@ -34,13 +33,15 @@ class MonitoringSettings:
     """Newest live predictions of the champion compared with its reference sample (two CME
     sessions of 1-minute bars: one session's trend alone moves path features too much)."""
     drift_min_rows: int = 1000
-    drift_share: float = 0.25
+    drift_share: float = 0.2
     """Share of drifted features that makes the live window drifted."""
-    drift_threshold: float = 0.2
-    """Normed Wasserstein distance above which one feature counts as drifted."""
+    drift_threshold: float = 0.3
+    """Normed Wasserstein distance above which one feature counts as drifted (Evidently's 0.1
+    flags half the features on an ordinary trending day; see the README's measurements)."""
     prediction_psi: float = 0.25
-    """PSI of a probability column or of the label mix above which predictions drifted
-    (0.25 is the usual "major shift" line)."""
+    """PSI of the served label mix above which predictions drifted (0.25 is the usual
+    "major shift" line). The probability columns are reported, not triggered on: a model's
+    probabilities sit in a narrow band, so quantile bins turn immaterial moves into large PSI."""
     performance_interval_s: int = 900
     performance_days: int = 5
     min_hit_rate: float = 0.55
@@ -53,6 +54,10 @@ class MonitoringSettings:
     """Newest trading days per symbol whose bars, features and labels a retrain reloads first."""
     retrain_days: int = 30
     """Trading days a retrain fine-tunes on (the newest; a sliding window like FreqAI's)."""
+    shadow_hours: float = 0.0
+    """A gated challenger serves in shadow this long before its live record decides; 0: promote at once."""
+    retrain_config: dict | None = None
+    """Run config merged into every retrain_job request (SMC_RETRAIN_CONFIG: a YAML or JSON file)."""
 
     def __post_init__(self):
         if not 0 < self.drift_share <= 1:
@@ -70,8 +75,8 @@ class MonitoringSettings:
             drift_interval_s=env_number(env, "SMC_DRIFT_INTERVAL_S", 3600, int, 10, 7 * 86400),
             drift_window=env_number(env, "SMC_DRIFT_WINDOW", 2760, int, 50, 10**7),
             drift_min_rows=env_number(env, "SMC_DRIFT_MIN_ROWS", 1000, int, 30, 10**7),
-            drift_share=env_number(env, "SMC_DRIFT_SHARE", 0.25, float, 0.01, 1.0),
-            drift_threshold=env_number(env, "SMC_DRIFT_THRESHOLD", 0.2, float, 0.001, 10.0),
+            drift_share=env_number(env, "SMC_DRIFT_SHARE", 0.2, float, 0.01, 1.0),
+            drift_threshold=env_number(env, "SMC_DRIFT_THRESHOLD", 0.3, float, 0.001, 10.0),
             prediction_psi=env_number(env, "SMC_PREDICTION_DRIFT_PSI", 0.25, float, 0.001, 10.0),
             performance_interval_s=env_number(env, "SMC_PERFORMANCE_INTERVAL_S", 900, int, 10, 7 * 86400),
             performance_days=env_number(env, "SMC_PERFORMANCE_DAYS", 5, int, 1, 365),
@@ -82,10 +87,26 @@ class MonitoringSettings:
             cooldown_hours=env_number(env, "SMC_RETRAIN_COOLDOWN_H", 24.0, float, 0.0, 24 * 365),
             refresh_days=env_number(env, "SMC_REFRESH_DAYS", 2, int, 1, 60),
             retrain_days=env_number(env, "SMC_RETRAIN_DAYS", 30, int, 2, 5000),
+            shadow_hours=env_number(env, "SMC_SHADOW_HOURS", 0.0, float, 0.0, 24 * 90),
+            retrain_config=_run_config_file(env.get("SMC_RETRAIN_CONFIG")),
         )
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _run_config_file(path: str | None) -> dict | None:
+    if not path:
+        return None
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).expanduser().read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"SMC_RETRAIN_CONFIG={path!r} cannot be read as YAML/JSON: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"SMC_RETRAIN_CONFIG={path!r} must hold a run config mapping (ops: ...)")
+    return loaded
 
 
 # --- episodes ----------------------------------------------------------------------------
@@ -175,10 +196,17 @@ def live_window(db: Database, model_version: str, limit: int, *, feature_set: st
 
 def latest_prediction_time(db: Database, model_version: str, *, shadow: bool = False) -> pd.Timestamp | None:
     """Bar time of the newest logged prediction of ``model_version`` (None: it has served none)."""
+    return prediction_times(db, model_version, shadow=shadow)[1]
+
+
+def prediction_times(db: Database, model_version: str, *,
+                     shadow: bool = False) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Bar times of the first and newest logged predictions of ``model_version`` (None, None: none)."""
     with db.connection() as connection:
-        newest = connection.execute("SELECT max(ts) FROM predictions WHERE model_version = %s AND shadow = %s",
-                                    (model_version, shadow)).fetchone()[0]
-    return None if newest is None else pd.Timestamp(newest)
+        first, newest = connection.execute(
+            "SELECT min(ts), max(ts) FROM predictions WHERE model_version = %s AND shadow = %s",
+            (model_version, shadow)).fetchone()
+    return (None, None) if first is None else (pd.Timestamp(first), pd.Timestamp(newest))
 
 
 # --- the newest data ---------------------------------------------------------------------
@@ -241,8 +269,13 @@ class DriftCheck:
     reason: str
 
     @property
+    def label_drift(self) -> bool:
+        """The served label mix moved (the prediction drift that triggers)."""
+        return self.result is not None and any(row.drifted for row in self.result.predictions if row.column == "label")
+
+    @property
     def drifted(self) -> bool:
-        return self.result is not None and (self.result.dataset_drift or bool(self.result.prediction_drift))
+        return self.result is not None and (self.result.dataset_drift or self.label_drift)
 
 
 def check_drift(db: Database, package, model_version: str, settings: MonitoringSettings, reports_dir: Path,
@@ -271,8 +304,12 @@ def check_drift(db: Database, package, model_version: str, settings: MonitoringS
     report_id = store_report(db, result, model_version=model_version, window_start=window.start.to_pydatetime(),
                              window_end=window.end.to_pydatetime(), html_path=html_path, reason=reason)
     drifted = ", ".join(result.drifted_features[:8]) + (" …" if result.n_drifted > 8 else "")
+    check = DriftCheck(model_version, window, result, report_id, html_path, "")
+    label = next((row for row in result.predictions if row.column == "label"), None)
+    predictions = ("not measured (no reference probabilities in the package)" if label is None else
+                   f"label-mix PSI {'–' if label.score is None else format(label.score, '.3f')} (threshold {settings.prediction_psi:g})"
+                   f"{' — drifted' if check.label_drift else ''}")
     summary = (f"{result.n_drifted}/{result.n_features} features drifted ({result.drifted_share:.0%}, threshold "
-               f"{settings.drift_share:.0%}{': ' + drifted if drifted else ''}); prediction drift "
-               f"{'yes' if result.prediction_drift else 'no' if result.prediction_drift is not None else 'not measured'}"
-               f" over {len(window)} live predictions ({window.start:%Y-%m-%d %H:%M} … {window.end:%Y-%m-%d %H:%M} UTC)")
-    return DriftCheck(model_version, window, result, report_id, html_path, summary)
+               f"{settings.drift_share:.0%}{': ' + drifted if drifted else ''}); predictions: {predictions}; "
+               f"over {len(window)} live predictions ({window.start:%Y-%m-%d %H:%M} … {window.end:%Y-%m-%d %H:%M} UTC)")
+    return replace(check, reason=summary)

@@ -1,7 +1,8 @@
 """Champion promotion, refusal and rollback: registry aliases moved and every decision recorded.
 
 Aliases: ``challenger`` (newest trained), ``champion`` (trading), ``previous`` (the
-champion before it, the rollback target). A decision is a ``model_promotions`` row with
+champion before it, the rollback target), ``shadow`` (a gated challenger answering the same
+requests as the champion, logged but never returned, until its live record decides). A decision is a ``model_promotions`` row with
 the gate statistics and the Dagster run id, written whether or not anything moved.
 """
 
@@ -16,7 +17,7 @@ from smc_core.errors import SmcError
 from smc_core.jsonable import plain
 from smc_core.registry import MODEL_NAME, alias_version
 
-CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+CHAMPION, PREVIOUS, CHALLENGER, SHADOW = "champion", "previous", "challenger", "shadow"
 ENTRY_THRESHOLD_TAG = "entry_threshold"
 
 
@@ -54,6 +55,70 @@ def promote(db: Database, version: str, reason: str, *, entry_threshold: float |
     record_decision(db, "promoted", version, reason, champion_before=before, champion_after=version, gates=gates,
                     metrics=metrics, dagster_run_id=dagster_run_id, name=name)
     return before
+
+
+def start_shadow(db: Database, version: str, reason: str, *, until, entry_threshold: float | None = None,
+                 gates: list[dict] | None = None, metrics: dict | None = None, dagster_run_id: str | None = None,
+                 name: str = MODEL_NAME) -> None:
+    """Gates passed, promotion deferred: ``shadow`` ← ``version`` until ``until`` (a UTC time)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if entry_threshold is not None:
+        client.set_model_version_tag(name, version, ENTRY_THRESHOLD_TAG, str(entry_threshold))
+    client.set_registered_model_alias(name, SHADOW, version)
+    champion = alias_version(CHAMPION, name=name)
+    record_decision(db, "shadow", version, reason, champion_before=champion, champion_after=champion, gates=gates,
+                    metrics={**(metrics or {}), "shadow_until": until.isoformat()}, dagster_run_id=dagster_run_id,
+                    name=name)
+
+
+def shadow_state(db: Database, name: str = MODEL_NAME) -> dict | None:
+    """The model in shadow now: version, since, until and the decision that started it; None if none."""
+    version = alias_version(SHADOW, name=name)
+    if version is None:
+        return None
+    started = [d for d in decisions(db, name) if d["decision"] == "shadow" and d["version"] == version]
+    if not started:
+        raise PromotionError(f"{name}: version {version} has the alias 'shadow' but no shadow decision was recorded")
+    decision = started[-1]
+    return {"version": version, "since": decision["decided_at"], "until": decision["metrics"]["shadow_until"],
+            "decision": decision}
+
+
+def shadow_verdict(shadow_live: dict, champion_live: dict, min_trades: int) -> tuple[bool, str]:
+    """Promote the shadow when, on the same requests since it started, it traded enough and
+    made at least as much as the champion (realised policy return; hit rate as the tie-break
+    story). Both dicts are ``smc_core.outcomes.live_summary`` results."""
+    trades = shadow_live["trades"]
+    if trades < min_trades:
+        return False, f"{trades} resolved shadow trades, fewer than the {min_trades} needed to judge it live"
+    ours, theirs = shadow_live["realised_return"], champion_live["realised_return"]
+    described = (f"shadow return {ours:+.4f} over {trades} trades (hit rate {_rate(shadow_live)}) vs champion "
+                 f"{theirs:+.4f} over {champion_live['trades']} trades (hit rate {_rate(champion_live)})")
+    if ours < theirs:
+        return False, f"{described}: the shadow made less live"
+    return True, f"{described}: the shadow made at least as much live"
+
+
+def end_shadow(db: Database, version: str, passed: bool, reason: str, *, metrics: dict | None = None,
+               dagster_run_id: str | None = None, name: str = MODEL_NAME) -> str | None:
+    """Promote the shadow (``passed``) or refuse it; the ``shadow`` alias is cleared either way.
+    Returns the champion before."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    before = alias_version(CHAMPION, name=name)
+    if passed:
+        promote(db, version, reason, metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+    else:
+        refuse(db, version, reason, metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+    client.delete_registered_model_alias(name, SHADOW)
+    return before
+
+
+def _rate(live: dict) -> str:
+    return "–" if live["hit_rate"] is None else f"{live['hit_rate']:.1%}"
 
 
 def refuse(db: Database, version: str, reason: str, *, gates: list[dict] | None = None,

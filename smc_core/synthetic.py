@@ -6,7 +6,9 @@ what naive generators miss: the exchange session grid, tick-rounded prices, vola
 clustering, an intraday U-shape, quiet overnight hours and gaps between sessions. With
 ``edge="smc"`` a known, causal Smart-Money-Concepts setup is planted, so a model that
 learns something can be told apart from a broken pipeline; ``edge="none"`` runs the very
-same code with a fair coin, so nothing is learnable and the marginals are unchanged.
+same code with a fair coin, so nothing is learnable and the marginals are unchanged;
+``edge="smc_reversed"`` resolves the same setups the other way — the regime change a model
+trained on ``"smc"`` loses money in, which only retraining on the new regime cures.
 
 Bars are stamped with their close time in UTC, like everything else in the project.
 """
@@ -26,7 +28,7 @@ from smc_core.calendar import CME_EQUITY, SessionCalendar, zone
 from smc_core.errors import ConfigError
 from smc_core.timeframe import format_timeframe
 
-EDGES = ("none", "smc")
+EDGES = ("none", "smc", "smc_reversed")
 OUTPUT_FORMATS = ("ninjatrader", "csv", "parquet")
 
 # Volatility clustering: GARCH(1,1) on unit-variance innovations, persistence 0.98.
@@ -107,7 +109,7 @@ def generate_bars(config: SyntheticConfig) -> pd.DataFrame:
     gap_sigma = _gap_sigma(closes, session_open, bar_sigma, width)
 
     instrument = config.instrument
-    follow_probability = config.edge_strength if config.edge == "smc" else 0.5
+    follow_probability = {"smc": config.edge_strength, "smc_reversed": 1.0 - config.edge_strength}.get(config.edge, 0.5)
     open_t, high_t, low_t, close_t, variance, setup_side = _simulate(
         bar_sigma, session_open, gap_sigma, shock, noise["gap_shock"], noise["wick_up"], noise["wick_down"],
         noise["open_nudge"], noise["coin"], instrument.start_price, instrument.tick_size, follow_probability,

@@ -118,7 +118,7 @@ def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None,
 @click.option("--symbol", default="ES", show_default=True)
 @click.option("--start", default="2024-01-02", show_default=True, help="First calendar day considered.")
 @click.option("--seed", default=7, show_default=True, type=int)
-@click.option("--edge", default="none", show_default=True, type=click.Choice(["none", "smc"]),
+@click.option("--edge", default="none", show_default=True, type=click.Choice(["none", "smc", "smc_reversed"]),
               help="Plant a learnable SMC setup edge, or none.")
 @click.option("--format", "fmt", default="ninjatrader", show_default=True,
               type=click.Choice(["ninjatrader", "csv", "parquet"]))
@@ -203,6 +203,67 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str) -> Non
         report = replay_stored_day(_database(), symbol, _parse_date(day, "--day"), client.predict_payload,
                                    timeframe=timeframe, progress=progress)
     click.echo(json.dumps(report.summary(), default=str))
+
+
+@cli.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The service, to measure the switch as clients see it.")
+@click.option("--api-key", envvar="API_KEY", default="", help="Predict key [env API_KEY].")
+@click.option("--symbol", default=None, help="Symbol whose newest stored bars make the probe request [default: first].")
+@click.option("--timeframe", default="1m", show_default=True)
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds to wait for every response to carry the restored version.")
+@click.option("--no-wait", is_flag=True, help="Move the alias and exit without measuring the switch.")
+def rollback(url: str, api_key: str, symbol: str | None, timeframe: str, timeout: float, no_wait: bool) -> None:
+    """Move the champion alias back to the previous version and measure until every response carries it."""
+    from smc_core.promotion import rollback as rollback_alias
+    from smc_core.registry import MODEL_NAME, TrackingConfig, configure
+    from smc_core.serving.replay import request_payload
+    from smc_core.serving.switchover import measure_switchover
+    from smc_core.store import load_bars
+
+    settings = _settings()
+    configure(TrackingConfig.from_settings(settings))
+    db = _database()
+    payload = None
+    if not no_wait:
+        payload = _probe_request(db, symbol, timeframe, load_bars, request_payload)
+    rolled_back, restored = rollback_alias(db)
+    moved_at = time.monotonic()
+    expected = f"{MODEL_NAME}/{restored}"
+    click.echo(f"champion alias: {MODEL_NAME}/{rolled_back} → {expected} (recorded in model_promotions)")
+    if no_wait:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"))
+    from smc_client import ServiceError, SmcClient
+
+    with SmcClient(url, api_key, timeout=2.0, retry_delays=()) as client:  # a retried failure still counts
+        def probe() -> dict:
+            try:
+                return client.predict_payload(payload)
+            except ServiceError as error:
+                raise SmcError(str(error)) from None
+
+        report = measure_switchover(probe, expected, moved_at, timeout_s=timeout)
+    click.echo(f"{url}: {report.summary()}")
+    if report.seconds is None or report.failures:
+        raise SmcError(f"rollback moved the alias, but the service at {url} did not switch cleanly: {report.summary()}")
+
+
+def _probe_request(db, symbol, timeframe, load_bars, request_payload) -> dict:
+    """A valid /predict request from the newest stored bars (what a live client would send)."""
+    import pandas as pd
+
+    with db.connection() as connection:
+        row = connection.execute(
+            "SELECT symbol, max(ts) FROM bars WHERE timeframe = %s AND (%s::text IS NULL OR symbol = %s) "
+            "GROUP BY symbol ORDER BY symbol LIMIT 1", (timeframe, symbol, symbol)).fetchone()
+    if row is None:
+        raise SmcError(f"no stored {timeframe} bars{' for ' + symbol if symbol else ''} to build a probe request "
+                       "from: ingest bars first, or use --no-wait")
+    last = pd.Timestamp(row[1])
+    bars = load_bars(db, row[0], timeframe, last - pd.Timedelta(minutes=1), last, history=48)
+    return request_payload(bars, row[0], timeframe)
 
 
 def _parse_date(text: str, option: str) -> date:

@@ -8,7 +8,7 @@ from dagster_mlflow import end_mlflow_on_run_finished
 from sensors.drift import build_drift_sensor
 from sensors.file_drop import build_file_drop_sensor
 from sensors.performance import build_performance_sensor, build_skip_rate_sensor
-from sensors.retrain import RETRAIN_JOB, build_retrain_chain_sensor
+from sensors.retrain import RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor
 from sensors.run_failure import build_run_failure_sensor
 from smc_assets.bars import bars
 from smc_assets.features import features
@@ -16,7 +16,7 @@ from smc_assets.labels import labels
 from smc_assets.model import base_model, lora_model
 from smc_assets.monitoring import drift_report, outcomes, reports_dir
 from smc_assets.partitions import BAR_PARTITIONS
-from smc_assets.promotion import challenger_evaluation, champion, rollback_champion
+from smc_assets.promotion import challenger_evaluation, champion, rollback_champion, shadow_review
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
 from smc_assets.serving import bento_artifact
@@ -60,6 +60,12 @@ retrain_job = define_asset_job(
                 "rebuild the Bento; the running service follows the champion alias by itself.",
 )
 
+shadow_review_job = define_asset_job(
+    SHADOW_REVIEW_JOB, selection=AssetSelection.assets(shadow_review, bento_artifact),
+    description="End a shadow period: promote or refuse the shadow on its live outcomes vs the champion, rebuild the "
+                "Bento.",
+)
+
 monitoring_job = define_asset_job(
     "monitoring_job", selection=AssetSelection.assets(outcomes, drift_report),
     description="Resolve live outcomes of logged predictions and write an Evidently drift report of the champion.",
@@ -78,13 +84,15 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
     model_root = str(settings.smc_home / "models")
     return Definitions(
         assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact,
-                outcomes, drift_report],
-        jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, monitoring_job, rollback_job],
+                shadow_review, outcomes, drift_report],
+        jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, shadow_review_job, monitoring_job,
+              rollback_job],
         schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
                                   base_model_job=base_model_job),
         sensors=[build_file_drop_sensor(market_data_job.name), build_drift_sensor(monitoring, reports_dir(model_root)),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
-                 build_retrain_chain_sensor(monitoring), build_run_failure_sensor(monitoring)],
+                 build_retrain_chain_sensor(monitoring), build_shadow_sensor(monitoring),
+                 build_run_failure_sensor(monitoring)],
         resources={
             "database": DatabaseResource(url=settings.database_url),
             "landing": LandingResource(path=str(settings.landing_dir), timezone=settings.exchange_tz),

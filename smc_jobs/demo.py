@@ -60,6 +60,7 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     from smc_core.migrations import migrate, storage_mode
     from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
     from smc_jobs.definitions import build_definitions
+    from smc_jobs.local import LocalRunner
 
     started = time.perf_counter()
     steps = 8 if train else 4
@@ -77,7 +78,8 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
 
     definitions = build_definitions(settings)
     instance = DagsterInstance.get()
-    requests, rows = load_landing_files(definitions, instance)
+    runner = LocalRunner(definitions, instance)
+    requests, rows = load_landing_files(runner)
     failures = sum(0 if success else 1 for _, success, *_ in rows)
     click.echo(f"[3/{steps}] landing_file_sensor requested {len(requests)} partition run(s)"
                + ("" if requests else " (files unchanged since the last demo: nothing to load)"))
@@ -100,31 +102,19 @@ def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: s
     return 1 if failures else 0
 
 
-def load_landing_files(definitions, instance, cursor_key: str = "smc_demo_sensor_cursor"):
-    """One tick of ``landing_file_sensor`` (its cursor kept in the instance), then every
-    partition run it requested, executed here. Returns (run requests, per-run rows of
-    partition key, success, materialization metadata by asset, checks, failed checks)."""
-    from dagster import build_sensor_context
+def load_landing_files(runner):
+    """One tick of ``landing_file_sensor``, then every partition run it requested, executed here.
+    Returns (run requests, per-run rows of partition key, success, materialization metadata by
+    asset, checks, failed checks)."""
+    from smc_jobs.local import materialized
 
-    sensor = definitions.get_sensor_def("landing_file_sensor")
-    sensor_resources = {key: definitions.resources[key] for key in sensor.required_resource_keys}
-    with build_sensor_context(instance=instance, resources=sensor_resources,
-                              cursor=instance.run_storage.get_cursor_values({cursor_key}).get(cursor_key)) as context:
-        result = sensor(context)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    instance.run_storage.set_cursor_values({cursor_key: result.cursor})
-    requests = result.run_requests or []
-    job = definitions.resolve_job_def("market_data_job")
+    requests = runner.tick("landing_file_sensor").run_requests or []
     rows = []
     for request in requests:
-        run = job.execute_in_process(partition_key=request.partition_key, instance=instance, tags=request.tags,
-                                     run_config=_QUIET_CONSOLE, raise_on_error=False)
-        metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
-                    for event in run.get_asset_materialization_events()}
+        run = runner.execute(request, "market_data_job", raise_on_error=False)
         failed_checks = sorted(e.check_name for e in run.get_asset_check_evaluations() if not e.passed)
-        rows.append((str(request.partition_key), run.success, metadata, len(run.get_asset_check_evaluations()),
-                     failed_checks))
+        rows.append((str(request.partition_key), run.success, materialized(run),
+                     len(run.get_asset_check_evaluations()), failed_checks))
     return requests, rows
 
 

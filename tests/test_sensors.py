@@ -15,7 +15,7 @@ from datetime import date
 import mlflow
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, build_run_status_sensor_context, build_sensor_context
+from dagster import AssetKey, DagsterInstance, build_run_status_sensor_context, build_sensor_context
 from serving_setup import tiny_package
 
 from smc_core.alerts import recent_alerts
@@ -30,12 +30,13 @@ from smc_core.serving.runtime import Runtime, ServiceSettings
 from smc_core.settings import Settings
 from smc_core.store import load_bars
 from smc_core.synthetic import SyntheticConfig, write_synthetic
+from smc_jobs.local import LocalRunner
 
 START = date(2024, 3, 4)
 CALM = SyntheticConfig(days=7, seed=5, start=START, edge="smc", edge_strength=0.9)
 """Five days the champion learns from, then two live days of the same market."""
-STORMY = SyntheticConfig(days=3, seed=9, start=date(2024, 3, 13), edge="smc", edge_strength=0.9, annual_vol=0.5)
-"""Three days later, volatility three times as high."""
+STORMY = SyntheticConfig(days=3, seed=9, start=date(2024, 3, 13), edge="smc", edge_strength=0.9, annual_vol=0.6)
+"""Three days later, volatility almost four times as high."""
 SETTINGS = MonitoringSettings(cooldown_hours=24.0, refresh_days=2, min_trades=20)
 
 
@@ -51,7 +52,7 @@ class Loop:
         (home / "dagster").mkdir()
         self.instance = DagsterInstance.local_temp(str(home / "dagster"))
         self.definitions = build_definitions(self.settings, SETTINGS)
-        self.cursors: dict[str, str | None] = {}
+        self.runner = LocalRunner(self.definitions, self.instance)
         self.land(CALM)
         first_live = CME_EQUITY.trading_days(START, date(2024, 3, 31))[5]
         trained = load_bars(database, "ES", "1m", pd.Timestamp("2024-01-01", tz="UTC"),
@@ -70,7 +71,7 @@ class Loop:
         from smc_jobs.demo import load_landing_files
 
         write_synthetic(config, self.settings.landing_dir)
-        _, rows = load_landing_files(self.definitions, self.instance, cursor_key="test_landing")
+        _, rows = load_landing_files(self.runner)
         assert all(success for _, success, *_ in rows), rows
         return [key for key, *_ in rows]
 
@@ -82,12 +83,7 @@ class Loop:
 
     def tick(self, name: str, sensor=None):
         """Evaluate a sensor once, carrying its cursor from the previous tick."""
-        sensor = sensor or self.definitions.get_sensor_def(name)
-        resources = {key: self.definitions.resources[key] for key in sensor.required_resource_keys}
-        with build_sensor_context(instance=self.instance, resources=resources, cursor=self.cursors.get(name)) as context:
-            result = sensor(context)
-        self.cursors[name] = result.cursor
-        return result
+        return self.runner.tick(name, sensor)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +140,8 @@ def test_a_regime_change_triggers_exactly_one_retrain_with_its_reason(loop):
 
     # the chain: nothing until the refresh runs exist and succeeded, then one retrain_job request
     assert not loop.tick("retrain_chain_sensor").run_requests
-    job = loop.definitions.resolve_job_def("market_data_job")
     for request in requests:
-        run = job.execute_in_process(partition_key=request.partition_key, instance=loop.instance, tags=request.tags,
-                                     raise_on_error=False)
-        assert run.success
+        assert loop.runner.execute(request).success
     chained = loop.tick("retrain_chain_sensor").run_requests
     assert [(r.job_name, r.run_key) for r in chained] == [("retrain_job", episode)]
     assert chained[0].tags["smc/reason"] == requests[0].tags["smc/reason"]
@@ -206,3 +199,43 @@ def test_a_failed_run_becomes_an_alert(loop):
     alert = recent_alerts(loop.database, "run_failure")[0]
     assert alert["subject"].startswith("rollback_job run") and "test:episode" in alert["subject"]
     assert "no 'previous' alias" in alert["message"] and alert["details"]["run_id"] == run.run_id
+
+
+def test_a_shadow_period_ends_in_a_decision_on_live_outcomes(loop):
+    from smc_core.promotion import decisions, shadow_state, start_shadow
+    from smc_core.registry import alias_version
+
+    package = tiny_package(loop.home / "shadow_package", seed=8)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(package), "model_package")
+        shadow = register_package(run.info.run_id, f"{run.info.artifact_uri}/model_package", alias=None)
+    start_shadow(loop.database, shadow, "gates passed (test)", until=pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1))
+    assert "in shadow until" in loop.tick("shadow_sensor").skip_message
+    deadline = time.monotonic() + 30
+    while loop.runtime.shadow.current is None and time.monotonic() < deadline:  # the service follows the alias
+        time.sleep(0.2)
+    assert loop.runtime.shadow.current.version == f"smc-lora/{shadow}"
+    (day,) = loop.land(SyntheticConfig(days=1, seed=13, start=date(2024, 3, 18), edge="smc", edge_strength=0.9))
+    loop.serve_day(date.fromisoformat(day.split("|")[0]))
+    with loop.database.connection() as connection:
+        logged = dict(connection.execute("SELECT shadow, count(*) FROM predictions WHERE ts >= '2024-03-17' "
+                                         "GROUP BY shadow").fetchall())
+    assert logged[True] == logged[False] > 1000  # the shadow answered every request, logged apart
+
+    # the period is over: the sensor requests the review, which decides on the live record and clears the alias
+    with loop.database.connection() as connection:
+        connection.execute("UPDATE model_promotions SET metrics = jsonb_set(metrics, '{shadow_until}', "
+                           "to_jsonb(%s::text)) WHERE decision = 'shadow'", ((pd.Timestamp.now(tz="UTC")
+                                                                              - pd.Timedelta(minutes=1)).isoformat(),))
+    request = loop.tick("shadow_sensor")
+    assert request.run_key.startswith(f"shadow-review:{shadow}:")
+    run = loop.runner.run("shadow_review_job", tags=request.tags,
+                          asset_selection=[AssetKey("shadow_review")])  # the Bento rebuild is tested elsewhere
+    verdict = run.asset_materializations_for_node("shadow_review")[0].metadata
+    decision = decisions(loop.database)[-1]
+    assert decision["version"] == shadow and decision["decision"] == verdict["verdict"].value
+    assert decision["metrics"]["shadow"]["trades"] == verdict["shadow_live"].value["trades"]
+    assert ("the shadow made" in decision["reason"]) or ("fewer than" in decision["reason"])
+    assert alias_version("shadow") is None and shadow_state(loop.database) is None
+    expected_champion = shadow if verdict["verdict"].value == "promoted" else loop.version
+    assert alias_version("champion") == expected_champion

@@ -279,6 +279,11 @@ def test_smc_edge_is_learnable_and_none_is_not(none_bars, smc_bars):
     assert 0.4 <= directional_hit_rate(none_bars, find_setups(none_bars)) <= 0.6
 
 
+def test_a_reversed_edge_resolves_the_same_setups_the_other_way():
+    reversed_bars = generate_bars(SyntheticConfig(days=DAYS, seed=SEED, edge="smc_reversed", edge_strength=0.7))
+    assert directional_hit_rate(reversed_bars, find_setups(reversed_bars)) <= 0.4
+
+
 def test_edge_none_and_smc_share_their_marginals(none_bars, smc_bars):
     """Same code path: volume does not depend on the path at all; setups and vol are alike."""
     pd.testing.assert_series_equal(none_bars["volume"], smc_bars["volume"])

@@ -83,6 +83,12 @@ class ModelSlot:
         log.error("reload refused, still serving %s: %s", self.current.version if self.current else "nothing",
                   message)
 
+    def clear(self) -> None:
+        with self._lock:
+            model, self.current = self.current, None
+        if model is not None:
+            log.info("stopped serving %s", model.version)
+
     def replace_with(self, load: Callable[[], LoadedModel]) -> bool:
         """Load a candidate and swap it in; on any error keep the current model and record why."""
         try:
@@ -98,9 +104,11 @@ class AliasFollower(threading.Thread):
     """Polls the registry alias and swaps in its version when it changes (rollback included)."""
 
     def __init__(self, slot: ModelSlot, resolve: Callable[[], str | None], load: Callable[[str], LoadedModel],
-                 interval: float = 2.0):
+                 interval: float = 2.0, clear_when_unset: bool = False):
         super().__init__(name="alias-follower", daemon=True)
         self.slot, self.resolve, self.load, self.interval = slot, resolve, load, interval
+        self.clear_when_unset = clear_when_unset
+        """Shadow: an alias that was removed means stop. Champion: keep serving what we have."""
         self._stop = threading.Event()
         self._refused: str | None = None
 
@@ -111,6 +119,9 @@ class AliasFollower(threading.Thread):
             self.slot.last_error = f"registry unreachable: {error}"
             return
         current = self.slot.current.version if self.slot.current else None
+        if version is None and self.clear_when_unset:
+            self.slot.clear()
+            return
         if version is None or version == current or version == self._refused:
             return
         if not self.slot.replace_with(lambda: self.load(version)):

@@ -77,7 +77,8 @@ class ServiceSettings:
             poll_seconds=env_number(env, "MODEL_POLL_SECONDS", 2.0, float, 0.1, 3600.0),
             torch_threads=env_number(env, "TORCH_THREADS", 1, int, 1, 256),
             log_predictions=env.get("LOG_PREDICTIONS", "true").lower() not in {"0", "false", "no"},
-            shadow_alias=env.get("SHADOW_ALIAS") or None,
+            shadow_alias=None if env.get("SHADOW_ALIAS", "shadow").lower() in {"", "off", "none"}
+            else env.get("SHADOW_ALIAS", "shadow"),
         )
         if not dev and not (settings.api_key and settings.admin_api_key):
             raise ConfigError("API_KEY and ADMIN_API_KEY must be set (or SMC_DEV_MODE=1 for a keyless local service)")
@@ -135,7 +136,7 @@ class Runtime:
             name, alias = _parse_alias_uri(self.settings.model_uri)
             self.follower = self._follow(self.slot, name, alias)
             if self.settings.shadow_alias:
-                self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias)
+                self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
         self._record_model()
         return self
 
@@ -253,10 +254,11 @@ class Runtime:
             migrate(self._database)
         return self._database
 
-    def _follow(self, slot: ModelSlot, name: str, alias: str) -> AliasFollower:
+    def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
         follower = AliasFollower(slot, lambda: _alias_version(name, alias),
-                                 lambda version: self._load_registered(name, version), self.settings.poll_seconds)
+                                 lambda version: self._load_registered(name, version), self.settings.poll_seconds,
+                                 clear_when_unset)
         follower.check()
         follower.start()
         return follower
