@@ -20,7 +20,8 @@ demo: install
 	$(VENV)/bin/smc demo
 
 # All tests on DATABASE_URL when set (CI: the machine's PostgreSQL), else on the embedded
-# server; with DATABASE_URL set, the database tests run a second time on the embedded one.
+# server; with DATABASE_URL set, the database tests run a second time on the embedded one
+# (all but the slow end-to-end loop, whose database layer the others cover).
 # Two workers, one test file each at a time: training runs one torch thread per worker.
 PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 test: install
@@ -28,7 +29,7 @@ test: install
 	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-embedded; fi
 
 test-embedded: install
-	env -u DATABASE_URL $(PYTEST) -m db -q
+	env -u DATABASE_URL $(PYTEST) -m "db and not slow" -q
 
 ui: install
 	@$(PY) -c "from pathlib import Path; from smc_jobs.demo import ensure_dagster_home; ensure_dagster_home(Path('$(DAGSTER_HOME)'))"

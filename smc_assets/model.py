@@ -95,6 +95,8 @@ class LoraModelConfig(TrainingConfig):
     lora_dropout: float = 0.05
     threshold: float = Field(default=0.55, description="Confidence at which a long/short call counts as a trade.")
     baselines: bool = Field(default=True, description="Also train LightGBM and the from-scratch transformer.")
+    scratch_baseline: bool = Field(default=True, description="Include the from-scratch transformer among the baselines "
+                                                             "(the slowest one: it trains as long as LoRA does).")
     train_stride: int = Field(default=1, description="Train on every k-th window (neighbours share all but one bar; "
                                                      "2-3 costs little signal and divides the training time).")
 
@@ -102,7 +104,8 @@ class LoraModelConfig(TrainingConfig):
         return RunConfig(sequence_length=self.sequence_length, valid_fraction=self.valid_fraction,
                          train_stride=self.train_stride,
                          embargo=pd.Timedelta(minutes=self.embargo_minutes), threshold=self.threshold,
-                         baselines=("scratch", "lightgbm") if self.baselines else (),
+                         baselines=(("scratch",) if self.scratch_baseline else ()) + ("lightgbm",) if self.baselines
+                         else (),
                          train=self.train_config(lora_r=self.lora_r, lora_alpha=self.lora_alpha,
                                                  lora_dropout=self.lora_dropout))
 

@@ -117,7 +117,9 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
     training = LoraModelConfig(**lineage["config"])
     data_facts = lineage["data"]
     end = pd.Timestamp(data_facts["valid_end"])
-    start = pd.Timestamp("1970-01-01", tz="UTC")
+    # the challenger's own window: a sliding-window retrain (recent_days) is judged on that
+    # window, not on the older regime it deliberately left out
+    start = pd.Timestamp(data_facts["train_start"]) - pd.Timedelta(microseconds=1)
     data = checked(lambda: load_training_data(db, data_facts["symbols"], data_facts["timeframe"], start, end,
                                                CATALOGUE, data_facts["horizon"], training.sequence_length))
     bars = {symbol: _traded_bars(context, symbol, data_facts["timeframe"], start, end) for symbol in data.symbols}

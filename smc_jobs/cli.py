@@ -137,18 +137,25 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
 # --- demo --------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--days", default=8, show_default=True, type=click.IntRange(1, 250))
-@click.option("--symbol", default="ES", show_default=True)
-@click.option("--start", default="2024-03-04", show_default=True, help="First calendar day of the sample data.")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 250), help="History trading days.")
+@click.option("--symbols", default="ES,NQ", show_default=True, help="Comma-separated instrument roots.")
+@click.option("--start", default="2024-01-02", show_default=True, help="First calendar day of the sample data.")
 @click.option("--edge", type=click.Choice(["smc", "none"]), default="smc", show_default=True,
-              help="Plant the SMC edge in the sample data, or generate a market without one.")
-@click.option("--train/--no-train", default=True, show_default=True, help="Pretrain and fine-tune the model.")
-def demo(days: int, symbol: str, start: str, edge: str, train: bool) -> None:
-    """Run the pipeline end to end on sample data in the embedded default setup."""
-    from smc_jobs.demo import run_demo
+              help="Plant the SMC edge in the history, or generate a market without one.")
+@click.option("--train/--no-train", default=True, show_default=True, help="Pretrain, fine-tune, gate and serve.")
+@click.option("--loop/--no-loop", default=True, show_default=True,
+              help="Then change the market regime and close the loop: drift sensor, retrain, new champion.")
+@click.option("--new-days", default=30, show_default=True, type=click.IntRange(5, 250),
+              help="Trading days of the changed market (also the retrain's sliding window).")
+def demo(days: int, symbols: str, start: str, edge: str, train: bool, loop: bool, new_days: int) -> None:
+    """The whole lineage and the closed loop on sample data, in the embedded default setup."""
+    from smc_jobs.demo import DemoPlan, run_demo
 
-    sys.exit(run_demo(_settings(), days=days, symbol=symbol, start=_parse_date(start, "--start"), edge=edge,
-                      train=train))
+    names = tuple(s.strip().upper() for s in symbols.split(",") if s.strip())
+    if not names:
+        raise SmcError("--symbols names no symbol")
+    sys.exit(run_demo(_settings(), DemoPlan(symbols=names, start=_parse_date(start, "--start"), days=days, edge=edge,
+                                            train=train, loop=loop, new_days=new_days)))
 
 
 # --- serving -------------------------------------------------------------------------------

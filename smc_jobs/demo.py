@@ -1,36 +1,62 @@
-"""``smc demo``: the pipeline on sample data, through the same sensor and jobs a user runs.
+"""``smc demo``: the whole lineage and the closed loop on sample data, through the same sensors
+and jobs a user runs (``LocalRunner`` does one daemon tick at a time in this process).
 
-Sample NinjaTrader exports (with the planted SMC edge by default) are written to the
-landing folder, the landing-file sensor is evaluated once to decide which partitions to
-load, each requested run executes ``market_data_job`` (bars, features, labels with their
-checks), then ``base_model_job`` pretrains the backbone and ``train_job`` fine-tunes,
-calibrates, compares and registers the LoRA model. Everything runs against a persistent
-Dagster instance and MLflow store, so it is all visible afterwards in ``make ui`` and
-``mlflow ui``.
+History: NinjaTrader exports of two symbols with a planted SMC edge land in the landing
+folder; the file sensor requests their partitions (bars, features, labels with checks);
+``base_model_job`` pretrains the backbone, ``train_job`` fine-tunes LoRA, ``promotion_job``
+runs the walk-forward gates, moves the champion alias and builds the Bento; the real
+BentoML service serves the champion and a day is replayed through the Python client.
+
+The loop: the market changes (volatility ×4, and the setups now resolve the other way);
+the champion answers two days of it, logging every prediction; the drift sensor compares
+them with the reference sample in its package and requests a retrain; the refreshed
+partitions and ``retrain_job`` (LoRA on the current base, gates against the champion,
+promotion, Bento) run; the service picks up the new champion by itself. Everything runs
+against a persistent Dagster instance and MLflow store: ``make ui`` and ``make mlflow-ui``
+show it afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
 
 from smc_core.settings import Settings
 
+TRAINING = {
+    "base_model": {"epochs": 3},
+    "lora_model": {"train_stride": 3, "epochs": 8, "patience": 2, "scratch_baseline": False},
+    "challenger_evaluation": {"folds": 2, "min_train_fraction": 0.4, "base_epochs": 2,
+                              "candidate_thresholds": [0.55, 0.65]},
+}
+"""The demo's training budget (every knob is a Launchpad config; defaults train longer, and
+add the from-scratch transformer to the side-by-side baselines). Two entry thresholds are
+tried per model rather than five: the DSR counts every configuration ever backtested, so a
+short record can afford few."""
 
-def _first_balance(labels_metadata: dict) -> str:
-    """'long/short/skip' counts of the first horizon."""
-    counts = labels_metadata.get("label_counts") or {}
-    if not counts:
-        return "-"
-    first = next(iter(counts.values()))
-    return "/".join(str(first[name]) for name in ("long", "short", "skip"))
+
+def retrain_config() -> dict:
+    """The run config the demo's retrains use (what SMC_RETRAIN_CONFIG would hold)."""
+    return {"ops": {name: {"config": config} for name, config in TRAINING.items() if name != "base_model"}}
+SEEDS = {"ES": 3, "NQ": 4, "YM": 5, "RTY": 6}
+PROGRESS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-_QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+@dataclass
+class DemoPlan:
+    symbols: tuple[str, ...] = ("ES", "NQ")
+    start: date = date(2024, 1, 2)
+    days: int = 30
+    edge: str = "smc"
+    train: bool = True
+    loop: bool = True
+    new_days: int = 30
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def ensure_dagster_home(home: Path) -> None:
@@ -41,65 +67,100 @@ def ensure_dagster_home(home: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def run_demo(settings: Settings, *, days: int, symbol: str, start: date, edge: str = "smc",
-             train: bool = True) -> int:
+def run_demo(settings: Settings, plan: DemoPlan) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(settings.smc_home / "dagster"))
+    os.environ.setdefault("BENTOML_HOME", str(settings.smc_home / "bentoml"))
     ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
+    _quiet_warnings()
 
-    import warnings
-
-    from dagster import BetaWarning, DagsterInstance
-
-    # dagster-mlflow (beta) calls deprecated Dagster APIs; that is not the user's concern here
-    warnings.filterwarnings("ignore", category=BetaWarning)
-    warnings.filterwarnings("ignore", message="InitResourceContext")
-    warnings.filterwarnings("ignore", message="Starting in dagster 1.11, get_sensor_def")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    from dagster import DagsterInstance
 
     from smc_core.db import Database, redact
     from smc_core.migrations import migrate, storage_mode
-    from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
+    from smc_core.monitoring import MonitoringSettings
+    from smc_core.registry import TrackingConfig, configure
     from smc_jobs.definitions import build_definitions
     from smc_jobs.local import LocalRunner
 
     started = time.perf_counter()
-    steps = 8 if train else 4
-    click.echo(f"[1/{steps}] database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
+    steps = Steps(4 + (4 if plan.train else 0) + (4 if plan.train and plan.loop else 0))
+    steps.say(f"database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
     click.echo(f"      {redact(database.url)} (storage: {storage_mode(database)})")
+    configure(TrackingConfig.from_settings(settings))
+    monitoring = MonitoringSettings.from_env()
+    monitoring = MonitoringSettings(**{**monitoring.as_dict(), "retrain_days": plan.new_days,
+                                       "retrain_config": monitoring.retrain_config or retrain_config()})
+    runner = LocalRunner(build_definitions(settings, monitoring), DagsterInstance.get())
 
-    click.echo(f"[2/{steps}] writing {days} trading days of synthetic {symbol} 1-minute bars "
-               f"({'planted SMC edge' if edge == 'smc' else 'no edge'}) to {settings.landing_dir}")
-    config = SyntheticConfig(days=days, start=start, instrument=Instrument(symbol=symbol), edge=edge,
-                             edge_strength=0.9)
-    paths = write_synthetic(config, settings.landing_dir, fmt="ninjatrader", tz=settings.exchange_tz)
-    click.echo(f"      {len(paths)} NinjaTrader export files")
+    history_end = _land(runner, settings, steps, plan.symbols, plan.start, plan.days, plan.edge, annual_vol=0.16,
+                        story=f"{'planted SMC edge' if plan.edge == 'smc' else 'no edge'}")
+    if history_end is None:
+        return 1
+    if not plan.train:
+        return _done(started, settings)
+    if not _history(runner, steps):
+        return 1
+    with DemoServer(settings) as server:
+        steps.say(f"serving {server.describe()} with the real BentoML service (dev mode: no keys)")
+        click.echo(f"      ready in {server.ready_in:.1f}s at {server.url}")
+        _replay(server, database, plan.symbols[0], [history_end], "the last history day")
+        if plan.loop and server.follows_champion:
+            if not _loop(runner, settings, database, server, steps, plan, history_end):
+                return 1
+    return _done(started, settings)
 
-    definitions = build_definitions(settings)
-    instance = DagsterInstance.get()
-    runner = LocalRunner(definitions, instance)
+
+# --- the stages ------------------------------------------------------------------------------
+
+class Steps:
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def say(self, text: str) -> None:
+        self.done += 1
+        click.echo(f"[{self.done}/{self.total}] {text}")
+
+
+def _land(runner, settings: Settings, steps: Steps, symbols, start: date, days: int, edge: str, *,
+          annual_vol: float, story: str) -> date | None:
+    """Write NinjaTrader exports, tick the file sensor, run the partitions; returns the last day."""
+    from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
+
+    steps.say(f"writing {days} trading days of synthetic 1-minute bars for {', '.join(symbols)} ({story}) "
+              f"to {settings.landing_dir}")
+    paths = []
+    for symbol in symbols:
+        config = SyntheticConfig(days=days, start=start, instrument=Instrument(symbol=symbol), edge=edge,
+                                 edge_strength=1.0, seed=SEEDS.get(symbol, 7), annual_vol=annual_vol)
+        paths += write_synthetic(config, settings.landing_dir, fmt="ninjatrader", tz=settings.exchange_tz)
+    stage = time.perf_counter()
     requests, rows = load_landing_files(runner)
-    failures = sum(0 if success else 1 for _, success, *_ in rows)
-    click.echo(f"[3/{steps}] landing_file_sensor requested {len(requests)} partition run(s)"
-               + ("" if requests else " (files unchanged since the last demo: nothing to load)"))
-
-    click.echo(f"[4/{steps}] partitions (bars → features → labels)")
-    click.echo(f"      {'partition':<16} {'status':<7} {'bars':>5} {'new':>5} {'features':>9}  {'labels (long/short/skip)':<25} checks")
+    steps.say(f"landing_file_sensor requested {len(requests)} partition run(s) for {len(paths)} files; "
+              f"market_data_job (bars → features → labels, with checks) ran them in {time.perf_counter() - stage:.0f}s")
+    if not rows:
+        click.echo("      files unchanged since the last demo: nothing new to load")
+    by_symbol: dict[str, list] = {}
     for key, success, metadata, checks, failed in rows:
-        bars_meta, feature_meta = metadata.get("bars", {}), metadata.get("features", {})
-        balance = _first_balance(metadata.get("labels", {}))
-        verdict = f"{checks - len(failed)}/{checks} pass" + (f" (failed: {', '.join(failed)})" if failed else "")
-        click.echo(f"      {key:<16} {'ok' if success else 'FAILED':<7} {bars_meta.get('stored_bars', 0):>5} "
-                   f"{bars_meta.get('rows_inserted', 0):>5} {feature_meta.get('rows', 0):>9}  {balance:<25} {verdict}")
-    if train and not failures:
-        failures += _train(definitions, instance, settings, steps)
-    if train and not failures and rows:
-        last_day = max(date.fromisoformat(str(key).split("|")[0]) for key, *_ in rows)
-        failures += _serve_and_replay(settings, symbol, last_day, steps)
-    click.echo(f"done in {time.perf_counter() - started:.1f}s; DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
-               "(`make ui` shows these runs)")
-    return 1 if failures else 0
+        by_symbol.setdefault(key.split("|")[-1], []).append((key, success, metadata, checks, failed))
+    for symbol, symbol_rows in by_symbol.items():
+        bars_total = sum(r[2].get("bars", {}).get("stored_bars", 0) for r in symbol_rows)
+        balance = [0, 0, 0]
+        for row in symbol_rows:
+            for i, count in enumerate(_balance(row[2].get("labels", {}))):
+                balance[i] += count
+        checks = sum(r[3] for r in symbol_rows)
+        failed = sorted({c for r in symbol_rows for c in r[4]})
+        ok = sum(1 for r in symbol_rows if r[1])
+        click.echo(f"      {symbol}: {ok}/{len(symbol_rows)} partitions ok, {bars_total} bars, labels long/short/skip "
+                   f"{balance[0]}/{balance[1]}/{balance[2]}, checks {checks - len(failed)}/{checks} pass"
+                   + (f" (failed: {', '.join(failed)})" if failed else ""))
+    if any(not r[1] for r in rows):
+        click.echo("      FAILED partitions: see `make ui` for their runs")
+        return None
+    days_loaded = [date.fromisoformat(key.split("|")[0]) for key, *_ in rows]
+    return max(days_loaded) if days_loaded else start + timedelta(days=days)
 
 
 def load_landing_files(runner):
@@ -118,37 +179,181 @@ def load_landing_files(runner):
     return requests, rows
 
 
-def _train(definitions, instance, settings: Settings, steps: int) -> int:
-    """base_model_job, train_job, then promotion_job, with their outcomes printed; returns 1 on a failed run.
+def _history(runner, steps: Steps) -> bool:
+    """base_model_job, train_job, promotion_job with their outcomes printed; False on a failed run.
+    A challenger refused by its gates is an outcome, not a failure: the demo prints why."""
+    from smc_jobs.local import materialized
 
-    A challenger refused by its gates is an outcome, not a failure: the demo prints why.
-    """
-    from smc_core.registry import TrackingConfig
-
-    progress = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    stages = ((5, "base_model_job", "base_model"), (6, "train_job", "lora_model"),
-              (7, "promotion_job", "challenger_evaluation"))
-    for step, job_name, asset in stages:
-        click.echo(f"[{step}/{steps}] {job_name}: {definitions.resolve_job_def(job_name).description}")
-        stage_started = time.perf_counter()
-        run = definitions.resolve_job_def(job_name).execute_in_process(
-            instance=instance, run_config={**progress, "ops": {asset: {"config": {}}}}, raise_on_error=False)
-        metadata = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
-                    for e in run.get_asset_materialization_events()}
+    for job_name, asset in (("base_model_job", "base_model"), ("train_job", "lora_model"),
+                            ("promotion_job", "challenger_evaluation")):
+        steps.say(f"{job_name}: {runner.definitions.resolve_job_def(job_name).description}")
+        stage = time.perf_counter()
+        ops = {name: {"config": config} for name, config in TRAINING.items()}
+        run = runner.run(job_name, {**PROGRESS, "ops": {asset: ops[asset]}}, raise_on_error=False)
+        metadata = materialized(run)
         if asset not in metadata:
-            failure = next((e for e in run.all_events if e.event_type_value == "STEP_FAILURE"), None)
-            click.echo(f"      FAILED: {failure.message if failure else 'see the Dagster run ' + run.run_id}")
-            return 1
-        click.echo(f"      done in {time.perf_counter() - stage_started:.0f}s")
+            click.echo(f"      FAILED: {_failure(run)}")
+            return False
+        click.echo(f"      done in {time.perf_counter() - stage:.0f}s")
         _print_outcome(asset, metadata)
-    tracking = TrackingConfig.from_settings(settings)
-    click.echo(f"      MLflow: mlflow ui --backend-store-uri {tracking.tracking_uri} "
-               f"--default-artifact-root {tracking.artifact_root}   (or: make mlflow-ui)")
-    return 0
+    return True
 
+
+def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Steps, plan: DemoPlan,
+          history_end: date) -> bool:
+    """The regime change, the drift sensor, the retrain through the gates, the service following."""
+    from smc_core.calendar import CME_EQUITY
+    from smc_core.registry import alias_version
+    from smc_jobs.local import RunFailed, materialized
+
+    first_new = history_end + timedelta(days=1)
+    new_end = _land(runner, settings, steps, plan.symbols, first_new, plan.new_days, "smc_reversed",
+                    annual_vol=0.64, story="REGIME CHANGE: volatility ×4 and the setups resolve the other way")
+    if new_end is None:
+        return False
+    new_days = CME_EQUITY.trading_days(first_new, new_end)
+    before = alias_version("champion")
+    _replay(server, database, plan.symbols[0], new_days[-2:], "the newest two days of the new market")
+    time.sleep(1.5)  # the service's prediction log writes in the background
+
+    steps.say("drift_sensor tick: Evidently, the champion's newest live predictions vs its package's reference sample")
+    drift = runner.tick("drift_sensor")
+    if not drift.run_requests:
+        click.echo(f"      no retrain requested: {drift.skip_reason.skip_message if drift.skip_reason else '?'}")
+        return True
+    reason = drift.run_requests[0].tags["smc/reason"]
+    click.echo(f"      FIRED — {reason}")
+    report = _latest_report(database)
+    if report:
+        click.echo(f"      HTML report: {report}")
+    click.echo(f"      requested {len(drift.run_requests)} market-data refresh run(s) (newest days), episode "
+               f"{drift.run_requests[0].tags['smc/retrain_episode']}")
+    for request in drift.run_requests:
+        runner.execute(request)
+    chained = runner.tick("retrain_chain_sensor").run_requests
+    if not chained:
+        click.echo("      FAILED: retrain_chain_sensor requested no retrain")
+        return False
+    steps.say(f"retrain_job ({runner.definitions.resolve_job_def('retrain_job').description})")
+    stage = time.perf_counter()
+    try:
+        result = runner.execute(chained[0], run_config=PROGRESS)
+        ok = True
+    except RunFailed as failure:  # refused gates stop the run before 'champion': an outcome, not a crash
+        click.echo(f"      {failure}")
+        result, ok = None, False
+    click.echo(f"      done in {time.perf_counter() - stage:.0f}s")
+    if result is not None:
+        metadata = materialized(result)
+        for asset in ("lora_model", "challenger_evaluation"):
+            if asset in metadata:
+                _print_outcome(asset, metadata)
+    after = alias_version("champion")
+    if not ok or after == before:
+        _print_refused(runner)
+        click.echo(f"      the champion stays smc-lora/{before}; the loop ran through the gates and they said no")
+        return True
+    waited = server.wait_for_version(f"smc-lora/{after}")
+    steps.say(f"the running service follows the alias: every answer carries smc-lora/{after} "
+              f"{waited:.1f}s after the promotion (no restart, no reload call)")
+    _replay(server, database, plan.symbols[0], new_days[-1:], "the newest day again, now with the new champion")
+    return True
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+class DemoServer:
+    """The real BentoML service in a subprocess, following the champion alias (or, when the gates
+    refused every model, serving the challenger by path, clearly marked)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.follows_champion = False
+
+    def describe(self) -> str:
+        return self._what
+
+    def __enter__(self) -> "DemoServer":
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+
+        from smc_core.registry import alias_version, package_path
+
+        env = {**os.environ, "SMC_DEV_MODE": "1", "SMC_HOME": str(self.settings.smc_home), "LOG_LEVEL": "WARNING",
+               "MODEL_POLL_SECONDS": "1"}
+        if alias_version("champion") is not None:
+            self.follows_champion = True
+            self._what = f"the champion smc-lora/{alias_version('champion')} (followed through the registry alias)"
+        else:
+            version = alias_version("challenger")
+            env["MODEL_PATH"] = str(package_path(version))
+            self._what = (f"the challenger smc-lora/{version} — REFUSED by the gates, served here only to show the "
+                          "service; nothing follows the champion alias until a model passes")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                         "bento.service:SmcPredictor", "--host", "127.0.0.1", "--port", str(port)],
+                                        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        while time.perf_counter() - started < 120:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    self.ready_in = time.perf_counter() - started
+                    sys.path.insert(0, str(root / "bento" / "clients" / "python"))
+                    from smc_client import SmcClient
+
+                    self.client = SmcClient(self.url, "dev", timeout=2.0)
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.3)
+        self.__exit__()
+        raise click.ClickException("the service did not start: run `smc serve --dev` to see why")
+
+    def wait_for_version(self, version: str, timeout: float = 30.0) -> float:
+        import httpx
+
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if httpx.get(self.url + "/health", timeout=2).json().get("model_version") == version:
+                return time.perf_counter() - started
+            time.sleep(0.1)
+        raise click.ClickException(f"the service did not switch to {version} within {timeout:.0f}s")
+
+    def __exit__(self, *exc) -> None:
+        from smc_jobs.local import terminate
+
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+        terminate(self.process)
+
+
+def _replay(server: DemoServer, database, symbol: str, days: list[date], what: str) -> None:
+    from smc_core.serving.replay import replay_stored_day
+
+    for day in days:
+        report = replay_stored_day(database, symbol, day, server.client.predict_payload)
+        summary = report.summary()
+        click.echo(f"      replayed {what}: {symbol} {day} bar by bar through the Python client — "
+                   f"{summary['requests']} requests to {', '.join(summary['versions'])}, signals {summary['signals']}, "
+                   f"p50 {summary['latency_p50_ms']:.1f} ms / p99 {summary['latency_p99_ms']:.1f} ms; policy P&L with "
+                   f"costs {summary['net_pnl']:+,.0f} $ over {summary['trades']} trades")
+
+
+# --- printing ------------------------------------------------------------------------------------
 
 def _print_outcome(asset: str, metadata: dict) -> None:
     meta = metadata[asset]
+    if asset == "base_model":
+        return
     if asset == "lora_model":
         click.echo(f"      registered {meta['model_version']} (alias challenger), package {meta['package_path']}")
         click.echo(f"      calibration (class-weight prior removed, temperature {meta['temperature']:.3f}): "
@@ -164,9 +369,53 @@ def _print_outcome(asset: str, metadata: dict) -> None:
         _echo_block(meta["gates"])
         if "champion" in metadata:
             click.echo(f"      PROMOTED: {metadata['champion']['champion']} is champion "
-                       f"(previous: {metadata['champion']['previous']})")
+                       f"(previous: {metadata['champion'].get('previous', 'none')})")
         else:
             click.echo(f"      REFUSED: {meta['model_version']} stays challenger; the champion alias did not move")
+
+
+def _print_refused(runner) -> None:
+    """The gate table of a refused evaluation (its run failed on a blocking check)."""
+    from dagster import AssetKey
+
+    event = runner.instance.get_latest_materialization_event(AssetKey("challenger_evaluation"))
+    if event is not None and event.asset_materialization is not None:
+        meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        if "gates" in meta:
+            click.echo("      gates:")
+            _echo_block(meta["gates"])
+
+
+def _done(started: float, settings: Settings) -> int:
+    from smc_core.registry import TrackingConfig
+
+    tracking = TrackingConfig.from_settings(settings)
+    click.echo(f"done in {time.perf_counter() - started:.0f}s.")
+    click.echo(f"  Dagster UI:  make ui          → http://127.0.0.1:3000 (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    click.echo(f"  MLflow UI:   make mlflow-ui   → http://127.0.0.1:5000 ({tracking.tracking_uri})")
+    click.echo("  serve:       make serve (the latest Bento) or make serve-live (follows the champion alias)")
+    return 0
+
+
+def _latest_report(database) -> str | None:
+    from smc_core.drift import latest_reports
+
+    reports = latest_reports(database, limit=1)
+    return reports[0]["html_path"] if reports else None
+
+
+def _balance(labels_metadata: dict) -> list[int]:
+    counts = labels_metadata.get("label_counts") or {}
+    if not counts:
+        return [0, 0, 0]
+    first = next(iter(counts.values()))
+    return [int(first[name]) for name in ("long", "short", "skip")]
+
+
+def _failure(run) -> str:
+    from smc_jobs.local import failure_message
+
+    return failure_message(run)
 
 
 def _echo_block(text: str) -> None:
@@ -174,64 +423,16 @@ def _echo_block(text: str) -> None:
         click.echo("      " + line)
 
 
-def _serve_and_replay(settings: Settings, symbol: str, day: date, steps: int) -> int:
-    """Serve the champion (or, when the gates refused every model, the challenger, clearly
-    marked) with the real BentoML service and replay the last sample day through the client."""
-    import socket
-    import subprocess
-    import sys
+def _quiet_warnings() -> None:
+    import logging
+    import warnings
 
-    import httpx
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from dagster import BetaWarning
 
-    from smc_core.db import Database
-    from smc_core.registry import TrackingConfig, alias_version, configure, package_path
-    from smc_core.serving.replay import replay_stored_day
-
-    configure(TrackingConfig.from_settings(settings))
-    env = {**os.environ, "SMC_DEV_MODE": "1", "SMC_HOME": str(settings.smc_home), "LOG_LEVEL": "WARNING"}
-    if alias_version("champion") is not None:
-        what = f"the champion smc-lora/{alias_version('champion')} (followed through the registry alias)"
-    else:
-        version = alias_version("challenger")
-        env["MODEL_PATH"] = str(package_path(version))
-        what = (f"the challenger smc-lora/{version} — REFUSED by the gates, served here only to show the "
-                "service; nothing follows the champion alias until a model passes")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    click.echo(f"[{steps}/{steps}] serving {what}")
-    root = Path(__file__).resolve().parent.parent
-    server = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
-                               "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        while time.perf_counter() - started < 120:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None:
-                click.echo("      FAILED: the service exited while starting (run `smc serve --dev` to see why)")
-                return 1
-            time.sleep(0.3)
-        click.echo(f"      ready in {time.perf_counter() - started:.1f}s at {url}; replaying {symbol} {day} bar by bar "
-                   "through the Python client")
-        sys.path.insert(0, str(root / "bento" / "clients" / "python"))
-        from smc_client import SmcClient
-
-        with SmcClient(url, "dev", timeout=2.0) as client:
-            report = replay_stored_day(Database.from_settings(settings), symbol, day, client.predict_payload)
-        summary = report.summary()
-        click.echo(f"      {summary['requests']} requests, signals {summary['signals']}, latency p50 "
-                   f"{summary['latency_p50_ms']:.1f} ms / p99 {summary['latency_p99_ms']:.1f} ms; policy P&L with "
-                   f"costs {summary['net_pnl']:+.2f} $ over {summary['trades']} trades")
-        return 0
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    # dagster-mlflow (beta) calls deprecated Dagster APIs; that is not the user's concern here
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", message="InitResourceContext")
+    warnings.filterwarnings("ignore", message="Starting in dagster 1.11, get_sensor_def")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -59,6 +59,17 @@ class LocalRunner:
         return result
 
 
+def terminate(process, timeout: float = 20.0) -> None:
+    """Stop a child process politely (SIGTERM: BentoML drains in-flight requests), else kill it."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def failure_message(result) -> str:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":

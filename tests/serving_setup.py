@@ -16,6 +16,7 @@ import pandas as pd
 from smc_core.model.pipeline import train_small_package
 from smc_core.serving.replay import request_payload
 from smc_core.synthetic import SyntheticConfig, generate_bars
+from smc_jobs.local import terminate
 
 
 def bars(days: int = 3, seed: int = 5) -> pd.DataFrame:
@@ -75,9 +76,5 @@ class Server:
 
     def stop(self):
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)
         self.log.close()

@@ -167,6 +167,19 @@ def test_live_hit_rate_below_the_threshold_triggers_a_retrain(loop):
     assert not loop.tick("performance_sensor_decayed", _performance_sensor(0.99)).run_requests  # same episode
 
 
+def test_the_monitoring_job_materializes_outcomes_and_a_drift_report(loop):
+    from smc_jobs.local import materialized
+
+    assets = materialized(loop.runner.run("monitoring_job"))
+    live = live_summary(loop.database, loop.model_version)
+    assert assets["outcomes"]["pending"] >= 0 and f"| {loop.model_version} | no |" in assets["outcomes"]["live_metrics"]
+    assert assets["outcomes"]["champion_hit_rate"] == pytest.approx(live["hit_rate"])
+    report = assets["drift_report"]
+    assert report["model_version"] == loop.model_version and report["report_id"] == latest_reports(
+        loop.database, loop.model_version, limit=1)[0]["id"]
+    assert os.path.exists(report["report_html"]) and "| atr |" in report["features"]
+
+
 def test_a_skip_heavy_champion_raises_one_alert(loop):
     from dataclasses import replace
 
