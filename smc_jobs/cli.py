@@ -137,7 +137,7 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
 # --- demo --------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 250), help="History trading days.")
+@click.option("--days", default=26, show_default=True, type=click.IntRange(1, 250), help="History trading days.")
 @click.option("--symbols", default="ES,NQ", show_default=True, help="Comma-separated instrument roots.")
 @click.option("--start", default="2024-01-02", show_default=True, help="First calendar day of the sample data.")
 @click.option("--edge", type=click.Choice(["smc", "none"]), default="smc", show_default=True,
@@ -145,7 +145,7 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
 @click.option("--train/--no-train", default=True, show_default=True, help="Pretrain, fine-tune, gate and serve.")
 @click.option("--loop/--no-loop", default=True, show_default=True,
               help="Then change the market regime and close the loop: drift sensor, retrain, new champion.")
-@click.option("--new-days", default=30, show_default=True, type=click.IntRange(5, 250),
+@click.option("--new-days", default=26, show_default=True, type=click.IntRange(5, 250),
               help="Trading days of the changed market (also the retrain's sliding window).")
 def demo(days: int, symbols: str, start: str, edge: str, train: bool, loop: bool, new_days: int) -> None:
     """The whole lineage and the closed loop on sample data, in the embedded default setup."""

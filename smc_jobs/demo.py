@@ -51,11 +51,11 @@ PROGRESS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 class DemoPlan:
     symbols: tuple[str, ...] = ("ES", "NQ")
     start: date = date(2024, 1, 2)
-    days: int = 30
+    days: int = 26
     edge: str = "smc"
     train: bool = True
     loop: bool = True
-    new_days: int = 30
+    new_days: int = 26
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -254,8 +254,10 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
         click.echo(f"      the champion stays smc-lora/{before}; the loop ran through the gates and they said no")
         return True
     waited = server.wait_for_version(f"smc-lora/{after}")
-    steps.say(f"the running service follows the alias: every answer carries smc-lora/{after} "
-              f"{waited:.1f}s after the promotion (no restart, no reload call)")
+    when = ("already when the retrain run finished" if waited < 0.05 else
+            f"{waited:.1f}s after the retrain run finished")
+    steps.say(f"the running service follows the alias (polled every second): every answer carries smc-lora/{after} "
+              f"{when} — no restart, no reload call")
     _replay(server, database, plan.symbols[0], new_days[-1:], "the newest day again, now with the new champion")
     return True
 

@@ -37,6 +37,7 @@ CALM = SyntheticConfig(days=7, seed=5, start=START, edge="smc", edge_strength=0.
 """Five days the champion learns from, then two live days of the same market."""
 STORMY = SyntheticConfig(days=3, seed=9, start=date(2024, 3, 13), edge="smc", edge_strength=0.9, annual_vol=0.6)
 """Three days later, volatility almost four times as high."""
+pytestmark = pytest.mark.slow  # ~2.5 min: not repeated on the embedded server (the data-layer tests are)
 SETTINGS = MonitoringSettings(cooldown_hours=24.0, refresh_days=2, min_trades=20)
 
 
