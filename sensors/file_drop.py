@@ -9,7 +9,8 @@ import hashlib
 import json
 from datetime import date
 
-from dagster import AddDynamicPartitionsRequest, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult,
+                     SkipReason, sensor)
 
 from smc_assets.partitions import SYMBOLS, TRADING_DAYS, bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
@@ -21,11 +22,13 @@ def _requestable_days() -> tuple[date, date]:
     return date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
 
 
-def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30):
+def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30,
+                           default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED):
     @sensor(
         name="landing_file_sensor",
         job_name=job_name,
         minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
         description="Requests the bars partitions covered by new or changed files in the landing folder.",
     )
     def landing_file_sensor(context: SensorEvaluationContext, database: DatabaseResource, landing: LandingResource):

@@ -8,7 +8,8 @@ from dagster_mlflow import end_mlflow_on_run_finished
 from sensors.drift import build_drift_sensor
 from sensors.file_drop import build_file_drop_sensor
 from sensors.performance import build_performance_sensor, build_skip_rate_sensor
-from sensors.retrain import RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor
+from sensors.retrain import (RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor,
+                             default_status)
 from sensors.run_failure import build_run_failure_sensor
 from smc_assets.bars import bars
 from smc_assets.features import features
@@ -89,7 +90,8 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
               rollback_job],
         schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
                                   base_model_job=base_model_job),
-        sensors=[build_file_drop_sensor(market_data_job.name), build_drift_sensor(monitoring, reports_dir(model_root)),
+        sensors=[build_file_drop_sensor(market_data_job.name, default_status=default_status(monitoring)),
+                 build_drift_sensor(monitoring, reports_dir(model_root)),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
                  build_retrain_chain_sensor(monitoring), build_shadow_sensor(monitoring),
                  build_run_failure_sensor(monitoring)],

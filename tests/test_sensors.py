@@ -253,3 +253,27 @@ def test_a_shadow_period_ends_in_a_decision_on_live_outcomes(loop):
     assert alias_version("shadow") is None and shadow_state(loop.database) is None
     expected_champion = shadow if verdict["verdict"].value == "promoted" else loop.version
     assert alias_version("champion") == expected_champion
+
+
+def test_schedules_are_off_until_switched_on_and_the_weekly_one_refreshes_then_retrains(loop):
+    from dagster import DefaultScheduleStatus, build_schedule_context
+
+    from smc_jobs.definitions import build_definitions
+
+    schedules = {s.name: s for s in loop.definitions.schedules}
+    assert {name: (s.cron_schedule, s.execution_timezone) for name, s in schedules.items()} == {
+        "weekly_retrain": ("0 2 * * 0", "UTC"), "daily_monitoring": ("0 6 * * *", "UTC"),
+        "monthly_base_model": ("0 3 1 * *", "UTC")}
+    assert all(s.default_status == DefaultScheduleStatus.STOPPED for s in schedules.values())
+    switched_on = build_definitions(loop.settings, MonitoringSettings(automation=True))
+    assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in switched_on.schedules)
+    assert all(s.default_status.value == "RUNNING" for s in switched_on.sensors)
+
+    weekly = schedules["weekly_retrain"]
+    resources = {key: loop.definitions.resources[key] for key in weekly.required_resource_keys}
+    with build_schedule_context(instance=loop.instance, resources=resources,
+                                repository_def=loop.definitions.get_repository_def(),
+                                scheduled_execution_time=pd.Timestamp("2026-11-22 02:00", tz="UTC")) as context:
+        requests = list(weekly.evaluate_tick(context).run_requests)
+    assert requests and {r.tags["smc/retrain_episode"] for r in requests} == {"weekly:20261122T0200Z"}
+    assert all(r.tags["smc/trigger"] == "schedule" and r.job_name in (None, "market_data_job") for r in requests)

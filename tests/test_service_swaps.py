@@ -32,7 +32,8 @@ def registry_server(tmp_path_factory):
             mlflow.log_artifacts(str(package), "model_package")
             versions.append(register_package(run.info.run_id, f"{run.info.artifact_uri}/model_package", alias=None))
     client.set_registered_model_alias("smc-lora", "champion", versions[0])
-    server = Server({"MODEL_POLL_SECONDS": "0.2", "LOG_PREDICTIONS": "false", "DATABASE_URL": ""}, home).wait()
+    server = Server({"MODEL_POLL_SECONDS": "0.2", "LOG_PREDICTIONS": "false", "DATABASE_URL": "",
+                     "RATE_LIMIT_PER_SECOND": "100000"}, home).wait()  # 4 clients flat out: not the limit's test
     yield server, versions
     server.stop()
 
