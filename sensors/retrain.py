@@ -14,8 +14,8 @@ import copy
 import json
 import time
 
-from dagster import DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext, SensorResult, SkipReason, sensor
-from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster import (DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext,
+                     SensorResult, SkipReason, sensor)
 
 from smc_assets.partitions import bar_partition_key
 from smc_assets.resources import DatabaseResource, TrackingResource
