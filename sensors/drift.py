@@ -11,6 +11,7 @@ from dagster import SensorEvaluationContext, SensorResult, SkipReason, sensor
 from sensors.retrain import REFRESH_JOB, default_status, fire, serving_champion
 from smc_assets.resources import DatabaseResource, LandingResource, TrackingResource
 from smc_core.model import load_package
+from smc_core.registry import package_path
 from smc_core.monitoring import MonitoringSettings, check_drift, latest_prediction_time
 
 
@@ -30,14 +31,14 @@ def build_drift_sensor(settings: MonitoringSettings, reports_dir: Path):
         champion = serving_champion(context, tracking)
         if isinstance(champion, SensorResult):
             return champion
-        model_version, path = champion
+        model_version, version = champion
         db = database.database()
         newest = latest_prediction_time(db, model_version)
         seen = {"model_version": model_version, "newest": newest.isoformat() if newest is not None else None}
         if newest is None or all(state.get(key) == value for key, value in seen.items()):
             return SensorResult(skip_reason=SkipReason(f"no new predictions of {model_version} since the last check"),
                                 cursor=context.cursor)
-        check = check_drift(db, load_package(path), model_version, settings, reports_dir, reason="drift_sensor")
+        check = check_drift(db, load_package(package_path(version)), model_version, settings, reports_dir, reason="drift_sensor")
         if check.result is None:
             return SensorResult(skip_reason=SkipReason(check.reason), cursor=context.cursor)
         state.update(seen, report=check.report_id)

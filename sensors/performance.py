@@ -16,14 +16,10 @@ from dagster import SensorEvaluationContext, SensorResult, SkipReason, sensor
 from sensors.retrain import REFRESH_JOB, default_status, fire, serving_champion
 from smc_assets.resources import DatabaseResource, LandingResource, TrackingResource
 from smc_core.alerts import raise_alert
+from smc_core.model.package import package_horizon
 from smc_core.monitoring import Episode, MonitoringSettings, days_back, latest_prediction_time, live_window
 from smc_core.outcomes import live_summary, resolve_outcomes
-
-
-def model_horizon(package_dir) -> str | None:
-    """The label horizon a package was trained on (its lineage), e.g. ``h15_u1.5_d1.5``."""
-    lineage = json.loads((package_dir / "lineage.json").read_text())
-    return (lineage.get("data") or {}).get("horizon")
+from smc_core.registry import package_path
 
 
 def build_performance_sensor(settings: MonitoringSettings):
@@ -42,17 +38,17 @@ def build_performance_sensor(settings: MonitoringSettings):
         champion = serving_champion(context, tracking)
         if isinstance(champion, SensorResult):
             return champion
-        model_version, path = champion
-        horizon = model_horizon(path)
-        if horizon is None:
-            return SensorResult(skip_reason=SkipReason(f"{model_version} records no label horizon in its lineage"),
-                                cursor=context.cursor)
+        model_version, version = champion
         db = database.database()
-        resolved = resolve_outcomes(db, horizon=horizon, model_versions=[model_version])
         newest = latest_prediction_time(db, model_version)
         if newest is None:
             return SensorResult(skip_reason=SkipReason(f"{model_version} has served no predictions yet"),
                                 cursor=context.cursor)
+        horizon = package_horizon(package_path(version))
+        if horizon is None:
+            return SensorResult(skip_reason=SkipReason(f"{model_version} records no label horizon in its lineage"),
+                                cursor=context.cursor)
+        resolved = resolve_outcomes(db, horizon=horizon, model_versions=[model_version])
         live = live_summary(db, model_version, since=days_back(newest, settings.performance_days))
         hit_rate, trades = live["hit_rate"], live["trades"]
         described = (f"hit rate {hit_rate:.1%} on {trades} trades" if hit_rate is not None else "no resolved trades") + \

@@ -30,18 +30,15 @@ TRIGGER_TAG = "smc/trigger"
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def champion_package(tracking: TrackingResource):
-    """(``<name>/<version>``, local package directory) of the model serving now, or None."""
-    from smc_core.registry import MODEL_NAME, alias_version, package_path
+def serving_champion(context: SensorEvaluationContext, tracking: TrackingResource):
+    """(``<name>/<version>``, registry version) of the model serving now, or the SensorResult a
+    monitoring sensor returns when nothing serves. The package itself is fetched
+    (``registry.package_path``) only by the sensors that need it, when they need it."""
+    from smc_core.registry import MODEL_NAME, alias_version
 
     tracking.client()  # configures MLflow for this process
     version = alias_version("champion")
-    return None if version is None else (f"{MODEL_NAME}/{version}", package_path(version))
-
-
-def serving_champion(context: SensorEvaluationContext, tracking: TrackingResource):
-    """``champion_package``, or the SensorResult a monitoring sensor returns when nothing serves."""
-    champion = champion_package(tracking)
+    champion = None if version is None else (f"{MODEL_NAME}/{version}", version)
     if champion is None:
         return SensorResult(skip_reason=SkipReason("no champion: nothing is serving"), cursor=context.cursor)
     return champion

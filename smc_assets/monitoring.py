@@ -2,7 +2,6 @@
 inputs still look like its training data (``drift_report``). Both read the service's
 prediction log; the sensors in ``sensors/`` run the same smc_core code on their own ticks."""
 
-import json
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
@@ -10,6 +9,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 from smc_assets.common import checked
 from smc_assets.labels import labels
 from smc_core.model import load_package
+from smc_core.model.package import package_horizon
 from smc_core.monitoring import MonitoringSettings, check_drift, latest_prediction_time
 from smc_core.outcomes import live_summary, refresh_live_metrics, resolve_outcomes
 from smc_core.promotion import CHAMPION
@@ -97,8 +97,7 @@ def _served_horizons(db) -> dict[str, list[str]]:
         name, _, number = model_version.partition("/")
         if name != MODEL_NAME or not number.isdigit():
             continue  # local packages served by path have no registry lineage
-        lineage = json.loads((package_path(number) / "lineage.json").read_text())
-        horizon = (lineage.get("data") or {}).get("horizon")
+        horizon = package_horizon(package_path(number))
         if horizon:
             horizons.setdefault(horizon, []).append(model_version)
     return horizons

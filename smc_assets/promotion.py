@@ -25,6 +25,7 @@ from smc_core.evaluation.gates import GateConfig
 from smc_core.evaluation.walk_forward import ChampionModel, WalkForwardConfig, evaluate_challenger
 from smc_core.features import CATALOGUE
 from smc_core.model import Predictor, TrainConfig, load_package
+from smc_core.model.package import package_horizon
 from smc_core.model.pipeline import BaseConfig
 from smc_core.policy import PolicyConfig
 from smc_core.monitoring import MonitoringSettings, prediction_times
@@ -252,7 +253,10 @@ def shadow_review(context: AssetExecutionContext) -> MaterializeResult:
     if since is None:
         raise Failure(description=f"{shadow_version} has logged no shadow predictions: is the service running with "
                                   "SHADOW_ALIAS=shadow?")
-    horizon = json.loads((package_path(state["version"]) / "lineage.json").read_text())["data"]["horizon"]
+    horizon = package_horizon(package_path(state["version"]))
+    if horizon is None:
+        raise Failure(description=f"{shadow_version} records no label horizon in its lineage: its outcomes cannot "
+                                  "be resolved")
     checked(lambda: resolve_outcomes(db, horizon=horizon, model_versions=[shadow_version, champion_version]))
     # both on the requests since the shadow started: the shadow's rows and the champion's answers to the same bars
     shadow_live = live_summary(db, shadow_version, shadow=True, since=since)

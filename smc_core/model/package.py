@@ -128,6 +128,13 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
                         reference=reference, files=files, reference_probabilities=reference_probabilities)
 
 
+def package_horizon(path: Path) -> str | None:
+    """The label horizon a package was trained on (``lineage.json``), e.g. ``h15_u1.5_d1.5``;
+    None when its lineage records none. Reads one JSON file, loads no weights."""
+    lineage = json.loads((Path(path) / "lineage.json").read_text())
+    return (lineage.get("data") or {}).get("horizon")
+
+
 def load_package(path: Path) -> ModelPackage:
     """Verify the manifest (every file present, unaltered, nothing extra), then build the merged model."""
     path = Path(path)
