@@ -321,7 +321,7 @@ def store_report(db, result: DriftResult, *, model_version: str, window_start: d
                  window_end: datetime | None, html_path: str | Path | None = None, reason: str | None = None) -> int:
     """Insert ``result`` into ``drift_reports``; return the row id.
 
-    ``db`` is a :class:`smc_core.db.Database` (or a SQLAlchemy engine on psycopg 3). The
+    ``db`` is a :class:`smc_core.db.Database`. The
     window is the live period the current sample covers; times must carry a time zone.
     """
     from psycopg.types.json import Jsonb
@@ -364,30 +364,13 @@ def latest_reports(db, model_version: str | None = None, limit: int = 10) -> lis
 
 @contextmanager
 def _connection(db) -> Iterator:
-    """A psycopg connection in one transaction, from a Database or a SQLAlchemy engine."""
+    """A connection of ``db`` in one transaction."""
     from smc_core.db import Database
 
-    if isinstance(db, Database):
-        with db.connection() as conn:
-            yield conn
-        return
-    if not hasattr(db, "raw_connection"):
-        raise ConfigError(f"expected a smc_core.db.Database or a SQLAlchemy engine, got {type(db).__name__}")
-    import psycopg
-
-    raw = db.raw_connection()
-    try:
-        conn = raw.driver_connection
-        if not isinstance(conn, psycopg.Connection):
-            raise ConfigError("the SQLAlchemy engine must use psycopg 3 (postgresql+psycopg://…), "
-                              f"got a {type(conn).__module__}.{type(conn).__name__} connection")
+    if not isinstance(db, Database):
+        raise ConfigError(f"expected a smc_core.db.Database, got {type(db).__name__}")
+    with db.connection() as conn:
         yield conn
-        raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    finally:
-        raw.close()
 
 
 # --- input validation ------------------------------------------------------------------

@@ -24,8 +24,7 @@ Conventions, stated once:
     (sum per trading day over days with resolved predictions), annualised by sqrt(252) as
     in the backtest.
 
-Every function takes ``engine``: an ``smc_core.db.Database``, a PostgreSQL URL, a SQLAlchemy
-engine (its URL is used) or anything with a ``database()`` method returning a Database.
+Every function takes the ``smc_core.db.Database`` the rest of the project passes around.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from smc_core.calendar import CME_EQUITY
-from smc_core.db import Database, shared_database
+from smc_core.db import Database
 from smc_core.errors import ConfigError
 from smc_core.evaluation.backtest import TRADING_DAYS_PER_YEAR
 from smc_core.evaluation.metrics import log_loss as _log_loss
@@ -227,7 +226,7 @@ ORDER BY p.ts, p.request_id, p.shadow
 """
 
 
-def resolve_outcomes(engine, *, horizon: str | Horizon, since=None, now=None,
+def resolve_outcomes(db: Database, *, horizon: str | Horizon, since=None, now=None,
                      model_versions: str | Iterable[str] | None = None) -> OutcomeBatch:
     """Write the outcome of every logged prediction (ts in [since, now]) that has none yet and
     whose ``horizon`` label is known by ``now`` (default: the current time); count the rest.
@@ -239,7 +238,7 @@ def resolve_outcomes(engine, *, horizon: str | Horizon, since=None, now=None,
     Insert-only and idempotent: a prediction that already has an outcome is never touched,
     and concurrent callers cannot write one twice (ON CONFLICT DO NOTHING).
     """
-    db = _database(engine)
+    _require_database(db)
     horizon = _horizon_name(horizon)
     versions = _versions(model_versions)
     since = _timestamp(since, "since")
@@ -332,7 +331,7 @@ def _outcome_rows(conn, *, versions=None, shadow=None, after=None, since=None, u
     return frame
 
 
-def refresh_live_metrics(engine, model_versions: str | Iterable[str] | None = None, *, since=None) -> pd.DataFrame:
+def refresh_live_metrics(db: Database, model_versions: str | Iterable[str] | None = None, *, since=None) -> pd.DataFrame:
     """Recompute ``live_metrics`` per (model_version, shadow, trading day) from the outcomes.
 
     ``model_versions``: one name or several (default: every version with outcomes).
@@ -341,7 +340,7 @@ def refresh_live_metrics(engine, model_versions: str | Iterable[str] | None = No
     outcomes are removed, so the table always equals a full recomputation. Returns the
     selected rows as now stored (METRIC_COLUMNS plus updated_at), sorted by the key.
     """
-    db = _database(engine)
+    _require_database(db)
     versions = _versions(model_versions)
     since = _timestamp(since, "since")
     first_day = after = None
@@ -384,7 +383,7 @@ def refresh_live_metrics(engine, model_versions: str | Iterable[str] | None = No
     return stored
 
 
-def live_summary(engine, model_version: str, *, shadow: bool = False, since=None, days: int | None = None,
+def live_summary(db: Database, model_version: str, *, shadow: bool = False, since=None, days: int | None = None,
                  now=None) -> dict:
     """Live performance of one model version over a window, as plain Python values.
 
@@ -398,7 +397,7 @@ def live_summary(engine, model_version: str, *, shadow: bool = False, since=None
     realised returns, annualised; None under 2 days or without variance), log_loss, ece
     (None without predictions).
     """
-    db = _database(engine)
+    _require_database(db)
     if not isinstance(model_version, str) or not model_version:
         raise ConfigError(f"model_version must be a non-empty string such as 'smc-model/3', got {model_version!r}")
     if not isinstance(shadow, (bool, np.bool_)):
@@ -431,18 +430,9 @@ def live_summary(engine, model_version: str, *, shadow: bool = False, since=None
 # --------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------
-def _database(engine) -> Database:
-    if isinstance(engine, Database):
-        return engine
-    if isinstance(engine, str) and engine:
-        return shared_database(engine)
-    url = getattr(engine, "url", None)
-    if url is not None and hasattr(url, "render_as_string"):  # a SQLAlchemy engine
-        return shared_database(url.render_as_string(hide_password=False))
-    if callable(getattr(engine, "database", None)):  # e.g. smc_assets' DatabaseResource
-        return _database(engine.database())
-    raise ConfigError(f"engine must be a smc_core.db.Database, a PostgreSQL URL or a SQLAlchemy engine, "
-                      f"got {type(engine).__name__}")
+def _require_database(db) -> None:
+    if not isinstance(db, Database):
+        raise ConfigError(f"db must be a smc_core.db.Database (not a URL or an engine), got {type(db).__name__}")
 
 
 def _horizon_name(horizon) -> str:

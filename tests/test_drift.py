@@ -335,15 +335,3 @@ def test_store_refuses_naive_or_reversed_windows(database, same):
     end = datetime(2026, 3, 6, 21, 0, tzinfo=timezone.utc)
     with pytest.raises(ConfigError, match=r"is after window_end"):
         store_report(database, same, model_version="smc-lora/3", window_start=end, window_end=end - timedelta(hours=1))
-
-
-def test_store_through_a_sqlalchemy_engine(database, same):
-    import psycopg
-    from sqlalchemy import create_engine
-
-    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database.url))
-    try:
-        report_id = store_report(engine, same, model_version="smc-lora/9", window_start=None, window_end=None)
-        assert [r["id"] for r in latest_reports(engine, model_version="smc-lora/9")] == [report_id]
-    finally:
-        engine.dispose()
