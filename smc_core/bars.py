@@ -252,6 +252,36 @@ def _parser_error(path: Path, exc: Exception, expected: int | None) -> BarFileEr
     return BarFileError(path, f"cannot parse: {exc}")
 
 
+RECORD_FIELDS = {"time_utc": "ts", "o": "open", "h": "high", "l": "low", "c": "close", "volume": "volume",
+                 "delta": "delta"}
+"""A bar as JSON (the /predict bar's field names) → the file columns."""
+
+
+def parse_records(records: list, source: str, timeframe: timedelta | None = None) -> ParsedBars:
+    """Validate bars sent as JSON objects exactly as a file's rows are validated; a rejection's
+    ``line`` is the record's index. Naive times are UTC (as in /predict); ``delta`` may be
+    absent on any bar."""
+    problems = _empty_problems()
+    columns: dict[str, list] = {column: [] for column in RECORD_FIELDS.values()}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            problems[index].append(f"a bar must be an object with {', '.join(RECORD_FIELDS)}")
+            record = {}
+        for field, column in RECORD_FIELDS.items():
+            value = record.get(field)
+            columns[column].append("" if value is None or isinstance(value, bool) else str(value))
+    deltas = pd.to_numeric(pd.Series(columns.pop("delta"), dtype=object).replace("", np.nan), errors="coerce")
+    for index, (text, value) in enumerate(zip(records, deltas.to_numpy(dtype="float64"))):
+        given = text.get("delta") if isinstance(text, dict) else None
+        if given is not None and not np.isfinite(value):
+            problems[index].append(f"delta is not a finite number: {given!r}")
+    raw = pd.DataFrame(columns, dtype=object)
+    parsed = _validate(Path(source), "records", raw, np.arange(len(records)), problems, "UTC", timeframe)
+    parsed.frame["delta"] = deltas.to_numpy(dtype="float64")[parsed.lines]
+    parsed.has_delta = bool(parsed.frame["delta"].notna().any())
+    return parsed
+
+
 def _empty_problems() -> defaultdict[int, list[str]]:
     """Row position → reasons; only rows with problems get an entry, so a clean
     million-row file allocates nothing here."""
@@ -437,6 +467,8 @@ def _reject_duplicates(ts: pd.DatetimeIndex, lines: np.ndarray, problems: defaul
 def _raw_lines(path: Path, fmt: str, raw: pd.DataFrame, wanted: np.ndarray) -> dict[int, str]:
     """The original text of the rejected lines (a re-rendered row for Parquet)."""
     wanted_set = set(int(x) for x in wanted)
+    if fmt == "records":  # the line is the record's index
+        return {line: ",".join(map(str, raw.iloc[line].tolist())) for line in wanted_set}
     if fmt == "parquet":
         index = {int(line): pos for pos, line in enumerate(range(1, len(raw) + 1))}
         return {line: ",".join(map(str, raw.iloc[index[line]].tolist())) for line in wanted_set}

@@ -12,7 +12,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -112,9 +112,10 @@ class Database:
             return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; the block runs in one transaction."""
-        with self._get_pool().connection() as conn:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection; the block runs in one transaction. ``timeout``: seconds to wait for
+        a free or new connection (the pool's 30 s by default; background writers wait less)."""
+        with self._get_pool().connection(timeout=timeout) as conn:
             yield conn
 
     def close(self) -> None:
@@ -128,6 +129,46 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DirectConnection:
+    """One connection owned by one background writer, opened again after any failure.
+
+    Why not the pool: after an outage a pool reconnects with a growing back-off, so a writer
+    could wait long after the database is back; and a write stuck on a vanished peer or on a
+    lock held by a dead session must fail, not hang. Here every attempt opens a connection
+    with a short connect timeout, TCP keepalives and statement/lock timeouts."""
+
+    def __init__(self, url: Callable[[], str], connect_timeout: int = 2, statement_timeout_ms: int = 120_000,
+                 lock_timeout_ms: int = 10_000, idle_in_transaction_ms: int = 30_000):
+        self._url = url
+        # idle_in_transaction_session_timeout: a session cut off mid-transaction by the network (the
+        # server never saw it go) would keep its locks for hours; the server ends it after this.
+        self._options = {"connect_timeout": connect_timeout, "keepalives": 1, "keepalives_idle": 5,
+                         "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15_000,
+                         "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms} "
+                                    f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}"}
+        self._conn: psycopg.Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """The connection inside one transaction; on any error it is closed and the error raised."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url(), autocommit=True, **self._options)
+        try:
+            with self._conn.transaction():
+                yield self._conn
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
 
 
 _shared: dict[str, Database] = {}

@@ -174,6 +174,7 @@ def write_bars(conn: psycopg.Connection, symbol: str, timeframe: str, frame: pd.
            ON b.symbol = %s AND b.timeframe = %s AND b.ts = s.ts""",
         (symbol, timeframe),
     ).fetchone()[0]
+    _record_revisions(conn, symbol, timeframe, ingest_id, "file_correction", applied=True)
     written = conn.execute(
         f"""WITH written AS (
                 INSERT INTO bars (symbol, timeframe, ts, {', '.join(_VALUE_AND_DELTA)}, ingest_id)
@@ -188,6 +189,92 @@ def write_bars(conn: psycopg.Connection, symbol: str, timeframe: str, frame: pd.
     inserted = n - existing
     updated = written - inserted
     return WriteCounts(inserted, updated, n - inserted - updated)
+
+
+@dataclass(frozen=True)
+class LiveCounts:
+    """What one write of received bars did: new bars stored, identical ones left alone,
+    differing ones kept as conflicts (never written over the stored bar)."""
+
+    inserted: int
+    unchanged: int
+    conflicting: int
+    ingest_id: int
+
+
+def write_live_bars(conn: psycopg.Connection, symbol: str, timeframe: str, frame: pd.DataFrame,
+                    source: str) -> LiveCounts:
+    """Store bars a caller sent (``frame``: ts-sorted, unique, validated) inside the caller's transaction.
+
+    Why not an upsert: the files a user ingests are the authority. A received bar only fills
+    a gap; one that differs from the stored bar is recorded in ``bar_revisions`` and counted.
+    """
+    n = len(frame)
+    ingest_id = conn.execute(
+        """INSERT INTO ingest_log (source, format, symbol, timeframe, rows_read, status, first_ts, last_ts)
+           VALUES (%s, 'live', %s, %s, %s, 'succeeded', %s, %s) RETURNING id""",
+        (source, symbol, timeframe, n, frame["ts"].iloc[0] if n else None, frame["ts"].iloc[-1] if n else None),
+    ).fetchone()[0]
+    if n == 0:
+        return LiveCounts(0, 0, 0, ingest_id)
+    lo, hi = frame["ts"].iloc[0], frame["ts"].iloc[-1]
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"bars:{symbol}:{timeframe}",))
+    conn.execute("SELECT smc_prepare_time_range('bars', %s, %s)", (lo, hi))
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS bars_stage (
+               ts timestamptz, open float8, high float8, low float8, close float8, volume float8, delta float8
+           ) ON COMMIT DELETE ROWS"""
+    )
+    conn.execute("DELETE FROM bars_stage")  # an earlier statement of this transaction may have staged rows
+    _copy_binary(conn, "bars_stage", _bar_fields(frame, bool(frame["delta"].notna().any())), n)
+    conflicting = _record_revisions(conn, symbol, timeframe, ingest_id, "live_conflict", applied=False,
+                                    source=source)
+    inserted = conn.execute(
+        f"""WITH written AS (
+                INSERT INTO bars (symbol, timeframe, ts, {', '.join(_VALUE_AND_DELTA)}, ingest_id)
+                SELECT %s, %s, ts, {', '.join(_VALUE_AND_DELTA)}, %s FROM bars_stage
+                ON CONFLICT (symbol, timeframe, ts) DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) FROM written""",
+        (symbol, timeframe, ingest_id),
+    ).fetchone()[0]
+    unchanged = n - inserted - conflicting
+    conn.execute(
+        """UPDATE ingest_log SET finished_at = now(), rows_inserted = %s, rows_unchanged = %s, rows_conflicting = %s
+           WHERE id = %s""", (inserted, unchanged, conflicting, ingest_id))
+    return LiveCounts(inserted, unchanged, conflicting, ingest_id)
+
+
+def _record_revisions(conn: psycopg.Connection, symbol: str, timeframe: str, ingest_id: int, kind: str, *,
+                      applied: bool, source: str | None = None) -> int:
+    """Keep every staged bar that differs from the stored one in ``bar_revisions``; returns how many differ.
+
+    ``source`` defaults to the ingest's own (its file)."""
+    values = ", ".join([f"b.{c} AS stored_{c}" for c in _VALUE_AND_DELTA]
+                       + [f"s.{c} AS incoming_{c}" for c in _VALUE_AND_DELTA])
+    columns = ", ".join([f"stored_{c}" for c in _VALUE_AND_DELTA] + [f"incoming_{c}" for c in _VALUE_AND_DELTA])
+    stored = ", ".join(f"b.{c}" for c in _VALUE_AND_DELTA)
+    staged = ", ".join(f"s.{c}" for c in _VALUE_AND_DELTA)
+    return int(conn.execute(
+        f"""WITH differing AS (
+                SELECT b.ts, b.ingest_id AS stored_ingest_id, {values}
+                FROM bars_stage s JOIN bars b ON b.symbol = %(symbol)s AND b.timeframe = %(timeframe)s AND b.ts = s.ts
+                WHERE ({stored}) IS DISTINCT FROM ({staged})
+            ), recorded AS (
+                INSERT INTO bar_revisions (symbol, timeframe, ts, kind, applied, source, stored_ingest_id,
+                                           incoming_ingest_id, {columns})
+                SELECT %(symbol)s, %(timeframe)s, ts, %(kind)s, %(applied)s,
+                       coalesce(%(source)s, (SELECT source FROM ingest_log WHERE id = %(ingest_id)s)),
+                       stored_ingest_id, %(ingest_id)s, {columns}
+                FROM differing
+                ON CONFLICT DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) FROM differing""",
+        {"symbol": symbol, "timeframe": timeframe, "kind": kind, "applied": applied, "source": source,
+         "ingest_id": ingest_id},
+    ).fetchone()[0])
 
 
 def file_sha256(path: Path) -> str:

@@ -31,6 +31,9 @@ class PolicyConfig:
     """Contracts at full size; half size is half of it (at least one)."""
     stop_atr: float = 1.5
     target_atr: float = 1.5
+    max_holding_bars: int | None = None
+    """Close a trade at the close of its ``max_holding_bars``-th bar; None: only the stop, the
+    target or the session close end it."""
 
     def __post_init__(self):
         if not 0 < self.half_threshold <= self.full_threshold <= 1:
@@ -40,6 +43,8 @@ class PolicyConfig:
             raise ConfigError(f"contracts must be >= 1, got {self.contracts}")
         if self.stop_atr <= 0 or self.target_atr <= 0:
             raise ConfigError(f"stop_atr and target_atr must be > 0, got {self.stop_atr} and {self.target_atr}")
+        if self.max_holding_bars is not None and self.max_holding_bars < 1:
+            raise ConfigError(f"max_holding_bars must be >= 1 or None, got {self.max_holding_bars}")
 
     def size_fraction(self, confidence: float) -> float:
         """1.0 at full confidence, 0.5 in the middle tier, 0.0 below the entry threshold."""

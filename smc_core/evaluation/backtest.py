@@ -131,6 +131,8 @@ def backtest(bars: pd.DataFrame, probabilities: np.ndarray, policy: PolicyConfig
                 close_position(i, max(open_[i], stop), "stop")
             elif position > 0 and high[i] >= target or position < 0 and low[i] <= target:
                 close_position(i, target, "target")
+            elif policy.max_holding_bars is not None and i - entry_index + 1 >= policy.max_holding_bars:
+                close_position(i, close[i], "time")
         last_of_session = i == n - 1 or session[i + 1] != session[i]
         if position and last_of_session:
             close_position(i, close[i], "session_close")

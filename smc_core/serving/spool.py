@@ -1,0 +1,264 @@
+"""Durable background writers: a bounded queue in memory, a bounded spool on disk, the database.
+
+Why: what the service receives (bars, prediction rows) must survive a database outage and
+a restart, yet ``/predict`` must never wait for a disk or a database. ``submit`` only puts
+on a bounded in-memory queue. One thread per writer takes batches off it: with the
+database up and nothing spooled it writes them directly; otherwise it appends the batch
+to the spool (one fsynced file per batch, named in order) and replays the spool oldest
+first once the database answers again, so rows reach the database in the order they
+arrived. Only a full queue or a full spool loses rows, and those are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("smc.serving.spool")
+
+_SEGMENT_SUFFIX = ".jsonl"
+
+
+class Spool:
+    """Append-only batches of JSON rows under one directory, bounded in bytes.
+
+    Each batch is written to a temporary file, fsynced and renamed to the next sequence
+    number: a crash leaves whole batches or none, and the names give the order.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob("*.tmp"):  # a batch a crash interrupted was never acknowledged
+            leftover.unlink()
+        segments = self.segments()
+        self._next = int(segments[-1].stem) + 1 if segments else 1
+        self.bytes = sum(segment.stat().st_size for segment in segments)
+        self.rows = sum(_line_count(segment) for segment in segments)
+
+    def segments(self) -> list[Path]:
+        """Spooled batches, oldest first."""
+        return sorted(self.directory.glob(f"*{_SEGMENT_SUFFIX}"))
+
+    def append(self, rows: Sequence[list]) -> bool:
+        """Spool one batch; False (nothing written) when it would exceed the size bound."""
+        data = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode()
+        if self.bytes + len(data) > self.max_bytes:
+            return False
+        final = self.directory / f"{self._next:012d}{_SEGMENT_SUFFIX}"
+        temporary = final.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.rename(final)
+        self._next += 1
+        self.bytes += len(data)
+        self.rows += len(rows)
+        return True
+
+    def read(self, segment: Path) -> list[list]:
+        with open(segment, "rb") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def remove(self, segment: Path, rows: int) -> None:
+        size = segment.stat().st_size
+        segment.unlink()
+        self.bytes -= size
+        self.rows -= rows
+
+    def quarantine(self, segment: Path, rows: int, reason: str) -> Path:
+        """Move a batch the database refuses for good out of the way (kept, never deleted)."""
+        target = self.directory / "refused" / segment.name
+        target.parent.mkdir(exist_ok=True)
+        size = segment.stat().st_size
+        segment.rename(target)
+        target.with_suffix(".reason").write_text(reason + "\n")
+        self.bytes -= size
+        self.rows -= rows
+        return target
+
+
+def _line_count(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    """Rows the database has (directly or replayed from the spool)."""
+    spooled: int = 0
+    """Rows that went through the spool because the database did not answer."""
+    dropped: int = 0
+    """Rows lost: the in-memory queue or the spool was full."""
+    refused: int = 0
+    """Rows the database refused for good (kept in the spool's ``refused`` folder)."""
+
+
+class DurableWriter:
+    """One sink (``write``) fed through a bounded queue, a bounded spool and a background thread.
+
+    ``encode``/``decode`` turn a row into JSON-safe values and back. ``write`` receives a
+    list of rows and must be atomic: it either stores all of them or raises. An error
+    that ``is_permanent`` judges permanent (the data itself is refused) quarantines the
+    batch instead of retrying it forever; anything else is taken as the database being away.
+    """
+
+    def __init__(self, name: str, write: Callable[[list], None], spool: Spool, *,
+                 encode: Callable[[object], list], decode: Callable[[list], object], capacity: int = 50_000,
+                 batch: int = 500, interval: float = 0.2, retry_seconds: float = 1.0,
+                 is_permanent: Callable[[Exception], bool] = lambda error: False,
+                 on_drop: Callable[[int, str], None] | None = None):
+        self.name, self._write, self.spool = name, write, spool
+        self._encode, self._decode, self._is_permanent = encode, decode, is_permanent
+        self.batch, self.interval, self.retry_seconds, self.on_drop = batch, interval, retry_seconds, on_drop
+        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self.stats = WriterStats()
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._next_loss_log = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"writer-{name}", daemon=True)
+
+    def start(self) -> "DurableWriter":
+        self._thread.start()
+        return self
+
+    def submit(self, row) -> None:
+        """Never blocks: a full queue drops the row (counted)."""
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self._drop(1, "in-memory queue full")
+
+    def pending(self) -> int:
+        """Rows not yet in the database: queued plus spooled."""
+        return self._queue.unfinished_tasks + self.spool.rows
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted so far is in the database (or dropped)."""
+        deadline = time.monotonic() + timeout
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.pending()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what can be written within ``timeout``; whatever is left stays spooled for the next start."""
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=timeout + 5)
+        rows = self._take(block=False)
+        while rows:  # the database is away: keep the rest on disk
+            self._to_spool(rows)
+            self._done(rows)
+            rows = self._take(block=False)
+
+    def health(self) -> dict:
+        return {"written": self.stats.written, "spooled": self.stats.spooled, "dropped": self.stats.dropped,
+                "refused": self.stats.refused, "spool_rows": self.spool.rows, "spool_bytes": self.spool.bytes,
+                "spool_limit_bytes": self.spool.max_bytes, "queued": self._queue.unfinished_tasks,
+                "last_error": self.last_error}
+
+    # --- the writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rows = self._take(block=True)
+            try:
+                if self.spool.rows or time.monotonic() < self._retry_at:
+                    if rows:  # behind what is spooled already: order is kept
+                        self._to_spool(rows)
+                    self._replay()
+                elif rows:
+                    self._write_fresh(rows)
+            finally:
+                self._done(rows)
+
+    def _take(self, block: bool) -> list:
+        rows = []
+        try:
+            rows.append(self._queue.get(timeout=self.interval) if block else self._queue.get_nowait())
+        except queue.Empty:
+            return rows
+        while len(rows) < self.batch:
+            try:
+                rows.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return rows
+
+    def _done(self, rows: list) -> None:
+        for _ in rows:
+            self._queue.task_done()
+
+    def _write_fresh(self, rows: list) -> None:
+        try:
+            self._write(rows)
+            self.stats.written += len(rows)
+            self.last_error = None
+        except Exception as error:
+            if not self._is_permanent(error):  # a permanent refusal is quarantined by the replay
+                self._unavailable(error)
+            self._to_spool(rows)
+            self._replay()
+
+    def _to_spool(self, rows: list) -> None:
+        try:
+            if self.spool.append([self._encode(row) for row in rows]):
+                self.stats.spooled += len(rows)
+            else:
+                self._drop(len(rows), f"spool full ({self.spool.bytes} of {self.spool.max_bytes} bytes)")
+        except OSError as error:
+            self._drop(len(rows), f"spool unwritable: {error}")
+
+    def _replay(self) -> None:
+        """Write spooled batches oldest first until the spool is empty or the database fails."""
+        if time.monotonic() < self._retry_at:
+            return
+        for segment in self.spool.segments():
+            if self._stop.is_set():
+                return
+            encoded = self.spool.read(segment)
+            try:
+                self._write([self._decode(row) for row in encoded])
+            except Exception as error:
+                if self._is_permanent(error):
+                    where = self.spool.quarantine(segment, len(encoded), f"{type(error).__name__}: {error}")
+                    self.stats.refused += len(encoded)
+                    log.error("%s: the database refused %d spooled row(s) for good; kept in %s: %s", self.name,
+                              len(encoded), where, error)
+                    continue
+                self._unavailable(error)
+                return
+            self.spool.remove(segment, len(encoded))
+            self.stats.written += len(encoded)
+            if self.last_error is not None:
+                log.warning("%s: database back; replaying the spool", self.name)
+            self.last_error = None
+        if not self.spool.rows:
+            self._retry_at = 0.0
+
+    def _unavailable(self, error: Exception) -> None:
+        if self.last_error is None:  # said once per outage, not on every retry
+            log.warning("%s: database unavailable, spooling to %s (%s: %s)", self.name, self.spool.directory,
+                        type(error).__name__, str(error).strip()[:300])
+        self.last_error = f"{type(error).__name__}: {str(error).strip()}"[:500]
+        self._retry_at = time.monotonic() + self.retry_seconds
+
+    def _drop(self, count: int, reason: str) -> None:
+        self.stats.dropped += count
+        now = time.monotonic()
+        if now >= self._next_loss_log:  # once every 10 s, with the running total: never a log flood
+            log.error("%s: %d row(s) lost so far: %s", self.name, self.stats.dropped, reason)
+            self._next_loss_log = now + 10.0
+        if self.on_drop is not None:
+            self.on_drop(count, reason)
