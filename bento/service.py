@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for `bentoml serve`
 
-from smc_core.serving.request import PredictRequest, RequestError  # noqa: E402
+from smc_core.serving.request import BarsUpload, PredictRequest, RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 
 app = FastAPI(title="SMC predictor", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -34,6 +34,9 @@ json_log = logging.getLogger("smc.requests")
 # Predictions run one at a time on one thread: the model is a few ms of single-threaded
 # torch, and a second compute thread only contends (measured: ~10x slower with 2 threads).
 _compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+# Uploads wait for the database: they must never hold up the compute thread.
+_uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
+UPLOAD_DEADLINE_S = 120.0
 
 
 class Metrics:
@@ -52,8 +55,12 @@ class Metrics:
         self.mismatches = bentoml.metrics.Counter(name="smc_indicator_mismatches_total",
                                                   documentation="Client-sent indicator values differing from the server's",
                                                   labelnames=["feature"])
-        self.dropped = bentoml.metrics.Counter(name="smc_prediction_log_dropped_total",
-                                               documentation="Prediction log rows dropped (queue full or database down)")
+        self.lost = bentoml.metrics.Counter(name="smc_rows_lost_total",
+                                            documentation="Received bars or prediction rows lost: the in-memory queue "
+                                                          "or the disk spool was full while the database was away")
+        self.conflicts = bentoml.metrics.Counter(name="smc_bar_conflicts_total",
+                                                 documentation="Received bars whose values differ from the stored bar "
+                                                               "(kept in bar_revisions, never written over it)")
         self.reloads = bentoml.metrics.Counter(name="smc_model_reloads_total", documentation="Model reloads",
                                                labelnames=["result"])
         self.info = bentoml.metrics.Gauge(name="smc_model_info", documentation="1 for the model version being served",
@@ -66,8 +73,11 @@ class Metrics:
         for feature, count in mismatches.items():
             self.mismatches.labels(feature=feature).inc(count)
 
-    def log_dropped(self, count: int) -> None:
-        self.dropped.inc(count)
+    def rows_lost(self, count: int) -> None:
+        self.lost.inc(count)
+
+    def bar_conflicts(self, count: int) -> None:
+        self.conflicts.inc(count)
 
     def model(self, version, reloaded) -> None:
         if reloaded is not None:
@@ -88,22 +98,26 @@ def _runtime() -> Runtime:
     return app.state.runtime
 
 
-async def _respond(request: Request, endpoint: str, admin: bool, work, needs_body: bool = True) -> JSONResponse:
-    """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line."""
+async def _respond(request: Request, endpoint: str, admin: bool, work, needs_body: bool = True,
+                   upload: bool = False) -> JSONResponse:
+    """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
+
+    ``upload``: bulk bars, with their own size limit and deadline, on the upload threads."""
     started = time.perf_counter()
     runtime = _runtime()
+    settings = runtime.settings
+    limit = settings.upload_max_bytes if upload else settings.max_body_bytes
     body: dict = {}
     try:
         key = request.headers.get("x-admin-key" if admin else "x-api-key")
         runtime.authorize(key, admin=admin)
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > runtime.settings.max_body_bytes:
-            raise RequestError(413, "request body too large", {"limit_bytes": runtime.settings.max_body_bytes,
-                                                               "received_bytes": int(length)})
+        if length and length.isdigit() and int(length) > limit:
+            raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": int(length)})
         raw = await request.body()
-        payload = parse_json(raw, runtime.settings.max_body_bytes) if needs_body else None
-        future = asyncio.get_running_loop().run_in_executor(_compute, work, payload, started)
-        budget = runtime.settings.timeout_ms / 1000
+        payload = parse_json(raw, limit) if needs_body else None
+        future = asyncio.get_running_loop().run_in_executor(_uploads if upload else _compute, work, payload, started)
+        budget = UPLOAD_DEADLINE_S if upload else settings.timeout_ms / 1000
         try:
             body = await asyncio.wait_for(future, timeout=max(budget - (time.perf_counter() - started), 0))
         except asyncio.TimeoutError:
@@ -135,7 +149,8 @@ def _body(schema: dict) -> dict:
 
 
 _PREDICT_SCHEMA = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-_DEFINITIONS = _PREDICT_SCHEMA.pop("$defs", {})
+_UPLOAD_SCHEMA = BarsUpload.model_json_schema(ref_template="#/components/schemas/{model}")
+_DEFINITIONS = {**_PREDICT_SCHEMA.pop("$defs", {}), **_UPLOAD_SCHEMA.pop("$defs", {})}
 
 
 def _openapi() -> dict:
@@ -145,7 +160,7 @@ def _openapi() -> dict:
 
         document = get_openapi(title=app.title, version="1", routes=app.routes)
         document.setdefault("components", {}).setdefault("schemas", {}).update(
-            {**_DEFINITIONS, "PredictRequest": _PREDICT_SCHEMA})
+            {**_DEFINITIONS, "PredictRequest": _PREDICT_SCHEMA, "BarsUpload": _UPLOAD_SCHEMA})
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -179,6 +194,14 @@ async def predict_batch(request: Request) -> JSONResponse:
         return {"results": results, "processing_time_ms": (time.perf_counter() - started) * 1000}
 
     return await _respond(request, "predict_batch", False, work)
+
+
+@app.post("/bars", openapi_extra=_body({"$ref": "#/components/schemas/BarsUpload"}))
+async def upload_bars(request: Request) -> JSONResponse:
+    """Bulk bars of one series (a strategy's history at start-up, any other feed): validated like a
+    file ingest, stored in one transaction, never written over a stored bar."""
+    return await _respond(request, "bars", False, lambda payload, started: _runtime().upload_bars(payload),
+                          upload=True)
 
 
 @app.post("/admin/reload")

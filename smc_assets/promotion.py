@@ -7,6 +7,7 @@ out of sample never reaches the alias the service follows. Every decision is rec
 """
 
 import json
+from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ from smc_core.outcomes import live_summary, resolve_outcomes
 from smc_core.promotion import (CHALLENGER, CHAMPION, end_shadow, entry_threshold_of, promote, record_trials, refuse,
                                 rollback, shadow_state, shadow_verdict, start_shadow, trial_sharpes)
 from smc_core.registry import MODEL_NAME, alias_version, package_path
+from smc_core.risk import RiskTerms
 from smc_core.store import load_bars, read_features
 
 GATES = ("deflated_sharpe", "pbo", "spa", "versus_champion", "calibration", "latency")
@@ -177,6 +179,7 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
             "version": version,
             "verdict": "passed" if evaluation.passed else "refused",
             "selected_threshold": evaluation.selected_threshold,
+            "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, walk_config.instrument))),
             "gates": MetadataValue.md(gate_markdown(gates)),
             "backtest": MetadataValue.md(_backtest_markdown(metrics, rival, evaluation)),
             "equity": MetadataValue.md(image_markdown(chart)),
@@ -192,6 +195,12 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
             for gate in evaluation.gates
         ],
     )
+
+
+def _risk_terms(evaluation_metadata: dict) -> RiskTerms | None:
+    """The stop/target terms the challenger was evaluated with (absent on evaluations made before they were kept)."""
+    terms = evaluation_metadata.get("risk_terms")
+    return RiskTerms(**terms) if terms else None
 
 
 class ChampionConfig(Config):
@@ -223,13 +232,14 @@ def champion(context: AssetExecutionContext, config: ChampionConfig) -> Material
         until = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=hours)
         start_shadow(db, version, f"all gates passed; in shadow for {hours:g} h", until=until,
                      entry_threshold=meta["selected_threshold"], gates=meta["gate_results"],
-                     metrics={"challenger": meta["metrics"]}, dagster_run_id=context.run.run_id)
+                     metrics={"challenger": meta["metrics"]}, dagster_run_id=context.run.run_id,
+                     risk=_risk_terms(meta))
         context.log.info(f"{MODEL_NAME}/{version} serves in shadow until {until} (champion unchanged)")
         return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{alias_version(CHAMPION)}",
                                            "shadow": f"{MODEL_NAME}/{version}", "shadow_until": until.isoformat()})
     before = promote(db, version, "all gates passed", entry_threshold=meta["selected_threshold"],
                      gates=meta["gate_results"], metrics={"challenger": meta["metrics"]},
-                     dagster_run_id=context.run.run_id)
+                     dagster_run_id=context.run.run_id, risk=_risk_terms(meta))
     context.log.info(f"{MODEL_NAME}/{version} is champion (previous: {before or 'none'})")
     return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{version}", "previous": before or "none",
                                        "entry_threshold": meta["selected_threshold"]})

@@ -16,6 +16,7 @@ from smc_core.db import Database
 from smc_core.errors import SmcError
 from smc_core.jsonable import plain
 from smc_core.registry import MODEL_NAME, alias_version
+from smc_core.risk import RiskTerms
 
 CHAMPION, PREVIOUS, CHALLENGER, SHADOW = "champion", "previous", "challenger", "shadow"
 ENTRY_THRESHOLD_TAG = "entry_threshold"
@@ -41,14 +42,14 @@ def record_decision(db: Database, decision: str, version: str, reason: str, *, c
 
 def promote(db: Database, version: str, reason: str, *, entry_threshold: float | None = None,
             gates: list[dict] | None = None, metrics: dict | None = None, dagster_run_id: str | None = None,
-            name: str = MODEL_NAME) -> str | None:
-    """``previous`` ← current champion, ``champion`` ← ``version``; returns the old champion."""
+            name: str = MODEL_NAME, risk: RiskTerms | None = None) -> str | None:
+    """``previous`` ← current champion, ``champion`` ← ``version``; returns the old champion.
+    ``risk``: the stop/target terms the version was evaluated with, which its answers carry."""
     import mlflow
 
     client = mlflow.MlflowClient()
     before = alias_version(CHAMPION, name=name)
-    if entry_threshold is not None:
-        client.set_model_version_tag(name, version, ENTRY_THRESHOLD_TAG, str(entry_threshold))
+    _record_terms(client, name, version, entry_threshold, risk)
     if before is not None and before != version:
         client.set_registered_model_alias(name, PREVIOUS, before)
     client.set_registered_model_alias(name, CHAMPION, version)
@@ -59,18 +60,25 @@ def promote(db: Database, version: str, reason: str, *, entry_threshold: float |
 
 def start_shadow(db: Database, version: str, reason: str, *, until, entry_threshold: float | None = None,
                  gates: list[dict] | None = None, metrics: dict | None = None, dagster_run_id: str | None = None,
-                 name: str = MODEL_NAME) -> None:
+                 name: str = MODEL_NAME, risk: RiskTerms | None = None) -> None:
     """Gates passed, promotion deferred: ``shadow`` ← ``version`` until ``until`` (a UTC time)."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    if entry_threshold is not None:
-        client.set_model_version_tag(name, version, ENTRY_THRESHOLD_TAG, str(entry_threshold))
+    _record_terms(client, name, version, entry_threshold, risk)
     client.set_registered_model_alias(name, SHADOW, version)
     champion = alias_version(CHAMPION, name=name)
     record_decision(db, "shadow", version, reason, champion_before=champion, champion_after=champion, gates=gates,
                     metrics={**(metrics or {}), "shadow_until": until.isoformat()}, dagster_run_id=dagster_run_id,
                     name=name)
+
+
+def _record_terms(client, name: str, version: str, entry_threshold: float | None, risk: RiskTerms | None) -> None:
+    """What the service trades with this version: its entry threshold and risk terms, as version tags."""
+    if entry_threshold is not None:
+        client.set_model_version_tag(name, version, ENTRY_THRESHOLD_TAG, str(entry_threshold))
+    for key, value in (risk.to_tags() if risk is not None else {}).items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 def shadow_state(db: Database, name: str = MODEL_NAME) -> dict | None:
@@ -143,6 +151,13 @@ def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MOD
     record_decision(db, "rollback", previous, f"rolled back from version {current} to {previous}",
                     champion_before=current, champion_after=previous, dagster_run_id=dagster_run_id, name=name)
     return current, previous
+
+
+def risk_terms_of(version: str, name: str = MODEL_NAME) -> RiskTerms | None:
+    """The risk terms recorded when ``version`` was promoted (None before they were recorded)."""
+    import mlflow
+
+    return RiskTerms.from_tags(mlflow.MlflowClient().get_model_version(name, version).tags)
 
 
 def entry_threshold_of(version: str, name: str = MODEL_NAME) -> float | None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,73 @@ class Server:
         self.client.close()
         terminate(self.process)
         self.log.close()
+
+
+class DatabaseProxy:
+    """A TCP forwarder in front of PostgreSQL. ``cut()`` refuses new connections and resets every
+    open one, which is what a client sees when the server stops; ``restore()`` listens again on
+    the same port. The machine's shared server is never touched."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        info = psycopg.conninfo.conninfo_to_dict(url)
+        self.target = (info.get("host") or "127.0.0.1", int(info.get("port") or 5432))
+        self.port = free_port()
+        self.url = psycopg.conninfo.make_conninfo(url, host="127.0.0.1", port=str(self.port))
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def restore(self) -> "DatabaseProxy":
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which lets go of the port
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:  # shutdown first: close() alone leaves a socket open under a thread blocked in recv
+            for step in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+                try:
+                    step()
+                except OSError:
+                    pass
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.close()
+                except OSError:
+                    pass

@@ -72,7 +72,6 @@ def _broken(market, change):
     (lambda p: p["context_bars"][0].update(time_utc="0001-01-01T00:00:00+01:00"), "context_bars[0].time_utc",
      "no UTC representation"),  # found by schemathesis: was a 500
     (lambda p: p["current_bar"].update(time_utc="2999-01-01T00:00:00Z"), "current_bar.time_utc", "lies outside"),
-    (lambda p: p.update(context_bars=p["context_bars"][-30:]), "context_bars", "at least 49"),
 ])
 def test_impossible_requests_get_422_with_the_field_path(server, market, change, path, words):
     response = server.client.post("/predict", content=json.dumps(_broken(market, change)).encode(),
@@ -172,11 +171,13 @@ def test_timeouts_rate_limits_and_a_database_outage(degraded, market):
     assert codes[:3] == [504, 504, 504] and 429 in codes[3:]
     assert answers[0].json()["details"] == {"timeout_ms": 1.0}
     assert answers[-1].json()["error"] == "rate limit exceeded"
-    deadline = time.monotonic() + 20  # the timed-out predictions finish and their log rows are dropped
-    while time.monotonic() < deadline and not degraded.client.get("/health").json()["prediction_log"]["dropped"]:
+    deadline = time.monotonic() + 20  # the timed-out predictions finish; their log rows wait in the spool
+    while time.monotonic() < deadline and not degraded.client.get("/health").json()["prediction_log"]["spooled"]:
         time.sleep(0.5)
-    assert degraded.client.get("/health").json()["prediction_log"]["dropped"] >= 1
-    assert "smc_prediction_log_dropped_total" in degraded.client.get("/metrics").text
+    health = degraded.client.get("/health").json()
+    assert health["prediction_log"]["spooled"] >= 1 and health["prediction_log"]["dropped"] == 0
+    assert health["storage"] == "spooling"
+    assert "smc_rows_lost_total" in degraded.client.get("/metrics").text
 
 
 def test_not_ready_without_a_model(tmp_path_factory, market):

@@ -324,9 +324,10 @@ def _check_base_fits(base: PretrainedBase, catalogue: FeatureCatalogue) -> None:
 
 
 def train_small_package(path, bars: dict, *, epochs: int = 1, lineage: dict | None = None,
-                        catalogue: FeatureCatalogue | None = None):
+                        catalogue: FeatureCatalogue | None = None, timeframe: str = "1m"):
     """A real, quickly trained LoRA package from raw bars (default horizon, all defaults but
-    ``epochs``): what tests, benchmarks and local trials need when no registry model exists."""
+    ``epochs``): what tests, benchmarks and local trials need when no registry model exists.
+    ``bars`` maps symbol → bars of ``timeframe``."""
     from smc_core.dataset import from_bars
     from smc_core.features import CATALOGUE
     from smc_core.labels import Horizon
@@ -337,6 +338,7 @@ def train_small_package(path, bars: dict, *, epochs: int = 1, lineage: dict | No
     base = pretrain_base(data, catalogue, BaseConfig(train=TrainConfig(epochs=epochs)))
     run = train_lora_run(data, base, catalogue, RunConfig(baselines=(), train=TrainConfig(epochs=epochs)))
     return save_package(path, run.model, run.spec, run.backbone_config, run.calibration.temperature,
-                        lineage or {"model_version": "local", "data": {**run.facts, "horizon": Horizon().name}},
+                        lineage or {"model_version": "local", "data": {**run.facts, "horizon": Horizon().name,
+                                                                       "symbols": sorted(bars), "timeframe": timeframe}},
                         run.reference,
                         reference_probabilities=run.calibration.probs)

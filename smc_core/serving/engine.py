@@ -12,21 +12,49 @@ import logging
 import threading
 import time
 import uuid
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from smc_core.errors import SmcError
+from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE, feature_matrix
 from smc_core.model import Predictor, load_package
 from smc_core.policy import PolicyConfig
+from smc_core.risk import RiskTerms
 from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest, RequestError
+from smc_core.timeframe import parse_timeframe
 
 log = logging.getLogger("smc.serving")
 
 ATR_TOLERANCE = 1e-6
+_ATR = CATALOGUE.names.index("atr")
+
+
+@dataclass(frozen=True)
+class ModelTerms:
+    """What a model accepts and what its answers tell the strategy to trade."""
+
+    timeframe: str
+    """The bar timeframe it was trained on (``lineage.json``), e.g. ``1m``."""
+    width_ns: int
+    symbols: frozenset[str]
+    """Symbols it serves: ALLOWED_SYMBOLS, else those it was trained on."""
+    risk: RiskTerms
+
+    @classmethod
+    def of(cls, lineage: dict, allowed_symbols: frozenset[str] | None, risk: RiskTerms) -> "ModelTerms":
+        data = lineage.get("data") or {}
+        timeframe = data.get("timeframe")
+        if not timeframe:
+            raise SmcError("the package's lineage.json names no data.timeframe: requests could not be checked "
+                           "against it (retrain, or add it)")
+        symbols = allowed_symbols if allowed_symbols is not None else frozenset(data.get("symbols") or ())
+        if not symbols:
+            raise ConfigError("the package's lineage names no symbols: set ALLOWED_SYMBOLS to the symbols to serve")
+        return cls(timeframe, parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000, symbols, risk)
 
 
 @dataclass
@@ -37,6 +65,7 @@ class LoadedModel:
     path: Path
     entry_threshold: float | None
     """The threshold the version was promoted with (registry tag), if any."""
+    terms: ModelTerms
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -44,9 +73,14 @@ class LoadedModel:
         return self.predictor.spec.required_rows
 
 
-def load_model(path: Path, version: str, entry_threshold: float | None = None, threads: int = 1) -> LoadedModel:
-    """Load, verify and warm up a package; anything wrong raises before it could serve."""
+def load_model(path: Path, version: str, entry_threshold: float | None = None, threads: int = 1,
+               allowed_symbols: frozenset[str] | None = None, risk: RiskTerms | None = None) -> LoadedModel:
+    """Load, verify and warm up a package; anything wrong raises before it could serve.
+
+    ``risk``: the terms recorded when the version was promoted; a package served by path
+    (not promoted) trades the project's default terms."""
     predictor = Predictor(load_package(Path(path)), threads=threads)
+    terms = ModelTerms.of(predictor.package.lineage, allowed_symbols, risk or RiskTerms())
     spec = predictor.spec
     if spec.feature_set_version != CATALOGUE.version or tuple(spec.feature_names) != tuple(CATALOGUE.names):
         raise SmcError(f"model {version} was trained on feature set {spec.feature_set_version}; this service "
@@ -56,7 +90,7 @@ def load_model(path: Path, version: str, entry_threshold: float | None = None, t
         probabilities = predictor.predict_rows(rows)
     if not (np.isfinite(probabilities).all() and abs(probabilities.sum() - 1) < 1e-6):
         raise SmcError(f"model {version} returned invalid probabilities on its own reference sample")
-    return LoadedModel(predictor, version, Path(path), entry_threshold)
+    return LoadedModel(predictor, version, Path(path), entry_threshold, terms)
 
 
 class ModelSlot:
@@ -146,17 +180,22 @@ class Prediction:
 
 
 def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, started: float,
-            request_id: str | None = None) -> Prediction:
-    """Features from the request's bars (the training code), calibrated probabilities, the tier."""
-    rows = feature_matrix(request.columns())
+            request_id: str | None = None, columns: dict | None = None) -> Prediction:
+    """Features from the request's bars (the training code), calibrated probabilities, the tier,
+    and the risk block from the server's own ATR."""
+    columns = request.columns() if columns is None else columns
+    rows = feature_matrix(columns)
+    stored = len(rows) - len(request.bars)  # bars completed from the store come first
     length = model.predictor.spec.sequence_length
     window = rows[-length:]
     bad = np.argwhere(~np.isfinite(window))
     if len(bad):  # degenerate bars (e.g. a flat, zero-range stretch) leave a feature undefined
         row, column = (int(i) for i in bad[0])
-        position = len(request.bars) - length + row
+        position = len(rows) - length + row - stored
+        where = ("current_bar" if position == len(request.bars) - 1 else f"context_bars[{position}]" if position >= 0
+                 else "context_bars (the stored bars completing the request)")
         raise RequestError(422, "bars cannot be used", {"errors": [{
-            "path": "current_bar" if position == len(request.bars) - 1 else f"context_bars[{position}]",
+            "path": where,
             "message": f"feature {CATALOGUE.names[column]!r} is undefined at this bar; the model needs it finite"}]})
     probabilities = model.predictor.predict_rows(window)
     labels = model.predictor.labels
@@ -173,9 +212,10 @@ def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, s
         "position_size": size,
         "raw_label": labels[best],
         "threshold": policy.half_threshold,
+        "risk": model.terms.risk.block(float(columns["close"][-1]), float(rows[-1, _ATR]), label),
         "processing_time_ms": (time.perf_counter() - started) * 1000,
     }
-    return Prediction(body, rows[-1], compare_indicators(request, rows))
+    return Prediction(body, rows[-1], compare_indicators(request, rows[stored:]))
 
 
 def compare_indicators(request: PredictRequest, rows: np.ndarray) -> dict[str, int]:

@@ -1,94 +1,74 @@
-"""The prediction log: a bounded queue drained by one background thread with batched COPY.
+"""The prediction log: every answer (and every shadow answer) with its feature vector, kept.
 
-Why this shape: ``/predict`` must never wait for the database. ``submit`` only appends to a
-bounded queue (never blocks); a full queue, or a batch the database refuses, is dropped and
-counted, so an outage costs log rows, never latency or errors for the trader.
+Why this shape: ``/predict`` must never wait for the database and no row may be lost to an
+outage. Rows go through a ``DurableWriter`` (bounded queue, on-disk spool, one background
+thread); the database write is idempotent (the key is the decision bar, request id and
+shadow flag), so a batch replayed after an acknowledgement was lost is harmless.
 """
 
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-import time
-from typing import Callable
+from datetime import datetime
 
-from smc_core.db import Database
+import psycopg
 
-log = logging.getLogger("smc.serving.log")
+from smc_core.db import DirectConnection
+from smc_core.serving.spool import DurableWriter, Spool
 
 COLUMNS = ("ts", "request_id", "shadow", "logged_at", "symbol", "timeframe", "model_version", "label", "raw_label",
            "confidence", "p_long", "p_short", "p_skip", "position_size", "latency_ms", "features", "feature_set")
+_TIMES = tuple(COLUMNS.index(c) for c in ("ts", "logged_at"))
+WRITE_TIMEOUT_S = 2.0
+"""How long a request-path-adjacent database call (an upload, a warm-up read) waits for a pooled connection."""
 
 
-class PredictionLog:
-    def __init__(self, database: Callable[[], Database], capacity: int = 10_000, batch: int = 500,
-                 interval: float = 0.2, on_drop: Callable[[int, str], None] | None = None):
-        self._database, self._queue = database, queue.Queue(maxsize=capacity)
-        self.batch, self.interval, self.on_drop = batch, interval, on_drop
-        self.written = 0
-        self.dropped = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+def permanent(error: Exception) -> bool:
+    """Errors about the rows themselves, which no retry will fix (anything else: the database is away)."""
+    return isinstance(error, (psycopg.errors.DataError, psycopg.errors.IntegrityError))
 
-    def start(self) -> "PredictionLog":
-        self._thread.start()
-        return self
 
-    def submit(self, row: dict) -> None:
-        try:
-            self._queue.put_nowait(tuple(row[c] for c in COLUMNS))
-        except queue.Full:
-            self._dropped(1, "queue full")
+def direct_connection(database) -> DirectConnection:
+    """A writer's own connection to ``database`` (a Database, or a callable giving one lazily)."""
+    resolve = database if callable(database) else (lambda: database)
+    return DirectConnection(lambda: resolve().url)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written or dropped (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self._queue.unfinished_tasks
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def prediction_writer(database, spool: Spool, **options) -> DurableWriter:
+    """The prediction log: submit ``prediction_row`` tuples; ``database`` as in ``direct_connection``."""
+    connection = direct_connection(database)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            rows = self._take()
-            if rows:
-                try:
-                    self._write(rows)
-                    self.written += len(rows)
-                except Exception as error:  # database down or refusing: count, keep serving
-                    self._dropped(len(rows), f"{type(error).__name__}: {error}")
-                    self._stop.wait(1.0)
-                finally:
-                    for _ in rows:
-                        self._queue.task_done()
+    def write(rows: list[tuple]) -> None:
+        with connection.transaction() as conn:
+            write_predictions(conn, rows)
 
-    def _take(self) -> list[tuple]:
-        try:
-            rows = [self._queue.get(timeout=self.interval)]
-        except queue.Empty:
-            return []
-        while len(rows) < self.batch:
-            try:
-                rows.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return rows
+    return DurableWriter("prediction-log", write, spool, encode=_encode, decode=_decode, is_permanent=permanent,
+                         **options)
 
-    def _write(self, rows: list[tuple]) -> None:
-        db = self._database()
-        times = [row[0] for row in rows]
-        with db.connection() as conn:
-            conn.execute("SELECT smc_prepare_time_range('predictions', %s, %s)", (min(times), max(times)))
-            with conn.cursor().copy(f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
 
-    def _dropped(self, count: int, reason: str) -> None:
-        self.dropped += count
-        log.warning("prediction log dropped %d row(s): %s", count, reason)
-        if self.on_drop is not None:
-            self.on_drop(count, reason)
+def prediction_row(values: dict) -> tuple:
+    return tuple(values[c] for c in COLUMNS)
+
+
+def write_predictions(conn: psycopg.Connection, rows: list[tuple]) -> None:
+    """Insert prediction rows inside the caller's transaction; rows already stored are left alone."""
+    times = [row[0] for row in rows]
+    conn.execute("SELECT smc_prepare_time_range('predictions', %s, %s)", (min(times), max(times)))
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS predictions_stage (LIKE predictions) ON COMMIT DELETE ROWS")
+    with conn.cursor().copy(f"COPY predictions_stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    conn.execute(f"INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} "
+                 f"FROM predictions_stage ON CONFLICT DO NOTHING")
+
+
+def _encode(row: tuple) -> list:
+    values = list(row)
+    for i in _TIMES:
+        values[i] = values[i].isoformat()
+    return values
+
+
+def _decode(values: list) -> tuple:
+    for i in _TIMES:
+        values[i] = datetime.fromisoformat(values[i])
+    return tuple(values)

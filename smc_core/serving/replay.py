@@ -55,6 +55,7 @@ def replay(bars: pd.DataFrame, first: int, predict: Callable[[dict], dict], *, s
     if first < context - 1:
         raise ValueError(f"the first replayed bar needs {context - 1} bars before it; it is row {first}")
     probabilities = np.full((len(bars), 3), np.nan)
+    served_atr = np.full(len(bars), np.nan)
     signals = {"long": 0, "short": 0, "skip": 0}
     latencies, versions, threshold = [], set(), None
     for row in range(first, len(bars)):
@@ -65,10 +66,12 @@ def replay(bars: pd.DataFrame, first: int, predict: Callable[[dict], dict], *, s
         versions.add(answer["model_version"])
         threshold = answer.get("threshold", threshold)
         probabilities[row] = [answer["probabilities"][k] for k in ("long", "short", "skip")]
+        served_atr[row] = answer["risk"]["atr"]
         if progress is not None:
             progress(row - first + 1, len(bars) - first)
-    traded = bars.assign(atr=compute_features(bars)["atr"].to_numpy(),
-                         session=calendar.trading_day_of(bars["ts"]).astype("int64"))
+    # stops and targets from the ATR the service sent in each answer's risk block, as the strategy trades them
+    atr = np.where(np.isnan(served_atr), compute_features(bars)["atr"].to_numpy(), served_atr)
+    traded = bars.assign(atr=atr, session=calendar.trading_day_of(bars["ts"]).astype("int64"))
     policy = PolicyConfig(half_threshold=threshold or 0.55, full_threshold=max(threshold or 0.55, 0.70))
     result = backtest(traded.iloc[first:].reset_index(drop=True), probabilities[first:], policy, instrument)
     return ReplayReport(len(latencies), signals, np.array(latencies), result, versions)

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from smc_core.errors import ConfigError
+from smc_core.timeframe import parse_timeframe
+
 MAX_PRICE = 1e9     # no futures contract trades above; keeps every derived feature finite
 MAX_VOLUME = 1e12
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -112,6 +115,26 @@ class PredictRequest(BaseModel):
         }
 
 
+class UploadBar(BaseModel):
+    """One bar of ``POST /bars`` (the /predict bar without indicators)."""
+
+    time_utc: datetime
+    o: float = Field(gt=0, le=MAX_PRICE)
+    h: float = Field(gt=0, le=MAX_PRICE)
+    l: float = Field(gt=0, le=MAX_PRICE)  # noqa: E741
+    c: float = Field(gt=0, le=MAX_PRICE)
+    volume: float = Field(ge=0, le=MAX_VOLUME)
+    delta: Optional[float] = None
+
+
+class BarsUpload(BaseModel):
+    """``POST /bars``: bars of one series; validated like a file ingest (the document only describes it)."""
+
+    symbol: str = Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
+    timeframe: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", examples=["1m"])
+    bars: list[UploadBar] = Field(min_length=1)
+
+
 class RequestError(Exception):
     """A request that cannot be served: ``status`` (400/422) and the error body's parts."""
 
@@ -120,21 +143,69 @@ class RequestError(Exception):
         self.status, self.error, self.details = status, error, details
 
 
-def parse_request(payload: object, required_bars: int) -> PredictRequest:
+def parse_request(payload: object) -> PredictRequest:
     """A validated request, or RequestError(422) listing every field error with its path."""
     try:
-        request = PredictRequest.model_validate(payload)
+        return PredictRequest.model_validate(payload)
     except ValidationError as error:
         raise RequestError(422, "request validation failed", {"errors": [
             {"path": field_path(item["loc"]), "message": item["msg"].removeprefix("Value error, ")}
             for item in error.errors(include_url=False)]}) from None
-    have = len(request.bars)
-    if have < required_bars:
-        raise RequestError(422, "too few bars", {"errors": [{
-            "path": "context_bars",
-            "message": f"{have} bars sent (context_bars + current_bar); the model needs at least {required_bars} "
-                       f"(sequence length + longest feature lookback - 1)"}], "minimum_bars": required_bars})
-    return request
+
+
+def check_against_model(request: PredictRequest, stamps_ns: np.ndarray, timeframe: str, width_ns: int,
+                        symbols: frozenset[str]) -> None:
+    """422 naming the mismatch when a request is not for this model: its timeframe, its bars'
+    spacing (a 5-minute chart sent as ``1m``), or a symbol the model does not serve."""
+    meta = request.metadata
+    try:
+        sent = parse_timeframe(meta.timeframe) // timedelta(microseconds=1) * 1000
+    except ConfigError as error:
+        raise _mismatch("metadata.timeframe", str(error))
+    if sent != width_ns:
+        raise _mismatch("metadata.timeframe", f"the model serves {timeframe} bars; this request is for "
+                                              f"{meta.timeframe}")
+    if meta.symbol not in symbols:
+        raise _mismatch("metadata.symbol", f"{meta.symbol!r} is not served by this model: it serves "
+                                           f"{', '.join(sorted(symbols))} (ALLOWED_SYMBOLS)")
+    off_grid = np.flatnonzero(stamps_ns % width_ns)
+    if len(off_grid):
+        i = int(off_grid[0])
+        raise _mismatch(_bar_path(i, len(stamps_ns)), f"time_utc {_iso(stamps_ns[i])} is not on the {timeframe} "
+                                                       f"bar grid (bars are stamped with their close)")
+    if len(stamps_ns) > 1:
+        steps = np.diff(stamps_ns)
+        uneven = np.flatnonzero(steps % width_ns)
+        if len(uneven):
+            i = int(uneven[0]) + 1
+            raise _mismatch(_bar_path(i, len(stamps_ns)), f"is {steps[i - 1] / 60e9:g} min after the bar before it: "
+                                                          f"not a whole number of {timeframe} bars")
+        typical = int(np.median(steps))
+        if typical != width_ns:
+            raise _mismatch("context_bars", f"the bars are {typical / 60e9:g} min apart (median): this is not a "
+                                            f"{timeframe} series")
+
+
+def too_few_bars(have: int, from_store: int, required: int) -> RequestError:
+    missing = required - have - from_store
+    stored = f" and {from_store} contiguous stored bar(s)" if from_store else ""
+    return RequestError(422, "too few bars", {"errors": [{
+        "path": "context_bars",
+        "message": f"{have} bars sent (context_bars + current_bar){stored}; the model needs {required} "
+                   f"(sequence length + longest feature lookback - 1): send {missing} more"}],
+        "minimum_bars": required, "missing_bars": missing})
+
+
+def _mismatch(path: str, message: str) -> RequestError:
+    return RequestError(422, "request does not match the model", {"errors": [{"path": path, "message": message}]})
+
+
+def _bar_path(index: int, count: int) -> str:
+    return "current_bar.time_utc" if index == count - 1 else f"context_bars[{index}].time_utc"
+
+
+def _iso(ts_ns) -> str:
+    return pd.Timestamp(int(ts_ns), unit="ns", tz="UTC").isoformat()
 
 
 def field_path(location) -> str:

@@ -19,13 +19,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE
+from smc_core.ingest import check_symbol, write_live_bars
 from smc_core.policy import PolicyConfig
+from smc_core.serving.bar_capture import BarBook, CaptureStats, LiveBar, bar_values, bar_writer, load_recent
 from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_model, predict
-from smc_core.serving.prediction_log import PredictionLog
-from smc_core.serving.request import PredictRequest, RequestError, parse_request
-from smc_core.settings import env_number
+from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, prediction_writer
+from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
+                                      too_few_bars)
+from smc_core.serving.spool import DurableWriter, Spool
+from smc_core.settings import Settings, env_flag, env_number
+from smc_core.timeframe import format_timeframe, parse_timeframe
 
 log = logging.getLogger("smc.serving")
 CHAMPION_URI = "models:/smc-lora@champion"
@@ -53,6 +61,15 @@ class ServiceSettings:
     torch_threads: int
     log_predictions: bool
     shadow_alias: str | None
+    capture_bars: bool
+    """Keep every bar a caller sends (``bars``, source ``live``)."""
+    allowed_symbols: frozenset[str] | None
+    """ALLOWED_SYMBOLS; None: the symbols in the served model's lineage."""
+    spool_dir: Path
+    spool_max_bytes: int
+    """Per writer (bars, predictions): beyond it, rows are lost (counted and alerted)."""
+    upload_max_bytes: int
+    upload_max_bars: int
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServiceSettings":
@@ -79,6 +96,12 @@ class ServiceSettings:
             log_predictions=env.get("LOG_PREDICTIONS", "true").lower() not in {"0", "false", "no"},
             shadow_alias=None if env.get("SHADOW_ALIAS", "shadow").lower() in {"", "off", "none"}
             else env.get("SHADOW_ALIAS", "shadow"),
+            capture_bars=env_flag(env, "CAPTURE_BARS", True),
+            allowed_symbols=_symbols(env.get("ALLOWED_SYMBOLS", "")),
+            spool_dir=Path(env.get("SPOOL_DIR") or Settings.from_env(env).smc_home / "spool").expanduser().resolve(),
+            spool_max_bytes=env_number(env, "SPOOL_MAX_MB", 256, int, 1, 1_000_000) * 1024 * 1024,
+            upload_max_bytes=env_number(env, "UPLOAD_MAX_BYTES", 32_000_000, int, 1_000, 1_000_000_000),
+            upload_max_bars=env_number(env, "UPLOAD_MAX_BARS", 200_000, int, 1, 10_000_000),
         )
         if not dev and not (settings.api_key and settings.admin_api_key):
             raise ConfigError("API_KEY and ADMIN_API_KEY must be set (or SMC_DEV_MODE=1 for a keyless local service)")
@@ -115,22 +138,31 @@ class Runtime:
         self._database = database
         self.follower: AliasFollower | None = None
         self.shadow_follower: AliasFollower | None = None
-        self.log: PredictionLog | None = None
+        self.log: DurableWriter | None = None
+        self.capture: DurableWriter | None = None
+        self.capture_stats = CaptureStats()
+        self.book = BarBook()
         self.started_at = time.time()
+        self._lost_unreported = 0
+        self._warmed: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._housekeeping = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "Runtime":
         """Load the first model (MODEL_PATH, else the registry alias) and start the background work."""
         _warm_up_features()
+        spool, limit = self.settings.spool_dir, self.settings.spool_max_bytes
         if self.settings.log_predictions:
-            self.log = PredictionLog(self._db, on_drop=self._count_drop).start()
+            self.log = prediction_writer(self._db, Spool(spool / "predictions", limit), on_drop=self._lost).start()
+        if self.settings.capture_bars:
+            self.capture = bar_writer(self._db, Spool(spool / "bars", limit), self.capture_stats,
+                                      on_conflict=self._conflicts, on_drop=self._lost).start()
         if self.settings.model_path is not None:
-            self.slot.replace_with(lambda: load_model(self.settings.model_path, f"local/{self.settings.model_path.name}",
-                                                      threads=self.settings.torch_threads))
+            self.slot.replace_with(lambda: self._load_path(self.settings.model_path))
         else:
             from smc_core.registry import TrackingConfig, configure
-            from smc_core.settings import Settings
 
             configure(TrackingConfig.from_settings(Settings.from_env()))
             name, alias = _parse_alias_uri(self.settings.model_uri)
@@ -138,15 +170,17 @@ class Runtime:
             if self.settings.shadow_alias:
                 self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
         self._record_model()
+        self._housekeeping.start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         for follower in (self.follower, self.shadow_follower):
             if follower is not None:
                 follower.stop()
-        if self.log is not None:
-            self.log.flush(5)
-            self.log.stop()
+        for writer in (self.log, self.capture):
+            if writer is not None:
+                writer.stop(5)
 
     @property
     def ready(self) -> bool:
@@ -175,10 +209,16 @@ class Runtime:
 
     def predict_payload(self, payload: object, started: float) -> dict:
         model = self.model()
-        request = parse_request(payload, model.required_bars)
+        request = parse_request(payload)
+        sent = request.columns()
+        stamps = sent["ts"].asi8
+        terms = model.terms
+        check_against_model(request, stamps, terms.timeframe, terms.width_ns, terms.symbols)
+        symbol = request.metadata.symbol
+        columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
         request_id = str(uuid.uuid4())
         try:
-            prediction = predict(request, model, self.policy(model), started, request_id)
+            prediction = predict(request, model, self.policy(model), started, request_id, columns)
         except RequestError:
             raise
         except SmcError as error:  # bars the feature code refuses (it names the row)
@@ -187,15 +227,63 @@ class Runtime:
         except Exception as error:
             log.exception("prediction failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
+        prediction.body["bars_from_store"] = from_store
+        self._keep_bars(symbol, terms.timeframe, sent, "live:predict")
         self._observe(request, model, prediction, shadow=False)
         shadow = self.shadow.current
         if shadow is not None and shadow.version != model.version:
             try:
                 self._observe(request, shadow, predict(request, shadow, self.policy(shadow), time.perf_counter(),
-                                                       request_id), shadow=True)
+                                                       request_id, columns), shadow=True)
             except Exception:  # the shadow never affects the answer
                 log.exception("shadow prediction failed")
         return prediction.body
+
+    def upload_bars(self, payload: object) -> dict:
+        """POST /bars: many bars of one series, validated like a file, stored in one transaction."""
+        from smc_core.bars import parse_records
+
+        if not isinstance(payload, dict):
+            raise _invalid("body", "an object with symbol, timeframe and bars is required")
+        symbol, timeframe, records = payload.get("symbol"), payload.get("timeframe"), payload.get("bars")
+        try:
+            check_symbol(symbol if isinstance(symbol, str) else "")
+        except ConfigError as error:
+            raise _invalid("symbol", str(error)) from None
+        if self.settings.allowed_symbols is not None and symbol not in self.settings.allowed_symbols:
+            raise _invalid("symbol", f"{symbol!r} is not in ALLOWED_SYMBOLS "
+                                     f"({', '.join(sorted(self.settings.allowed_symbols))})")
+        try:
+            width = parse_timeframe(timeframe if isinstance(timeframe, str) else "")
+        except ConfigError as error:
+            raise _invalid("timeframe", str(error)) from None
+        if not isinstance(records, list) or not records:
+            raise _invalid("bars", "a non-empty list of bars (time_utc, o, h, l, c, volume, optional delta)")
+        if len(records) > self.settings.upload_max_bars:
+            raise RequestError(413, "too many bars", {"max_bars": self.settings.upload_max_bars,
+                                                      "received": len(records)})
+        parsed = parse_records(records, "bars", width)
+        if parsed.rejections:
+            raise RequestError(422, "bars rejected; nothing was stored", {
+                "rejected": len(parsed.rejections),
+                "errors": [{"path": f"bars[{r.line}]", "message": r.reason} for r in parsed.rejections[:100]]})
+        timeframe = format_timeframe(width)
+        try:
+            with self._db().connection(timeout=WRITE_TIMEOUT_S) as conn:
+                counts = write_live_bars(conn, symbol, timeframe, parsed.frame, "live:upload")
+        except Exception as error:
+            log.warning("POST /bars: database unavailable: %s", error)
+            raise RequestError(503, "database unavailable; nothing was stored, send the bars again",
+                               {"reason": type(error).__name__}) from None
+        frame = parsed.frame
+        self.book.load(symbol, timeframe, pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8,
+                       bar_values(*(frame[c].to_numpy() for c in ("open", "high", "low", "close", "volume",
+                                                                    "delta"))))
+        if counts.conflicting:
+            self._conflicts(counts.conflicting)
+        return {"symbol": symbol, "timeframe": timeframe, "received": len(records), "inserted": counts.inserted,
+                "unchanged": counts.unchanged, "conflicting": counts.conflicting, "ingest_id": counts.ingest_id,
+                "first_bar": frame["ts"].iloc[0].isoformat(), "last_bar": frame["ts"].iloc[-1].isoformat()}
 
     def policy(self, model: LoadedModel) -> PolicyConfig:
         threshold = self.settings.confidence_threshold
@@ -207,8 +295,7 @@ class Runtime:
         """Admin: load the configured model again (or the alias's current version), then swap."""
         if self.settings.model_path is not None:
             path = self.settings.model_path
-            ok = self.slot.replace_with(lambda: load_model(path, f"local/{path.name}",
-                                                           threads=self.settings.torch_threads))
+            ok = self.slot.replace_with(lambda: self._load_path(path))
         else:
             name, alias = _parse_alias_uri(self.settings.model_uri)
             version = _alias_version(name, alias)
@@ -224,35 +311,79 @@ class Runtime:
 
     def health(self) -> dict:
         current = self.slot.current
+        writers = {"prediction_log": self.log, "bar_capture": self.capture}
+        storage = {name: writer.health() if writer else None for name, writer in writers.items()}
+        if storage["bar_capture"] is not None:
+            storage["bar_capture"].update(inserted=self.capture_stats.inserted,
+                                          unchanged=self.capture_stats.unchanged,
+                                          conflicting=self.capture_stats.conflicting)
+        lost = sum(w.stats.dropped for w in writers.values() if w)
+        spooled = sum(w.spool.rows for w in writers.values() if w)
         return {"status": "ok" if current else "loading", "model_loaded": current is not None,
                 "model_version": current.version if current else None, "last_reload_error": self.slot.last_error,
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
-                "prediction_log": {"written": self.log.written, "dropped": self.log.dropped} if self.log else None,
-                "uptime_s": round(time.time() - self.started_at, 1)}
+                "storage": "losing rows" if lost else "spooling" if spooled else "ok",
+                **storage, "uptime_s": round(time.time() - self.started_at, 1)}
 
     def model_info(self) -> dict:
         model = self.model()
         spec = model.predictor.spec
         policy = self.policy(model)
+        terms = model.terms
         return {"model_version": model.version, "lineage": model.predictor.package.lineage,
                 "required_bars": spec.required_rows, "sequence_length": spec.sequence_length,
                 "lookback": spec.lookback, "feature_set_version": spec.feature_set_version,
                 "features": list(spec.feature_names), "labels": list(model.predictor.labels),
                 "temperature": model.predictor.temperature,
+                "timeframe": terms.timeframe, "symbols": sorted(terms.symbols),
+                "risk_terms": {"stop_atr": terms.risk.stop_atr, "target_atr": terms.risk.target_atr,
+                               "max_holding_bars": terms.risk.max_holding_bars, "tick_size": terms.risk.tick_size},
                 "thresholds": {"half_size": policy.half_threshold, "full_size": policy.full_threshold},
                 "loaded_at": datetime.fromtimestamp(model.loaded_at, timezone.utc).isoformat()}
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every received bar and logged prediction so far is in the database."""
+        return all(writer.flush(timeout) for writer in (self.log, self.capture) if writer is not None)
+
     # --- internals ---------------------------------------------------------------------
+
+    def _complete(self, sent: dict, symbol: str, timeframe: str, required: int) -> tuple[dict, int]:
+        """The request's bars, preceded by stored bars of the same series when it has too few."""
+        have = len(sent["ts"])
+        if have >= required:
+            return sent, 0
+        stored = self.book.before(symbol, timeframe, int(sent["ts"].asi8[0]), required - have)
+        if len(stored) < required - have:
+            raise too_few_bars(have, len(stored), required)
+        values = np.array([v for _, v in stored], dtype="float64")  # delta None → NaN
+        stamps = pd.to_datetime(np.array([ts for ts, _ in stored], dtype="int64"), unit="ns", utc=True)
+        columns = {"ts": stamps.append(sent["ts"])}
+        for i, name in enumerate(("open", "high", "low", "close", "volume", "delta")):
+            columns[name] = np.concatenate([values[:, i], sent[name]])
+        return columns, len(stored)
+
+    def _keep_bars(self, symbol: str, timeframe: str, sent: dict, source: str) -> None:
+        """Remember the request's bars; the ones the store may not have go to the bar writer."""
+        stamps = sent["ts"].asi8
+        values = bar_values(sent["open"], sent["high"], sent["low"], sent["close"], sent["volume"], sent["delta"])
+        needed = self.book.observe(symbol, timeframe, stamps, values)
+        if self.capture is not None:
+            for i in needed:
+                self.capture.submit(LiveBar(symbol, timeframe, int(stamps[i]), *values[i], source))
 
     def _db(self):
         if self._database is None:
             from smc_core.db import Database
             from smc_core.migrations import migrate
-            from smc_core.settings import Settings
 
-            self._database = Database.from_settings(Settings.from_env())
-            migrate(self._database)
+            database = Database.from_settings(Settings.from_env())
+            migrate(database)
+            self._database = database
         return self._database
+
+    def _load_path(self, path: Path) -> LoadedModel:
+        return load_model(path, f"local/{path.name}", threads=self.settings.torch_threads,
+                          allowed_symbols=self.settings.allowed_symbols)
 
     def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
@@ -264,11 +395,12 @@ class Runtime:
         return follower
 
     def _load_registered(self, name: str, version: str) -> LoadedModel:
-        from smc_core.promotion import entry_threshold_of
+        from smc_core.promotion import entry_threshold_of, risk_terms_of
         from smc_core.registry import package_path
 
         return load_model(package_path(version, name=name), f"{name}/{version}", entry_threshold_of(version, name),
-                          threads=self.settings.torch_threads)
+                          threads=self.settings.torch_threads, allowed_symbols=self.settings.allowed_symbols,
+                          risk=risk_terms_of(version, name))
 
     def _observe(self, request: PredictRequest, model: LoadedModel, prediction, shadow: bool) -> None:
         body = prediction.body
@@ -276,22 +408,70 @@ class Runtime:
             self.metrics.prediction(body, prediction.mismatches)
         if self.log is not None:
             probabilities = body["probabilities"]
-            self.log.submit({
+            self.log.submit(prediction_row({
                 "ts": request.current_bar.time_utc, "request_id": body["request_id"], "shadow": shadow,
                 "logged_at": datetime.now(timezone.utc), "symbol": request.metadata.symbol,
-                "timeframe": request.metadata.timeframe, "model_version": model.version, "label": body["label"],
+                "timeframe": model.terms.timeframe, "model_version": model.version, "label": body["label"],
                 "raw_label": body["raw_label"], "confidence": body["confidence"], "p_long": probabilities["long"],
                 "p_short": probabilities["short"], "p_skip": probabilities["skip"],
                 "position_size": body["position_size"], "latency_ms": body["processing_time_ms"],
-                "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version})
+                "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version}))
 
-    def _count_drop(self, count: int, reason: str) -> None:
+    def _lost(self, count: int, reason: str) -> None:
+        self._lost_unreported += count
         if self.metrics is not None:
-            self.metrics.log_dropped(count)
+            self.metrics.rows_lost(count)
+
+    def _conflicts(self, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.bar_conflicts(count)
+
+    def _keep_house(self) -> None:
+        """Every few seconds: warm the bar book for the served series, report lost rows as an alert."""
+        while not self._stop.wait(1.0):
+            try:
+                self._warm_book()
+                self._report_losses()
+            except Exception as error:  # the database may be away; try again next round
+                log.debug("housekeeping: %s", error)
+
+    def _warm_book(self) -> None:
+        model = self.slot.current
+        if model is None:
+            return
+        for symbol in sorted(model.terms.symbols):
+            key = (symbol, model.terms.timeframe)
+            if key not in self._warmed:
+                loaded = load_recent(self._db(), self.book, symbol, model.terms.timeframe, 4 * model.required_bars)
+                self._warmed.add(key)
+                log.info("bar book: %d stored %s %s bars loaded", loaded, symbol, model.terms.timeframe)
+
+    def _report_losses(self) -> None:
+        lost = self._lost_unreported
+        if not lost:
+            return
+        from smc_core.alerts import raise_alert
+
+        raise_alert(self._db(), "rows_lost", "service storage",
+                    f"{lost} received bar(s) or prediction row(s) were lost: the spool under "
+                    f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database was unavailable",
+                    {"rows": lost, "spool_dir": str(self.settings.spool_dir)})
+        self._lost_unreported -= lost
 
     def _record_model(self, reloaded: bool | None = None) -> None:
         if self.metrics is not None:
             self.metrics.model(self.slot.current.version if self.slot.current else None, reloaded)
+
+
+def _invalid(path: str, message: str) -> RequestError:
+    return RequestError(422, "request validation failed", {"errors": [{"path": path, "message": message}]})
+
+
+def _symbols(text: str) -> frozenset[str] | None:
+    names = frozenset(part.strip() for part in text.split(",") if part.strip())
+    for name in names:
+        check_symbol(name)
+    return names or None
 
 
 def _warm_up_features() -> None:

@@ -19,6 +19,26 @@ RETRYABLE = {429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
+class Risk:
+    """The protective orders to trade with an answer: the server's ATR and the multiples the
+    model was evaluated with, in whole ticks (prices only for long/short)."""
+
+    atr: float
+    stop_distance: float
+    target_distance: float
+    stop_price: float | None
+    target_price: float | None
+    max_holding_bars: int | None
+    tick_size: float
+
+    @classmethod
+    def from_json(cls, block: dict) -> "Risk":
+        return cls(float(block["atr"]), float(block["stop_distance"]), float(block["target_distance"]),
+                   block.get("stop_price"), block.get("target_price"), block.get("max_holding_bars"),
+                   float(block["tick_size"]))
+
+
+@dataclass(frozen=True)
 class Prediction:
     label: str
     confidence: float
@@ -27,13 +47,16 @@ class Prediction:
     model_version: str
     request_id: str
     processing_time_ms: float
+    risk: Risk
+    bars_from_store: int
     raw: dict
 
     @classmethod
     def from_json(cls, body: dict) -> "Prediction":
         return cls(body["label"], float(body["confidence"]), dict(body["probabilities"]),
                    float(body.get("position_size", 0.0)), body["model_version"], body["request_id"],
-                   float(body["processing_time_ms"]), body)
+                   float(body["processing_time_ms"]), Risk.from_json(body["risk"]),
+                   int(body.get("bars_from_store", 0)), body)
 
 
 class ServiceError(Exception):
@@ -60,6 +83,10 @@ class SmcClient:
     def predict_payload(self, payload: dict) -> dict:
         """The raw answer for a ready-made seed-000 request body (replays, tools)."""
         return self._post("/predict", payload)
+
+    def upload_bars(self, symbol: str, timeframe: str, bars: list[dict]) -> dict:
+        """POST /bars: history or any other feed; returns the inserted / unchanged / conflicting counts."""
+        return self._post("/bars", {"symbol": symbol, "timeframe": timeframe, "bars": bars})
 
     def health(self) -> dict:
         return self._http.get("/health").json()
