@@ -129,3 +129,35 @@ def read_labels(db: Database, symbol: str, timeframe: str, horizon: str, start: 
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     frame["t1"] = pd.to_datetime(frame["t1"], utc=True)
     return frame
+
+
+LATE_COMMIT_LOOKBACK = 1000
+"""Ingests re-read behind the cursor: an id is taken before its transaction commits, so a
+write may become visible after a higher id did. Re-reading is harmless (content keys)."""
+
+
+def bar_changes_since(db: Database, after_ingest_id: int, timeframe: str) -> tuple[int, list[tuple[str, pd.Timestamp,
+                                                                                                  pd.Timestamp]]]:
+    """Writes that changed stored bars of ``timeframe`` outside Dagster runs (the service's live
+    bars, ``POST /bars``, ``smc ingest``) after ingest ``after_ingest_id``: the newest ingest id
+    seen, and (symbol, first bar, last bar) of each such write. A Dagster run has materialized
+    its own partition already, so its writes are not listed."""
+    with db.connection() as conn:
+        newest = conn.execute("SELECT coalesce(max(id), %s) FROM ingest_log", (after_ingest_id,)).fetchone()[0]
+        rows = conn.execute(  # ids are handed out before commit: look back a little for late commits
+            """SELECT symbol, first_ts, last_ts FROM ingest_log
+               WHERE id > %s AND id <= %s AND dagster_run_id IS NULL AND status = 'succeeded' AND timeframe = %s
+                 AND rows_inserted + rows_updated > 0 AND first_ts IS NOT NULL ORDER BY id""",
+            (after_ingest_id - LATE_COMMIT_LOOKBACK, newest, timeframe)).fetchall()
+    return int(newest), [(symbol, pd.Timestamp(first), pd.Timestamp(last)) for symbol, first, last in rows]
+
+
+def bars_fingerprint(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp) -> str:
+    """What identifies the stored bars in (start, end]: how many, and the newest ingest that wrote
+    one of them (every write that changes a bar gives it a newer ingest id)."""
+    with db.connection() as conn:
+        count, newest = conn.execute(
+            """SELECT count(*), coalesce(max(ingest_id), 0) FROM bars
+               WHERE symbol = %s AND timeframe = %s AND ts > %s AND ts <= %s""",
+            (symbol, timeframe, start, end)).fetchone()
+    return f"{count}-{newest}"

@@ -7,6 +7,7 @@ from dagster_mlflow import end_mlflow_on_run_finished
 
 from sensors.drift import build_drift_sensor
 from sensors.file_drop import build_file_drop_sensor
+from sensors.live_bars import build_live_bars_sensor
 from sensors.performance import build_performance_sensor, build_skip_rate_sensor
 from sensors.retrain import (RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor,
                              default_status)
@@ -91,6 +92,7 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
         schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
                                   base_model_job=base_model_job),
         sensors=[build_file_drop_sensor(market_data_job.name, default_status=default_status(monitoring)),
+                 build_live_bars_sensor(market_data_job.name, default_status=default_status(monitoring)),
                  build_drift_sensor(monitoring, reports_dir(model_root)),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
                  build_retrain_chain_sensor(monitoring), build_shadow_sensor(monitoring),
