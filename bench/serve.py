@@ -3,8 +3,10 @@ the same preprocessing, at concurrency 1, 8 and 32, with realistic 49-bar reques
 
 Both servers run as separate processes on this machine with one torch thread; an asyncio
 load generator (httpx, keep-alive) sends closed-bar requests for --duration seconds per level.
-The service runs as deployed (keys, limits, metrics) but with the prediction log off, as
-the peer has none. Progress on stderr; last line of stdout: one JSON object.
+The service runs as deployed (keys, limits, metrics) with bar capture and the prediction log
+off, as the peer has none; a third run, ``service_capture``, turns both on (DATABASE_URL, else
+an embedded PostgreSQL) to measure what keeping every bar and answer costs:
+``capture_p99_ratio_c8`` (target ≤ 1.1). Progress on stderr; last line of stdout: one JSON object.
 """
 
 from __future__ import annotations
@@ -119,12 +121,16 @@ def main() -> None:
         log(f"bare forward p50 {forward_p50:.2f} ms")
 
         results, cold_start = {}, None
+        bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
+                   "--host", "127.0.0.1"]
+        service_env = {"API_KEY": KEY, "ADMIN_API_KEY": KEY + "-admin", "TIMEOUT_MS": "5000",
+                       "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
         servers = {
-            "service": ([str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
-                         "--host", "127.0.0.1"], {"API_KEY": KEY, "ADMIN_API_KEY": KEY + "-admin",
-                                                  "LOG_PREDICTIONS": "false", "TIMEOUT_MS": "5000",
-                                                  "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"},
+            "service": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"},
                         "/readyz", {"X-API-Key": KEY}),
+            "service_capture": (bentoml, {**service_env, "LOG_PREDICTIONS": "true", "CAPTURE_BARS": "true",
+                                          "DATABASE_URL": ""},  # an embedded database in the scratch home
+                                "/readyz", {"X-API-Key": KEY}),
             "fastapi": ([str(Path(sys.executable).parent / "uvicorn"), "bench.serve_peer:app", "--host", "127.0.0.1",
                          "--log-level", "warning"], {}, "/health", {}),
         }
@@ -150,8 +156,10 @@ def main() -> None:
     c8 = "c8" if "c8" in results["service"] else f"c{levels[0]}"
     c1 = "c1" if "c1" in results["service"] else f"c{levels[0]}"
     print(json.dumps({
-        "service": results["service"], "fastapi": results["fastapi"], "forward_p50_ms": forward_p50,
+        "service": results["service"], "fastapi": results["fastapi"], "service_capture": results["service_capture"],
+        "forward_p50_ms": forward_p50,
         "p99_ratio_c8": results["service"][c8]["p99_ms"] / results["fastapi"][c8]["p99_ms"],
+        "capture_p99_ratio_c8": results["service_capture"][c8]["p99_ms"] / results["service"][c8]["p99_ms"],
         "overhead_ratio": results["service"][c1]["p50_ms"] / forward_p50, "cold_start_s": cold_start,
     }))
 
