@@ -287,7 +287,7 @@ def _fit(model: BarClassifier, train: Split, valid: Split | None, config: TrainC
         history.append({"epoch": epoch, "train_loss": total / len(order), "valid_loss": valid_loss,
                         "seconds": time.perf_counter() - epoch_start})
         if progress is not None:
-            progress({**history[-1], "epochs": config.epochs})  # the planned total, for a progress bar
+            progress(dict(history[-1]))
         score = valid_loss if valid_loss is not None else -epoch  # no validation: the last epoch is best
         if score < best_loss:
             best_loss, best_epoch, stale = score, epoch, 0
