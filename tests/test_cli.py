@@ -282,3 +282,30 @@ def _read_all(fd: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+def test_training_progress_draws_one_bar_per_stage_with_its_fold(monkeypatch):
+    """Events as smc_core's walk-forward sends them (stage "fold 2 lora", fold of folds, epoch):
+    a bar per stage, early stopping closes it short, nothing at all when stderr is no terminal."""
+    from smc_jobs.progress import TrainingProgress, training_progress
+
+    events = [{"stage": f"fold {fold} {stage}", "fold": fold, "folds": 2, "epoch": epoch, "train_loss": 1.0,
+               "valid_loss": 0.9 - epoch / 100, "seconds": 0.1}
+              for fold in (1, 2) for stage in ("pretrain", "lora") for epoch in (1, 2)]
+    leader, follower = pty.openpty()
+    terminal = os.fdopen(follower, "w")
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with TrainingProgress(3, on=True) as progress:
+        for event in events:
+            progress(event)
+    terminal.close()
+    drawn = _read_all(leader)
+    os.close(leader)
+    for fold in (1, 2):
+        for stage in ("pretrain", "lora"):
+            assert f"fold {fold}/2 {stage} epoch [" in drawn and "2/3" in drawn
+    assert "valid loss 0.8800" in drawn and drawn.endswith("\r\x1b[K")  # erased when done
+
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    silent = training_progress(3)
+    assert not silent.on
