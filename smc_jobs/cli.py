@@ -88,8 +88,9 @@ def _set_debug(ctx, param, value: bool) -> None:
 
 
 def _debug_option(function):
+    """``--debug`` on the group and on every command: users add it where the hint says, at the end."""
     return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
-                        help="Debug logs, and the traceback of an unexpected error (same as LOG_LEVEL=DEBUG).")(function)
+                        help="Debug logs, and the traceback of an unexpected error (LOG_LEVEL=DEBUG).")(function)
 
 
 def _quiet_option(function):
@@ -291,7 +292,8 @@ Examples:
 @click.option("--dev", is_flag=True, help="Serve without API keys (local use only; SMC_DEV_MODE=1).")
 @click.option("--bento", "from_bento", is_flag=True,
               help="Serve the latest built Bento (bento_artifact) with the model packed in it, not the source.")
-@click.option("--host", default=None, help="Interface to listen on [default: HOST, else the service's default 127.0.0.1].")
+@click.option("--host", default=None,
+              help="Interface to listen on [default: HOST, else the service's default 127.0.0.1].")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port to listen on [default: PORT, else the service's default 8000].")
 @_debug_option
