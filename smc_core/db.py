@@ -35,6 +35,10 @@ def normalise_url(url: str) -> str:
             return "postgresql://" + url[len(prefix):]
     if "://" in url and not url.startswith("postgresql://"):
         raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {url.split('://')[0]!r}://…")
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:  # the URL itself is not echoed: it may hold a password
+        raise ConfigError(f"DATABASE_URL is not a PostgreSQL URL or key=value string: {one_line(exc)}") from None
     return url
 
 
@@ -104,7 +108,8 @@ class Database:
                     with psycopg.connect(self.url, connect_timeout=10):
                         pass
                 except psycopg.OperationalError as exc:
-                    raise SmcError(f"cannot connect to PostgreSQL at {redact(self.url)}: {str(exc).strip()}") from None
+                    raise SmcError(f"cannot connect to PostgreSQL at {redact(self.url)}: {one_line(exc)} "
+                                   "(check DATABASE_URL, or unset it for the embedded server)") from None
                 self._pool = ConnectionPool(
                     self.url, min_size=1, max_size=self._max_size, open=True, name="smc",
                     kwargs={"connect_timeout": 10},
@@ -181,6 +186,11 @@ def shared_database(url: str | None = None) -> Database:
         if resolved not in _shared:
             _shared[resolved] = Database(resolved)
         return _shared[resolved]
+
+
+def one_line(error: BaseException) -> str:
+    """libpq's multi-line message on one line, so a CLI error stays one line."""
+    return "; ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
 
 
 def redact(url: str) -> str:

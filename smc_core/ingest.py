@@ -13,6 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -80,18 +81,23 @@ class IngestReport:
 
 def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, tz: str = "America/Chicago",
                 fmt: str = "auto", skip_invalid: bool = False, dagster_run_id: str | None = None,
-                partition_key: str | None = None) -> IngestReport:
+                partition_key: str | None = None, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Validate and write one bar file atomically.
 
     With rejected rows and ``skip_invalid`` False nothing is written and
     RejectedRowsError is raised; with ``skip_invalid`` the valid rows are written and the
-    rejected ones recorded in ``ingest_rejects``.
+    rejected ones recorded in ``ingest_rejects``. ``progress`` hears the phase ("reading",
+    then "writing N bars"): a big file spends seconds in each.
     """
     check_symbol(symbol)
     width = parse_timeframe(timeframe)
+    if progress is not None:
+        progress("reading")
     parsed = read_bar_file(path, fmt=fmt, tz=tz, timeframe=width)
     if parsed.rejections and not skip_invalid:
         raise RejectedRowsError(parsed.path, parsed.rejections)
+    if progress is not None:
+        progress(f"writing {len(parsed.frame)} bars")
     return write_parsed(db, parsed, symbol, timeframe, skip_invalid=skip_invalid,
                         dagster_run_id=dagster_run_id, partition_key=partition_key)
 

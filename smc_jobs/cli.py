@@ -1,61 +1,152 @@
-"""The ``smc`` command line: database, ingest, synthetic data and the demo pipeline.
+"""The ``smc`` command line: database, ingest, synthetic data, the demo pipeline and serving.
 
-Errors print one line (``error: <file>:<line>: <problem>``) and exit non-zero; rejected
-rows are listed one per line first. Nothing is written when a command fails.
+Every failure a user can cause prints one line (``error: <what is wrong, and where>``) and
+exits non-zero, never a traceback: a trader running this next to a live account must see
+what to fix, not where the code was. ``--debug`` (or ``LOG_LEVEL=DEBUG``) shows the
+traceback for the rare unexpected error. Rejected rows are listed one per line first;
+nothing is written when a command fails. Ctrl-C exits 130 with one line.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
+import traceback
 from datetime import date
 from pathlib import Path
 
 import click
 
-from smc_core.errors import RejectedRowsError, SmcError
+from smc_core.errors import ConfigError, RejectedRowsError, SmcError
 from smc_core.settings import Settings
+from smc_jobs import progress as bars
 
 _MAX_LISTED = 50
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CLIENT_DIR = Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"
 
 
 def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _database():
+def _database(migrated: bool = True):
+    """The project database, closed when the command ends (also on errors and Ctrl-C): an
+    unclosed pool is joined by its finalizer at interpreter exit, which may run on one of its
+    own worker threads and print "cannot join current thread" (psycopg/psycopg#1043)."""
     from smc_core.db import Database
     from smc_core.migrations import migrate
 
-    db = Database.from_settings(_settings())
-    migrate(db)
-    return db
+    database = click.get_current_context().with_resource(Database.from_settings(_settings()))
+    if migrated:
+        migrate(database)
+    return database
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _client(url: str, api_key: str, **kwargs):
+    """The vendorable Python client (bento/clients/python), closed when the command ends."""
+    if str(_CLIENT_DIR) not in sys.path:
+        sys.path.insert(0, str(_CLIENT_DIR))
+    from smc_client import SmcClient
+
+    return click.get_current_context().with_resource(SmcClient(url, api_key, **kwargs))
+
+
+def _service_error(error, url: str) -> SmcError:
+    """One line for a failed request, saying what to do about it."""
+    if error.status == 0:
+        reason = "connection refused" if error.error == "ConnectError" else f"{error.error}: {error.details}"
+        return SmcError(f"no answer from the service at {url} ({reason}; {error.attempts} attempt"
+                        f"{'s' if error.attempts != 1 else ''}): start it with `smc serve` "
+                        "(`smc serve --dev` for a keyless local one), or point --url at it")
+    if error.status in (401, 403):
+        return SmcError(f"the service at {url} refused the API key ({error}): pass --api-key or set API_KEY")
+    if error.status == 503:
+        return SmcError(f"the service at {url} is not ready ({error}): is a champion registered? "
+                        "see its log or GET /readyz")
+    return SmcError(f"the service at {url} answered {error}")
+
+
+def _check_timeframe(ctx, param, value: str) -> str:
+    """Refuse ``1x`` before any work, listing the valid forms."""
+    from smc_core.timeframe import parse_timeframe
+
+    try:
+        parse_timeframe(value)
+    except ConfigError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def _set_debug(ctx, param, value: bool) -> None:
+    if value:
+        os.environ["LOG_LEVEL"] = "DEBUG"  # also for what this command starts (bentoml serve)
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _debug_option(function):
+    """``--debug`` on the group and on every command: users add it where the hint says, at the end."""
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                        help="Debug logs, and the traceback of an unexpected error (LOG_LEVEL=DEBUG).")(function)
+
+
+def _quiet_option(function):
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress bar (bars are drawn only when stderr is a terminal).")(function)
+
+
+def _debugging() -> bool:
+    return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="smc-mlops")
+@_debug_option
 def cli() -> None:
-    """SMC MLOps: NinjaTrader bars → features → LoRA model → gates → BentoML."""
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """SMC MLOps: NinjaTrader bars → features → LoRA model → gates → BentoML.
+
+    Settings come from the environment (DATABASE_URL, SMC_HOME, HOST, PORT, API_KEY, LOG_LEVEL;
+    see README "Configuration"). Errors are one line; --debug shows the traceback of an
+    unexpected one.
+
+    \b
+    Examples:
+      smc synth --days 5 --out data/            # sample NinjaTrader exports
+      smc ingest data/ES/*.txt --symbol ES      # load them
+      smc demo                                  # the whole lineage and the loop
+      smc serve --dev --port 8000               # the /predict service, keyless
+      smc replay --symbol ES --day 2024-01-03   # a stored day through the service
+    """
+    level = os.environ.get("LOG_LEVEL", "WARNING").upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 # --- db --------------------------------------------------------------------------------
 
-@cli.group()
+@cli.group(epilog="""\b
+Examples:
+  smc db status     # which database, storage mode, each migration's state
+  smc db migrate    # apply what is pending""")
 def db() -> None:
-    """Database schema: migrate and inspect."""
+    """Database schema: migrate and inspect (DATABASE_URL, else the embedded server under SMC_HOME)."""
 
 
-@db.command("migrate")
+@db.command("migrate", epilog="""\b
+Examples:
+  smc db migrate
+  DATABASE_URL=postgresql://smc@db-host/smc smc db migrate""")
+@_debug_option
 def db_migrate() -> None:
     """Apply pending migrations (sql/NNN_*.sql), each once, in order."""
-    from smc_core.db import Database, redact
+    from smc_core.db import redact
     from smc_core.migrations import migrate, storage_mode
 
-    database = Database.from_settings(_settings())
+    database = _database(migrated=False)
     applied = migrate(database)
     for migration in applied:
         click.echo(f"applied {migration.path.name}")
@@ -63,13 +154,17 @@ def db_migrate() -> None:
                f"storage {storage_mode(database)})")
 
 
-@db.command("status")
+@db.command("status", epilog="""\b
+Examples:
+  smc db status
+  DATABASE_URL=postgresql://smc@db-host/smc smc db status""")
+@_debug_option
 def db_status() -> None:
     """Show the database, its storage mode and each migration's state."""
-    from smc_core.db import Database, redact
+    from smc_core.db import redact
     from smc_core.migrations import status, storage_mode
 
-    database = Database.from_settings(_settings())
+    database = _database(migrated=False)
     rows = status(database)
     mode = storage_mode(database) if any(r.applied_at for r in rows) else "not migrated"
     click.echo(f"database: {redact(database.url)}")
@@ -85,34 +180,57 @@ def db_status() -> None:
 
 # --- ingest ----------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  smc ingest "ES 03-25.Last.txt" --symbol ES                 # NinjaTrader export, 1-minute bars
+  smc ingest bars.csv bars.parquet --symbol NQ --tz America/New_York
+  smc ingest exports/*.txt --symbol ES --timeframe 5m --skip-invalid""")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--symbol", required=True, help="Instrument root, e.g. ES.")
-@click.option("--timeframe", default="1m", show_default=True, help="Bar width: <n><s|m|h|d>.")
+@click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
+              help="Bar width: <n><s|m|h|d>.")
 @click.option("--tz", default=None, help="Exchange time zone of naive timestamps [default: SMC_EXCHANGE_TZ].")
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "ninjatrader", "csv", "parquet"]))
 @click.option("--skip-invalid", is_flag=True, help="Write the valid rows; record rejected ones in the ingest log.")
-def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None, fmt: str, skip_invalid: bool) -> None:
-    """Validate and load bar files (NinjaTrader export, CSV or Parquet), each atomically."""
+@_quiet_option
+@_debug_option
+def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None, fmt: str, skip_invalid: bool,
+           quiet: bool) -> None:
+    """Validate and load bar files (NinjaTrader export, CSV or Parquet), each atomically.
+
+    A failing file stops the command; the files reported before it are loaded, it and the
+    ones after it are not.
+    """
+    from smc_core.errors import BarFileError
     from smc_core.ingest import check_symbol, ingest_file
-    from smc_core.timeframe import parse_timeframe
 
     check_symbol(symbol)
-    parse_timeframe(timeframe)
-    database = _database()
     zone = tz or _settings().exchange_tz
-    for path in paths:
-        started = time.perf_counter()
-        report = ingest_file(database, path, symbol, timeframe, tz=zone, fmt=fmt, skip_invalid=skip_invalid)
-        for rejection in report.rejections[:_MAX_LISTED]:
-            click.echo(f"skipped {rejection}", err=True)
-        click.echo(f"{report.summary()} in {time.perf_counter() - started:.2f}s")
+    for path in paths:  # every file is named before the database is touched
+        if not path.is_file():
+            raise BarFileError(path, "no such file" if not path.exists() else "not a file")
+    database = _database()
+    sizes = [path.stat().st_size for path in paths]
+    # by bytes, so a big file moves the bar as much as its share of the work
+    with bars.bar("ingest", sum(sizes), on=bars.enabled(quiet), count=False) as shown:
+        for index, path in enumerate(paths):
+            started = time.perf_counter()
+            done = sum(sizes[:index])
+            report = ingest_file(database, path, symbol, timeframe, tz=zone, fmt=fmt, skip_invalid=skip_invalid,
+                                 progress=lambda phase: shown.set(done, f"{path.name}: {phase}"))
+            shown.set(done + sizes[index])
+            for rejection in report.rejections[:_MAX_LISTED]:
+                shown.echo(f"skipped {rejection}", err=True)
+            shown.echo(f"{report.summary()} in {time.perf_counter() - started:.2f}s")
 
 
 # --- synthetic data ----------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  smc synth --days 20 --out data/                     # data/ES/ES 2024-01-02.Last.txt, ...
+  smc synth --days 60 --out data/ --symbol NQ --edge smc --format parquet""")
 @click.option("--days", default=5, show_default=True, type=click.IntRange(1, 5000), help="Trading days to generate.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--symbol", default="ES", show_default=True)
@@ -122,6 +240,7 @@ def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None,
               help="Plant a learnable SMC setup edge, or none.")
 @click.option("--format", "fmt", default="ninjatrader", show_default=True,
               type=click.Choice(["ninjatrader", "csv", "parquet"]))
+@_debug_option
 def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: str, fmt: str) -> None:
     """Generate realistic synthetic 1-minute futures bars, one file per trading day."""
     from smc_core.ingest import check_symbol
@@ -136,7 +255,11 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
 
 # --- demo --------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  smc demo                               # two symbols, 26 days, then the regime change and retrain
+  smc demo --no-loop --days 10           # stop after the first champion
+  smc demo --symbols ES --edge none      # a market without an edge: the gates refuse""")
 @click.option("--days", default=26, show_default=True, type=click.IntRange(1, 250), help="History trading days.")
 @click.option("--symbols", default="ES,NQ", show_default=True, help="Comma-separated instrument roots.")
 @click.option("--start", default="2024-01-02", show_default=True, help="First calendar day of the sample data.")
@@ -147,6 +270,7 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
               help="Then change the market regime and close the loop: drift sensor, retrain, new champion.")
 @click.option("--new-days", default=26, show_default=True, type=click.IntRange(5, 250),
               help="Trading days of the changed market (also the retrain's sliding window).")
+@_debug_option
 def demo(days: int, symbols: str, start: str, edge: str, train: bool, loop: bool, new_days: int) -> None:
     """The whole lineage and the closed loop on sample data, in the embedded default setup."""
     from smc_jobs.demo import DemoPlan, run_demo
@@ -160,16 +284,37 @@ def demo(days: int, symbols: str, start: str, edge: str, train: bool, loop: bool
 
 # --- serving -------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  smc serve --dev                          # keyless, on HOST:PORT (127.0.0.1:8000 unless set)
+  smc serve --host 0.0.0.0 --port 8080     # API_KEY and ADMIN_API_KEY set in the environment
+  smc serve --bento                        # the latest built Bento, model packed in it""")
 @click.option("--dev", is_flag=True, help="Serve without API keys (local use only; SMC_DEV_MODE=1).")
 @click.option("--bento", "from_bento", is_flag=True,
               help="Serve the latest built Bento (bento_artifact) with the model packed in it, not the source.")
-def serve(dev: bool, from_bento: bool) -> None:
-    """Serve /predict with BentoML on HOST:PORT (the champion followed live, MODEL_PATH, or --bento)."""
+@click.option("--host", default=None,
+              help="Interface to listen on [default: HOST, else the service's default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to listen on [default: PORT, else the service's default 8000].")
+@_debug_option
+def serve(dev: bool, from_bento: bool, host: str | None, port: int | None) -> None:
+    """Serve /predict with BentoML (the champion followed live, MODEL_PATH, or --bento).
+
+    --host/--port override HOST/PORT; the service reads its defaults from the same settings.
+    """
     from smc_core.serving.runtime import ServiceSettings
 
     if dev:
         os.environ["SMC_DEV_MODE"] = "1"
+    if host is not None:
+        os.environ["HOST"] = host
+    if port is not None:
+        os.environ["PORT"] = str(port)
+    settings = ServiceSettings.from_env()  # a bad setting fails here, with its name, before BentoML starts
+    if settings.model_path is not None and not settings.model_path.exists():
+        raise SmcError(f"MODEL_PATH={settings.model_path} does not exist: point it at a model package folder, "
+                       "or unset it to serve the registry's champion")
+    _check_port_free(settings.host, settings.port)
     target = "bento.service:SmcPredictor"
     if from_bento:
         os.environ.setdefault("BENTOML_HOME", str(_settings().smc_home / "bentoml"))
@@ -181,46 +326,95 @@ def serve(dev: bool, from_bento: bool) -> None:
             raise SmcError("no smc_predictor Bento built yet: materialize bento_artifact (promotion_job)") from None
         os.environ["MODEL_TAG"] = bento.info.labels["model_tag"]
         target = str(bento.tag)
-    settings = ServiceSettings.from_env()  # a bad setting fails here, with its name, before BentoML starts
     os.chdir(Path(__file__).resolve().parent.parent)
     executable = Path(sys.executable).parent / "bentoml"
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execv(str(executable), [str(executable), "serve", target, "--host", settings.host, "--port", str(settings.port)])
 
 
-@cli.command()
+def _check_port_free(host: str, port: int) -> None:
+    """Say so now if HOST:PORT is taken, rather than as a traceback from inside BentoML."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise SmcError(f"cannot listen on {host}:{port}: {error.strerror} (check --host / HOST)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise SmcError(f"cannot listen on {host}:{port}: {error.strerror} (another service there? "
+                           "stop it, or pass --port)") from None
+
+
+@cli.command(epilog="""\b
+Examples:
+  smc replay --symbol ES --day 2024-01-03                          # service on 127.0.0.1:8000
+  smc replay --symbol NQ --day 2024-03-05 --url http://10.0.0.5:8080 --api-key "$API_KEY"
+  smc replay --symbol ES --day 2024-01-03 --quiet > es-0103.json""")
 @click.option("--symbol", required=True, help="Symbol whose stored bars are replayed.")
 @click.option("--day", required=True, help="Trading day to replay (YYYY-MM-DD).")
-@click.option("--timeframe", default="1m", show_default=True)
+@click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
+              help="Bar width of the stored series: <n><s|m|h|d>.")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The service.")
 @click.option("--api-key", envvar="API_KEY", default="", help="Predict key [env API_KEY].")
-def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str) -> None:
-    """Stream a stored trading day to the service bar by bar, like NinjaTrader, and report signals and P&L."""
+@_quiet_option
+@_debug_option
+def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet: bool) -> None:
+    """Stream a stored trading day to the service bar by bar, like NinjaTrader, and report signals and P&L.
+
+    Prints one JSON line: requests, signals, versions seen, latency p50/p99, trades, net P&L.
+    """
     import json
 
+    from smc_core.ingest import check_symbol
+    from smc_core.jsonable import plain
     from smc_core.serving.replay import replay_stored_day
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"))
-    from smc_client import SmcClient
+    check_symbol(symbol)
+    trading_day = _parse_date(day, "--day")
+    database = _database()
+    client = _client(url, api_key, timeout=2.0)
+    from smc_client import ServiceError
+
+    def predict(payload: dict) -> dict:
+        try:
+            return client.predict_payload(payload)
+        except ServiceError as error:
+            raise _service_error(error, url) from None
+
+    shown = None  # the bar starts with the first answer, when the day's bar count is known
 
     def progress(done: int, total: int) -> None:
-        if done % 100 == 0 or done == total:
-            click.echo(f"replaying {symbol} {day}: {done}/{total} bars", err=True)
+        nonlocal shown
+        if shown is None:
+            shown = bars.Bar(f"replay {symbol} {trading_day}", total, on=bars.enabled(quiet))
+        shown.set(done)
 
-    with SmcClient(url, api_key, timeout=2.0) as client:
-        report = replay_stored_day(_database(), symbol, _parse_date(day, "--day"), client.predict_payload,
-                                   timeframe=timeframe, progress=progress)
-    click.echo(json.dumps(report.summary(), default=str))
+    try:
+        report = replay_stored_day(database, symbol, trading_day, predict, timeframe=timeframe, progress=progress)
+    finally:
+        if shown is not None:
+            shown.close()
+    click.echo(json.dumps(plain(report.summary()), default=str))  # null, not NaN, for an undefined win rate
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  smc rollback --url http://127.0.0.1:8000 --api-key "$API_KEY"   # and measure the switch
+  smc rollback --no-wait                                          # only move the alias""")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True,
               help="The service, to measure the switch as clients see it.")
 @click.option("--api-key", envvar="API_KEY", default="", help="Predict key [env API_KEY].")
 @click.option("--symbol", default=None, help="Symbol whose newest stored bars make the probe request [default: first].")
-@click.option("--timeframe", default="1m", show_default=True)
+@click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
+              help="Bar width of the probe request's series.")
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
               help="Seconds to wait for every response to carry the restored version.")
 @click.option("--no-wait", is_flag=True, help="Move the alias and exit without measuring the switch.")
+@_debug_option
 def rollback(url: str, api_key: str, symbol: str | None, timeframe: str, timeout: float, no_wait: bool) -> None:
     """Move the champion alias back to the previous version and measure until every response carries it."""
     from smc_core.promotion import rollback as rollback_alias
@@ -241,17 +435,16 @@ def rollback(url: str, api_key: str, symbol: str | None, timeframe: str, timeout
     click.echo(f"champion alias: {MODEL_NAME}/{rolled_back} → {expected} (recorded in model_promotions)")
     if no_wait:
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bento" / "clients" / "python"))
-    from smc_client import ServiceError, SmcClient
+    client = _client(url, api_key, timeout=2.0, retry_delays=())  # a retried failure still counts
+    from smc_client import ServiceError
 
-    with SmcClient(url, api_key, timeout=2.0, retry_delays=()) as client:  # a retried failure still counts
-        def probe() -> dict:
-            try:
-                return client.predict_payload(payload)
-            except ServiceError as error:
-                raise SmcError(str(error)) from None
+    def probe() -> dict:
+        try:
+            return client.predict_payload(payload)
+        except ServiceError as error:
+            raise _service_error(error, url) from None
 
-        report = measure_switchover(probe, expected, moved_at, timeout_s=timeout)
+    report = measure_switchover(probe, expected, moved_at, timeout_s=timeout)
     click.echo(f"{url}: {report.summary()}")
     if report.seconds is None or report.failures:
         raise SmcError(f"rollback moved the alias, but the service at {url} did not switch cleanly: {report.summary()}")
@@ -280,28 +473,51 @@ def _parse_date(text: str, option: str) -> date:
         raise SmcError(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure ends here as one ``error:`` line and a non-zero exit.
+
+    Exit codes: 0 done, 1 error, 2 wrong usage (click's convention), 130 Ctrl-C.
+    """
     try:
-        cli(standalone_mode=False)
+        cli.main(argv, prog_name="smc", standalone_mode=False)
     except RejectedRowsError as exc:
         for rejection in exc.rejections[:_MAX_LISTED]:
             click.echo(f"rejected {rejection}", err=True)
         if len(exc.rejections) > _MAX_LISTED:
             click.echo(f"… and {len(exc.rejections) - _MAX_LISTED} more rejected rows", err=True)
-        click.echo(f"error: {len(exc.rejections)} rejected rows in {exc.path}; nothing was written "
-                   "(fix the file or pass --skip-invalid)", err=True)
-        sys.exit(1)
+        _fail(f"{len(exc.rejections)} rejected rows in {exc.path}; nothing was written "
+              "(fix the file or pass --skip-invalid)", 1)
     except SmcError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(str(exc), 1)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        _fail("interrupted (Ctrl-C)", 130, show_traceback=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "smc"
+        _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code, show_traceback=False)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `smc db status | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")
+        sys.exit(1)
+    except OSError as exc:  # a path the user named: missing, unreadable, not writable
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:  # a case this CLI does not know yet: still one line, the traceback on demand
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(exc)} (rerun with --debug or LOG_LEVEL=DEBUG for the "
+              "traceback, and please report it)", 1)
+
+
+def _fail(message: str, code: int, *, show_traceback: bool = True) -> None:
+    if show_traceback and _debugging():
+        traceback.print_exc()
+    click.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split()) or "(no message)"
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: B
                                  config.embargo)
     for number, split in enumerate(splits, start=1):
         past = _subset(data, split.train)
-        report = _staged(progress, number)
+        report = _staged(progress, number, len(splits))
         base = pretrain_base(past, catalogue, base_config, progress=report)
         run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
         probabilities[split.test] = predict_samples(run.model, run.spec, run.calibration.temperature, data,
@@ -130,10 +130,11 @@ def _subset(data: TrainingData, positions: np.ndarray) -> TrainingData:
                         data.t1[positions], data.symbols, data.sequence_length)
 
 
-def _staged(progress: Progress | None, fold: int) -> Progress | None:
+def _staged(progress: Progress | None, fold: int, folds: int) -> Progress | None:
+    """The fold's training events, named for the fold and carrying ``fold`` of ``folds``."""
     if progress is None:
         return None
-    return lambda event: progress({**event, "stage": f"fold {fold} {event['stage']}"})
+    return lambda event: progress({**event, "stage": f"fold {fold} {event['stage']}", "fold": fold, "folds": folds})
 
 
 # --- the challenger's evaluation -----------------------------------------------------------
