@@ -49,9 +49,11 @@ class TrainConfig:
     """Epochs without a lower validation loss before stopping."""
     seed: int = 0
     threads: int = 1
-    """Intra-op threads while training (restored afterwards). Measured on the 2-vCPU box: 2
-    threads are ~1.4x faster when both cores are idle but 10-30x slower whenever the
-    second core is busy (threads spin at every op), so 1 is the safe default."""
+    """Intra-op threads for the run (training, calibration logits, walk-forward predictions,
+    LightGBM), restored afterwards: part of the recipe, never the machine's count. Measured
+    on the 2-vCPU box: 2 threads are ~1.4x faster when both cores are idle but 10-30x
+    slower whenever the second core is busy (threads spin at every op), so 1 is the safe
+    default."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
