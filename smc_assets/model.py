@@ -49,7 +49,8 @@ class TrainingConfig(Config):
     batch_size: int = 256
     learning_rate: float = 2e-3
     seed: int = Field(default=0, description="Seeds every random choice: same data and seed, same weights.")
-    threads: int = Field(default=1, description="Torch intra-op threads while training (1 is fastest on a busy 2-core box).")
+    threads: int = Field(default=TrainConfig.threads, description="Threads for torch and LightGBM in "
+                         "this run (1 is fastest on a busy 2-core box; the same value gives the same weights).")
 
     def train_config(self, **extra) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, patience=self.patience, batch_size=self.batch_size,

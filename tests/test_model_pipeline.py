@@ -41,7 +41,10 @@ def test_lora_trades_the_planted_edge_on_held_out_days_and_not_noise(runs):
     # trade_edge = precision of the trades taken minus what the same directions would score by chance
     assert edge["trades"] >= 200 and edge["trade_edge"] > 0.05, edge
     assert edge["trade_precision"] > noise["trade_precision"] + 0.04, (edge, noise)
-    assert noise["trade_edge"] < 0.04, noise
+    # On these 8 noise days a model shows a trade_edge of 0.02-0.06 depending on its initial
+    # weights alone (measured over five initialisations), so the bound sits above that spread;
+    # the separation from the planted edge is the precision margin above.
+    assert noise["trade_edge"] < 0.07, noise
     # and it beats the class prior on held-out log loss only where there is something to learn
     assert edge["log_loss"] < runs["smc"][2].reports["prior"]["log_loss"] - 0.005
 

@@ -3,6 +3,19 @@
 A gate never passes by default: too few trades, returns without variance, a missing
 champion package or a statistic that cannot be computed all fail with the reason stated.
 The first model (no champion) is compared with the flat benchmark only.
+
+A gate made of several sub-conditions (``versus_champion``: Sharpe and drawdown; ``spa``:
+one p-value per benchmark) lists each in ``conditions`` with its own statistic and
+threshold, and its reason names the ones that failed first.
+
+``versus_champion``'s drawdown condition holds also when the champion loses money on the
+evaluation window (decided for issue 19). The seed's rule (``min_sharpe_improvement=0.1``,
+``max_drawdown_tolerance=0.02``) caps the risk a switch may add on top of the risk already
+being run live; a losing incumbent does not enlarge that budget. Its drawdown is usually at
+least its loss, so the cap is then loose anyway; it binds only when the champion lost
+little while trading little, and a challenger that draws down much deeper is then exactly
+the added risk the rule refuses. A champion that keeps losing is the performance sensor's,
+the rollback's and the halt switch's business, not a reason to admit a deeper drawdown.
 """
 
 from __future__ import annotations
@@ -35,13 +48,36 @@ class GateConfig:
 
 
 @dataclass
-class GateResult:
+class Condition:
+    """One sub-condition of a gate, judged on its own statistic against its own threshold."""
+
     name: str
     passed: bool
     statistic: float
     threshold: float
+    comparison: str
+    """How the statistic must relate to the threshold to pass: ">=", "<=" or "<"."""
+
+    def describe(self) -> str:
+        shown = "undefined" if not np.isfinite(self.statistic) else f"{self.statistic:.4f}"
+        return f"{self.name} {shown} (needs {self.comparison} {self.threshold})"
+
+
+@dataclass
+class GateResult:
+    name: str
+    passed: bool
+    statistic: float
+    """The gate's headline statistic (for versus_champion the Sharpe improvement, for spa the
+    worst p-value); each sub-condition's own statistic is in ``conditions``."""
+    threshold: float
     reason: str
     details: dict = field(default_factory=dict)
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def failed_conditions(self) -> list[Condition]:
+        return [condition for condition in self.conditions if not condition.passed]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -130,14 +166,20 @@ def _spa(returns, champion, problem, config) -> GateResult:
             pvalues[name] = spa_pvalue(-benchmark, -returns[:, None], reps=config.spa_reps, seed=config.seed)
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as error:
             return GateResult("spa", False, float("nan"), config.max_spa_pvalue, f"SPA against {name} failed: {error}")
+    conditions = [Condition(f"spa_versus_{name}", bool(np.isfinite(p) and p < config.max_spa_pvalue), p,
+                            config.max_spa_pvalue, "<") for name, p in pvalues.items()]
     worst = max(pvalues.values())
-    passed = bool(np.isfinite(worst) and worst < config.max_spa_pvalue)
+    passed = all(condition.passed for condition in conditions)
     return GateResult("spa", passed, worst, config.max_spa_pvalue,
-                      "consistent SPA p-value " + ", ".join(f"{k} {v:.4f}" for k, v in pvalues.items())
-                      + (" (all" if passed else " (not all") + f" < {config.max_spa_pvalue})", pvalues)
+                      _failed_first(conditions) + "consistent SPA p-value "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in pvalues.items())
+                      + (" (all" if passed else " (not all") + f" < {config.max_spa_pvalue})", pvalues, conditions)
 
 
 def _versus_champion(challenger, champion, problem, config) -> GateResult:
+    """Sharpe at least ``min_sharpe_improvement`` above the champion's on the same bars, and max
+    drawdown at most ``max_drawdown_worsening`` points deeper, whether or not the champion
+    made money there (see the module docstring)."""
     name, threshold = "versus_champion", config.min_sharpe_improvement
     if champion is None:
         return GateResult(name, True, float("nan"), threshold, "no champion yet: compared with the benchmarks only")
@@ -150,15 +192,30 @@ def _versus_champion(challenger, champion, problem, config) -> GateResult:
     worsening = mine["max_drawdown_pct"] - theirs["max_drawdown_pct"]
     details = {"sharpe": mine["sharpe"], "champion_sharpe": theirs["sharpe"], "max_drawdown_pct":
                mine["max_drawdown_pct"], "champion_max_drawdown_pct": theirs["max_drawdown_pct"],
-               "champion_version": champion.version}
+               "champion_total_return": theirs["total_return"], "champion_version": champion.version}
+    conditions = [
+        Condition("sharpe_improvement", bool(np.isfinite(improvement) and improvement >= threshold), improvement,
+                  threshold, ">="),
+        Condition("drawdown_worsening", bool(np.isfinite(worsening) and worsening <= config.max_drawdown_worsening),
+                  worsening, config.max_drawdown_worsening, "<="),
+    ]
     if not np.isfinite(improvement):
-        return GateResult(name, False, improvement, threshold, "a Sharpe ratio is undefined", details)
-    passed = improvement >= threshold and worsening <= config.max_drawdown_worsening
-    return GateResult(name, bool(passed), improvement, threshold,
-                      f"Sharpe {mine['sharpe']:.2f} vs champion {theirs['sharpe']:.2f} (Δ {improvement:+.2f}, "
+        return GateResult(name, False, improvement, threshold, _failed_first(conditions) + "a Sharpe ratio is "
+                          "undefined", details, conditions)
+    losing = " (the champion lost money on these bars; its drawdown still bounds the challenger's)" \
+        if theirs["total_return"] < 0 else ""
+    return GateResult(name, all(c.passed for c in conditions), improvement, threshold,
+                      _failed_first(conditions)
+                      + f"Sharpe {mine['sharpe']:.2f} vs champion {theirs['sharpe']:.2f} (Δ {improvement:+.2f}, "
                       f"need ≥ {threshold}); max drawdown {mine['max_drawdown_pct']:.2f}% vs "
-                      f"{theirs['max_drawdown_pct']:.2f}% (may be worse by ≤ {config.max_drawdown_worsening} points)",
-                      details)
+                      f"{theirs['max_drawdown_pct']:.2f}% (Δ {worsening:+.2f} points, may be worse by ≤ "
+                      f"{config.max_drawdown_worsening}){losing}", details, conditions)
+
+
+def _failed_first(conditions: list[Condition]) -> str:
+    """The failing sub-conditions with their own statistic and threshold, to lead a reason."""
+    failed = [condition.describe() for condition in conditions if not condition.passed]
+    return f"failed {'; '.join(failed)}: " if failed else ""
 
 
 def _bounded(name: str, value: float, limit: float, what: str) -> GateResult:

@@ -26,6 +26,7 @@ from smc_core.model.backbone import batched_logits
 from smc_core.model.calibration import softmax
 from smc_core.model.encoding import encode, windows
 from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, train_lora_run
+from smc_core.model.train import pinned_threads
 from smc_core.policy import PolicyConfig
 
 Progress = Callable[[dict], None]
@@ -66,7 +67,7 @@ def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: B
         base = pretrain_base(past, catalogue, base_config, progress=report)
         run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
         probabilities[split.test] = predict_samples(run.model, run.spec, run.calibration.temperature, data,
-                                                    split.test)
+                                                    split.test, threads=run_config.train.threads)
         baseline[split.test] = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])
         ts = pd.DatetimeIndex(data.ts)
         folds.append({"fold": number, "train_windows": int(len(split.train)), "test_windows": int(len(split.test)),
@@ -78,11 +79,12 @@ def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: B
 
 
 def predict_samples(model, spec, temperature: float, data: TrainingData, positions: np.ndarray,
-                    batch_size: int = 1024) -> np.ndarray:
-    """Calibrated probabilities [len(positions), 3] for samples of ``data`` under one model's encoder."""
+                    batch_size: int = 1024, threads: int = 1) -> np.ndarray:
+    """Calibrated probabilities [len(positions), 3] for samples of ``data`` under one model's encoder
+    (``threads`` set deliberately: the machine's count is slower for this model and not part of the result)."""
     numeric, categorical = encode(np.where(np.isfinite(data.rows), data.rows, 0.0), spec)
     batch = windows(numeric, categorical, data.ends[positions], spec.sequence_length)
-    with torch.inference_mode():
+    with torch.inference_mode(), pinned_threads(threads):
         logits = batched_logits(model.eval(), batch[0], batch[1], batch_size).numpy()
     return softmax(logits, temperature)
 

@@ -36,7 +36,8 @@ from smc_core.model.calibration import (class_weight_offsets, expected_calibrati
 from smc_core.model.encoding import EncoderSpec, encode, fit_encoder, windows
 from smc_core.model.errors import ModelError
 from smc_core.model.train import (RETURN_BUCKETS, TrainConfig, TrainResult, add_logit_offsets, check_training_data,
-                                  finetune_lora, next_bar_targets, pretrain, train_from_scratch)
+                                  finetune_lora, next_bar_targets, pinned_threads, pretrain,
+                                  train_from_scratch, training_context)
 
 Progress = Callable[[dict], None]
 
@@ -157,7 +158,8 @@ def pretrain_base(data: TrainingData, catalogue: FeatureCatalogue, config: BaseC
     train_targets, edges = next_bar_targets(data.rows, catalogue, train_ends)
     valid_targets, _ = next_bar_targets(data.rows, catalogue, valid_ends, edges)
     checkpoint = Path(config.checkpoint) if config.checkpoint else None
-    model = BarClassifier.for_spec(spec, None if checkpoint else config.backbone, RETURN_BUCKETS, checkpoint)
+    with training_context(config.train):  # seeded: the initial weights are part of the result
+        model = BarClassifier.for_spec(spec, None if checkpoint else config.backbone, RETURN_BUCKETS, checkpoint)
     backbone_config = BackboneConfig.from_qwen2(model.backbone.config)
     history: list[dict] = []
 
@@ -225,7 +227,7 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     histories: dict[str, list[dict]] = {}
     result = finetune_lora(base.state, spec, train, valid, config.train, backbone_config=base.backbone_config,
                            progress=_recorder("lora", histories, progress))
-    calibration = _calibrate(_logits(result.model, valid), y_valid, result.class_weights)
+    calibration = _calibrate(_logits(result.model, valid, config.train), y_valid, result.class_weights)
     add_logit_offsets(result.model, calibration.offsets)
     reports = {"lora": classification_report(calibration.probs, y_valid, config.threshold)}
 
@@ -236,13 +238,13 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     if "scratch" in config.baselines:
         scratch = train_from_scratch(spec, train, valid, config.train, backbone_config=base.backbone_config,
                                      progress=_recorder("scratch", histories, progress))
-        scratch_calibrated = _calibrate(_logits(scratch.model, valid), y_valid, scratch.class_weights)
+        scratch_calibrated = _calibrate(_logits(scratch.model, valid, config.train), y_valid, scratch.class_weights)
         reports["scratch"] = classification_report(scratch_calibrated.probs, y_valid, config.threshold)
     if "lightgbm" in config.baselines:
         if progress is not None:
             progress({"stage": "lightgbm"})
         booster = train_lightgbm(data.rows[train_ends], y_train, data.rows[valid_ends], y_valid,
-                                 seed=config.train.seed)
+                                 seed=config.train.seed, threads=config.train.threads)
         boosted = _calibrate(booster.predict(data.rows[valid_ends], raw_score=True), y_valid,
                              inverse_frequency_weights(y_train, len(LABELS)))
         reports["lightgbm"] = classification_report(boosted.probs, y_valid, config.threshold)
@@ -281,8 +283,9 @@ def _calibrate(logits: np.ndarray, y: np.ndarray, class_weights) -> Calibrated:
                       expected_calibration_error(probs, y), nll(logits, y), nll(corrected, y, temperature))
 
 
-def _logits(model: BarClassifier, split) -> np.ndarray:
-    with torch.no_grad():
+def _logits(model: BarClassifier, split, config: TrainConfig) -> np.ndarray:
+    """Validation logits under the run's own thread count, like the training that made them."""
+    with torch.no_grad(), pinned_threads(config.threads):
         return batched_logits(model, split[0], split[1]).numpy()
 
 

@@ -49,9 +49,11 @@ class TrainConfig:
     """Epochs without a lower validation loss before stopping."""
     seed: int = 0
     threads: int = 1
-    """Intra-op threads while training (restored afterwards). Measured on the 2-vCPU box: 2
-    threads are ~1.4x faster when both cores are idle but 10-30x slower whenever the
-    second core is busy (threads spin at every op), so 1 is the safe default."""
+    """Intra-op threads for the run (training, calibration logits, walk-forward predictions,
+    LightGBM), restored afterwards: part of the recipe, never the machine's count. Measured
+    on the 2-vCPU box: 2 threads are ~1.4x faster when both cores are idle but 10-30x
+    slower whenever the second core is busy (threads spin at every op), so 1 is the safe
+    default."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -110,7 +112,7 @@ def pretrain(model_or_config: BarClassifier | BackboneConfig | None, numeric, ca
     valid = _as_split(*valid) if valid is not None else None
     check_training_data(train[2], valid[2] if valid is not None else None,
                         [f"bucket {k}" for k in range(RETURN_BUCKETS)], config)
-    with _training_context(config):
+    with training_context(config):
         if isinstance(model_or_config, BarClassifier):
             model = model_or_config
             if model.head.out_features != RETURN_BUCKETS:
@@ -145,7 +147,7 @@ def _train_classifier(encoder_spec: EncoderSpec, train: Split, valid: Split, con
     config = config or TrainConfig()
     train, valid = _as_split(*train), _as_split(*valid)
     check_training_data(train[2], valid[2], LABELS, config)
-    with _training_context(config):
+    with training_context(config):
         model = BarClassifier.for_spec(encoder_spec, backbone_config, n_classes=len(LABELS))
         if base_state is not None:
             _load_body(model, base_state)
@@ -210,22 +212,45 @@ def check_training_data(train_targets, valid_targets, class_names, config: Train
 
 
 @contextlib.contextmanager
-def _training_context(config: TrainConfig):
-    """Seeds, deterministic kernels and the thread count for one run, restored afterwards."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if torch.cuda.is_available():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(config.threads)
+def pinned_threads(threads: int):
+    """Torch's intra-op thread count for a block, restored afterwards: set deliberately, never the machine's."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def training_context(config: TrainConfig):
+    """Seeds, deterministic kernels and the thread count for one run, all restored afterwards.
+
+    Why each part (two processes given the same data must produce the same bytes):
+    - the global RNG is forked, then seeded: weight initialisation, LoRA's initial A
+      matrices and dropout never depend on what the process drew before (this torch seeds
+      each process randomly, so an unseeded draw differs on every run);
+    - deterministic algorithms are enforced on CPU (an op without a deterministic kernel
+      raises rather than silently varying); on CUDA some kernels have none, so there they
+      only warn;
+    - the intra-op thread count is the config's, not the machine's.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []), \
+            pinned_threads(config.threads):
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        torch.use_deterministic_algorithms(True, warn_only=cuda)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            np.random.set_state(numpy_state)
 
 
 def _device() -> torch.device:
