@@ -13,6 +13,17 @@ from dagster import Failure
 from smc_core.errors import SmcError
 
 
+TRIGGER_TAG = "smc/trigger"
+"""The run tag the retrain sensors set (sensors/retrain.py) to say what started a run."""
+
+
+def trigger_of(context) -> str:
+    """What started this run, for names people read: the sensors' trigger tag, else the sensor or
+    schedule that launched it, else "manual"."""
+    tags = context.run.tags
+    return tags.get(TRIGGER_TAG) or tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name") or "manual"
+
+
 def checked(work):
     """Run ``work()``; a domain error (bad data, config or package) becomes a Failure with its message."""
     try:
