@@ -3,6 +3,7 @@ version with the alias ``challenger``, a verified package with lineage, and clea
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import mlflow
@@ -118,6 +119,8 @@ def test_metadata_shows_calibration_and_baselines_side_by_side(pipeline):
     # the inline chart is short enough for the asset page to render at once; the full PNGs a click away
     assert meta["reliability"].count("data:image/svg+xml,") == 1 and len(meta["reliability"]) < 1000
     assert meta["reliability_chart"].count("data:image/png;base64,") == 2
+    shown = [f"{key}: {value}" for key, value in meta.items()]
+    assert not [text for text in shown if re.search(r"\bnan\b", text, re.IGNORECASE)]  # undefined says why
     assert 0 <= meta["ece_after"] <= 1 and meta["temperature"] > 0
     assert meta["split"]["windows_valid"] > 0 and meta["split"]["purged"] >= 0
     assert "| lora | 1 |" in meta["history"] and "| scratch | 1 |" in meta["history"]
