@@ -29,7 +29,7 @@ def build_run_failure_sensor(settings: MonitoringSettings):
         subject = f"{run.job_name} run {run.run_id[:8]}" + (f" (retrain {episode})" if episode else "")
         if REASON_TAG in run.tags:
             message += f" (retrain reason: {run.tags[REASON_TAG]})"
-        alert = raise_alert(database.database(), "run_failure", subject, message, details)
+        alert = raise_alert(database.database(), "run_failure", subject, message, details, severity="error")
         context.log.error(f"ALERT {alert}: {subject} failed in {', '.join(steps) or 'launch'}: {message}")
 
     return run_failure_alert

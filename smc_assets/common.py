@@ -1,11 +1,27 @@
-"""Small pieces every asset module uses: domain errors as Dagster failures, images in metadata."""
+"""Small pieces every asset module uses: domain errors as Dagster failures, images and figures in
+metadata."""
 
 import base64
+import math
 from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
 
 from dagster import Failure
 
 from smc_core.errors import SmcError
+
+
+TRIGGER_TAG = "smc/trigger"
+"""The run tag the retrain sensors set (sensors/retrain.py) to say what started a run."""
+
+
+def trigger_of(context) -> str:
+    """What started this run, for names people read: the sensors' trigger tag, else the sensor or
+    schedule that launched it, else "manual"."""
+    tags = context.run.tags
+    return tags.get(TRIGGER_TAG) or tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name") or "manual"
 
 
 def checked(work):
@@ -17,6 +33,57 @@ def checked(work):
 
 
 def image_markdown(*paths: Path) -> str:
-    """PNGs embedded in a markdown metadata value, so the Dagster UI shows them inline."""
+    """PNGs embedded in a markdown metadata value: full-size figures, one click away in the Dagster
+    UI ("[Show Markdown]"); ``inline_chart`` is the version the asset page shows at once."""
     return "\n\n".join(f"![{Path(p).stem}](data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()})"
                        for p in paths)
+
+
+INLINE_MARKDOWN_LIMIT = 1000
+"""The Dagster UI (1.13, ``MetadataEntry.tsx``) renders a markdown metadata value inline on the
+asset page only below this many characters; a longer one sits behind "[Show Markdown]"."""
+
+
+def inline_chart(caption: str, lines: list[tuple[np.ndarray, np.ndarray, str]], *, square: bool = False) -> str:
+    """``caption`` and a small SVG line chart (a data URI) in markdown short enough to render inline
+    (a PNG never is). ``lines`` are (x, y, colour); ``square`` draws on the unit square with its
+    diagonal (a reliability diagram). Fewer points are drawn until the text fits."""
+    for points in (120, 80, 60, 40, 25, 15):
+        text = f"{caption}\n\n![chart](data:image/svg+xml,{quote(_svg(lines, points, square), safe=_SAFE)})"
+        if len(text) < INLINE_MARKDOWN_LIMIT:
+            return text
+    return caption
+
+
+def number_or_reason(value: float | None, why: str) -> float | str:
+    """A figure for metadata: the number, or why it is undefined (never ``nan``)."""
+    return float(value) if value is not None and math.isfinite(value) else why
+
+
+_SAFE = "/:=',.-"
+
+
+def _svg(lines, points: int, square: bool) -> str:
+    width, height = (100, 100) if square else (300, 90)
+    kept = []
+    for x, y, colour in lines:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        finite = np.isfinite(x) & np.isfinite(y)
+        x, y = x[finite], y[finite]
+        if len(x) > points:
+            chosen = np.unique(np.linspace(0, len(x) - 1, points).round().astype(int))
+            x, y = x[chosen], y[chosen]
+        kept.append((x, y, colour))
+    every_x = np.concatenate([x for x, _, _ in kept] or [np.zeros(1)])
+    every_y = np.concatenate([y for _, y, _ in kept] or [np.zeros(1)])
+    (x0, x1), (y0, y1) = ((0.0, 1.0), (0.0, 1.0)) if square else (
+        (every_x.min(), every_x.max()), (every_y.min(), every_y.max()))
+    x_span, y_span = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+    shapes = [f"<path d='M0,{height}L{width},0' stroke='#999' stroke-dasharray='3'/>"] if square else []
+    for x, y, colour in kept:
+        coordinates = ",".join(f"{round((a - x0) / x_span * width)},{round(height - (b - y0) / y_span * height)}"
+                               for a, b in zip(x, y))
+        shapes.append(f"<polyline points='{coordinates}' fill='none' stroke='{colour}' stroke-width='1.5'/>")
+    shown = (240, 240) if square else (600, 180)
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='-2 -2 {width + 4} {height + 4}' width='{shown[0]}' "
+            f"height='{shown[1]}'>" + "".join(shapes) + "</svg>")

@@ -15,7 +15,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from smc_assets.common import checked, image_markdown
+from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason, trigger_of
 from smc_assets.features import features
 from smc_assets.labels import HorizonConfig, labels
 from smc_core.calendar import SessionCalendar
@@ -23,11 +23,12 @@ from smc_core.dataset import TrainingData, load_training_data
 from smc_core.evaluation.metrics import comparison_markdown
 from smc_core.features import CATALOGUE
 from smc_core.model import BackboneConfig, TrainConfig, reliability_diagram, save_package
+from smc_core.model.calibration import expected_calibration_error, reliability_points
 from smc_core.model.backbone import check_checkpoint
 from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
 from smc_core.provenance import code_revision
-from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, register_package
+from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, log_pyfunc_model, register_package
 from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
 
@@ -123,7 +124,8 @@ def base_model(context: AssetExecutionContext, config: BaseModelConfig) -> Mater
         checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
     data = _load(context, config, horizon=None)
     mlflow = context.resources.mlflow
-    mlflow.set_tags({"stage": "base_model"})
+    mlflow.set_tags({"stage": "base_model", "mlflow.runName":
+                     f"base {context.resources.landing.timeframe} · {trigger_of(context)}"})
     mlflow.log_params({"base_" + k: v for k, v in config.model_dump().items()})
     context.log.info(f"pretraining on {len(data)} windows of {', '.join(data.symbols)}")
     base = checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
@@ -177,6 +179,7 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
         save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage, run.reference,
                      reference_probabilities=calibration.probs)
         mlflow.log_artifacts(str(path), PACKAGE_ARTIFACT)
+        model_uri = log_pyfunc_model(path)  # the same package, loadable by mlflow.pyfunc / `mlflow models`
         with tempfile.TemporaryDirectory() as scratch:
             diagrams = [reliability_diagram(probs, run.valid_y, Path(scratch) / f"reliability_{name}.png", title)
                         for name, probs, title in (("before", calibration.raw, "before calibration"),
@@ -185,6 +188,8 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
                 mlflow.log_artifact(str(diagram), "calibration")
             images = image_markdown(*diagrams)
         mlflow.tracking_client.set_registered_model_alias(MODEL_NAME, "challenger", version)
+        mlflow.set_tag("mlflow.runName", f"lora {context.resources.landing.timeframe} {horizon.split('_')[0]} · "
+                                         f"{trigger_of(context)} · v{version}")
     except BaseException:
         mlflow.tracking_client.delete_model_version(MODEL_NAME, version)  # never leave a version without files
         shutil.rmtree(context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}"),
@@ -193,21 +198,24 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
     context.log.info(f"registered {MODEL_NAME}/{version} as challenger; package at {path}")
 
     lora = run.reports["lora"]
+    no_trades = "undefined: no validation window reached the trade threshold"
     return MaterializeResult(metadata={
         "model_version": f"{MODEL_NAME}/{version}",
         "mlflow_run_id": run_id,
+        "mlflow_model": model_uri,
         "package_path": MetadataValue.path(str(path)),
         "comparison": MetadataValue.md(comparison_markdown(run.reports)),
         "log_loss": lora["log_loss"],
         "macro_f1": lora["macro_f1"],
-        "trade_precision": lora["trade_precision"],
-        "trade_edge": lora["trade_edge"],
+        "trade_precision": number_or_reason(lora["trade_precision"], no_trades),
+        "trade_edge": number_or_reason(lora["trade_edge"], no_trades),
         "temperature": calibration.temperature,
         "ece_before": calibration.ece_raw,
         "ece_after": calibration.ece,
         "nll_before": calibration.nll_raw,
         "nll_after": calibration.nll,
-        "reliability": MetadataValue.md(images),
+        "reliability": MetadataValue.md(_reliability_inline(calibration, run.valid_y)),
+        "reliability_chart": MetadataValue.md(images),
         "history": MetadataValue.md(_history_markdown(run.histories)),
         "split": MetadataValue.json(run.facts),
         "best_epoch": run.result.best_epoch,
@@ -277,6 +285,16 @@ def _lineage(context, config: LoraModelConfig, data: TrainingData, facts: dict, 
         "config": config.model_dump(),
         "code": code_revision(),
     }
+
+
+def _reliability_inline(calibration, y) -> str:
+    """Accuracy against confidence before (grey) and after (blue) calibration, shown inline."""
+    lines = [(*reliability_points(probs, y), colour) for probs, colour in ((calibration.raw, "#999"),
+                                                                           (calibration.probs, "#1f77b4"))]
+    caption = (f"Reliability on {len(y):,} validation windows (accuracy against confidence; dashed: perfect): before "
+               f"calibration (grey) ECE {expected_calibration_error(calibration.raw, y):.4f}, after (blue) ECE "
+               f"{expected_calibration_error(calibration.probs, y):.4f} (full diagrams: reliability_chart)")
+    return inline_chart(caption, lines, square=True)
 
 
 def _history_markdown(histories: dict[str, list[dict]]) -> str:

@@ -1,12 +1,16 @@
 """Promotion: ``challenger_evaluation`` (walk-forward backtest with costs; every statistical
-gate a blocking asset check) and ``champion`` (moves the registry alias), plus rollback.
+gate an asset check) and ``champion`` (decides: moves the registry alias or records a refusal),
+plus rollback.
 
-A failing gate blocks ``champion`` in the same run, so a model that has not proven itself
-out of sample never reaches the alias the service follows. Every decision is recorded in
-``model_promotions`` with its statistics and this Dagster run's id.
+A refusal is a decision, not a crash: the run succeeds, the gate checks say which failed and
+why, and ``champion`` records the refusal (``model_promotions``, the registry version's
+description, MLflow tags, an ``info`` alert, an observation on the ``champion`` asset) without
+materializing, so the alias stays and ``bento_artifact`` downstream is skipped. The gates stay
+blocking for the alias: ``champion`` moves it only when every gate ran and passed.
 """
 
 import json
+import math
 from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -14,25 +18,27 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from dagster import (AssetCheckResult, AssetCheckSpec, AssetExecutionContext, AssetKey, Config, Failure,
-                     MaterializeResult, MetadataValue, OpExecutionContext, asset, op)
+from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
+                     AssetObservation, Config, Failure, MaterializeResult, MetadataValue, OpExecutionContext, asset,
+                     op)
 from pydantic import Field
 
-from smc_assets.common import checked, image_markdown
+from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason
 from smc_assets.model import LoraModelConfig, lora_model
 from smc_core.dataset import load_training_data
-from smc_core.evaluation.backtest import InstrumentSpec, equity_chart
+from smc_core.evaluation.backtest import InstrumentSpec, equity_chart, undefined_metrics
 from smc_core.evaluation.gates import GateConfig
 from smc_core.evaluation.walk_forward import ChampionModel, WalkForwardConfig, evaluate_challenger
 from smc_core.features import CATALOGUE
+from smc_core.jsonable import plain
 from smc_core.model import Predictor, TrainConfig, load_package
 from smc_core.model.package import package_horizon
 from smc_core.model.pipeline import BaseConfig
 from smc_core.policy import PolicyConfig
 from smc_core.monitoring import MonitoringSettings, prediction_times
 from smc_core.outcomes import live_summary, resolve_outcomes
-from smc_core.promotion import (CHALLENGER, CHAMPION, end_shadow, entry_threshold_of, promote, record_trials, refuse,
-                                rollback, shadow_state, shadow_verdict, start_shadow, trial_sharpes)
+from smc_core.promotion import (CHALLENGER, CHAMPION, end_shadow, entry_threshold_of, judge, promote, record_trials,
+                                refuse, rollback, shadow_state, shadow_verdict, start_shadow, trial_sharpes)
 from smc_core.registry import MODEL_NAME, alias_version, package_path
 from smc_core.risk import RiskTerms
 from smc_core.store import load_bars, read_features
@@ -46,7 +52,7 @@ GATE_DESCRIPTIONS = {
     "calibration": "Validation ECE after calibration within budget.",
     "latency": "Single-window inference p50 within budget.",
 }
-EVALUATION_KEY = AssetKey("challenger_evaluation")
+EVALUATION_KEY, CHAMPION_KEY = AssetKey("challenger_evaluation"), AssetKey("champion")
 
 
 _GATES, _POLICY, _INSTRUMENT, _WALK = GateConfig(), PolicyConfig(), InstrumentSpec(), WalkForwardConfig()
@@ -103,11 +109,13 @@ def _matching(config: Config, target) -> dict:
 @asset(
     deps=[lora_model],
     required_resource_keys={"database", "landing", "model_store", "tracking"},
-    check_specs=[AssetCheckSpec(name, asset="challenger_evaluation", blocking=True, description=text)
+    # not Dagster-blocking (that would fail the run): `champion` is what blocks the alias on them
+    check_specs=[AssetCheckSpec(name, asset="challenger_evaluation", description=text)
                  for name, text in GATE_DESCRIPTIONS.items()],
     group_name="promotion",
     kinds={"pytorch", "mlflow"},
-    description="Walk-forward backtest of the challenger with costs, retrained per fold; every gate a blocking check.",
+    description="Walk-forward backtest of the challenger with costs, retrained per fold; every gate an asset check "
+                "that champion requires to pass.",
 )
 def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfig) -> MaterializeResult:
     db = context.resources.database.database()
@@ -166,31 +174,36 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
                          evaluation.champion.result if evaluation.champion else None)
     _log_to_training_run(client, lineage["mlflow_run_id"], evaluation, metrics, folder)
 
-    if not evaluation.passed:
-        failed = [g.name for g in evaluation.gates if not g.passed]
-        refuse(db, version, "failed gates: " + ", ".join(failed), gates=gates,
-               metrics={"challenger": metrics, "champion": rival}, dagster_run_id=context.run.run_id)
-        context.log.warning(f"{MODEL_NAME}/{version} refused: " + "; ".join(
-            f"{g.name}: {g.reason}" for g in evaluation.gates if not g.passed))
+    verdict = judge(gates, GATES)
+    if not verdict.passed:
+        context.log.warning(f"{MODEL_NAME}/{version} fails its gates ({verdict.reason}); champion will refuse it")
 
     return MaterializeResult(
         metadata={
             "model_version": f"{MODEL_NAME}/{version}",
             "version": version,
-            "verdict": "passed" if evaluation.passed else "refused",
+            "verdict": "passed" if verdict.passed else "refused",
+            "failed_gates": ", ".join(verdict.failed) or "none",
             "selected_threshold": evaluation.selected_threshold,
             "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, walk_config.instrument))),
+            "equity": MetadataValue.md(_equity_inline(evaluation)),
             "gates": MetadataValue.md(gate_markdown(gates)),
             "backtest": MetadataValue.md(_backtest_markdown(metrics, rival, evaluation)),
-            "equity": MetadataValue.md(image_markdown(chart)),
-            "folds": MetadataValue.json(evaluation.walk.folds),
+            "equity_chart": MetadataValue.md(image_markdown(chart)),
+            "folds": MetadataValue.json(plain(evaluation.walk.folds)),
             "returns_path": MetadataValue.path(str(folder / "returns.parquet")),
-            "gate_results": MetadataValue.json(gates),
-            "metrics": MetadataValue.json(metrics),
+            # JSON has no NaN: an undefined figure is null, and undefined_metrics says why
+            "gate_results": MetadataValue.json(plain(gates)),
+            "metrics": MetadataValue.json(plain(metrics)),
+            "undefined_metrics": MetadataValue.json(undefined_metrics(metrics)),
+            **({"champion_metrics": MetadataValue.json(plain(rival))} if rival else {}),
         },
         check_results=[
             AssetCheckResult(check_name=gate.name, passed=gate.passed,
-                             metadata={"statistic": _number(gate.statistic), "threshold": gate.threshold,
+                             severity=AssetCheckSeverity.WARN,  # a refused challenger, not broken data
+                             description=("pass: " if gate.passed else "FAIL: ") + gate.reason,
+                             metadata={"statistic": number_or_reason(gate.statistic, "undefined: see reason"),
+                                       "threshold": gate.threshold,
                                        "reason": gate.reason})
             for gate in evaluation.gates
         ],
@@ -214,35 +227,72 @@ class ChampionConfig(Config):
     required_resource_keys={"database", "tracking"},
     group_name="promotion",
     kinds={"mlflow"},
-    description="Moves the registry alias 'champion' to the evaluated challenger (old champion → 'previous'), or "
-                "puts it in shadow first (shadow_hours); runs only when every gate passed.",
+    output_required=False,
+    description="Decides on the evaluated challenger: when every gate passed, moves the registry alias 'champion' to "
+                "it (old champion → 'previous') or puts it in shadow first (shadow_hours); otherwise records the "
+                "refusal and does not materialize, so the alias stays and no Bento is built.",
 )
-def champion(context: AssetExecutionContext, config: ChampionConfig) -> MaterializeResult:
+def champion(context: AssetExecutionContext, config: ChampionConfig):
     db = context.resources.database.database()
     context.resources.tracking.client()
     event = context.instance.get_latest_materialization_event(EVALUATION_KEY)
     if event is None or event.asset_materialization is None:
         raise Failure(description="no challenger_evaluation to act on: materialize it first")
     meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-    if meta["verdict"] != "passed":
-        raise Failure(description=f"{meta['model_version']} did not pass its gates; nothing is promoted")
-    version = meta["version"]
+    version, gates = meta["version"], meta["gate_results"]
+    verdict = judge(gates, GATES)  # the gates block the alias here: nothing moves unless every one passed
+    if not verdict.passed:
+        yield from _refuse(context, db, version, verdict, gates, meta)
+        return
     hours = config.shadow_hours if config.shadow_hours is not None else MonitoringSettings.from_env().shadow_hours
     if hours > 0 and alias_version(CHAMPION) not in (None, version):
         until = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=hours)
         start_shadow(db, version, f"all gates passed; in shadow for {hours:g} h", until=until,
-                     entry_threshold=meta["selected_threshold"], gates=meta["gate_results"],
+                     entry_threshold=meta["selected_threshold"], gates=gates,
                      metrics={"challenger": meta["metrics"]}, dagster_run_id=context.run.run_id,
                      risk=_risk_terms(meta))
         context.log.info(f"{MODEL_NAME}/{version} serves in shadow until {until} (champion unchanged)")
-        return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{alias_version(CHAMPION)}",
-                                           "shadow": f"{MODEL_NAME}/{version}", "shadow_until": until.isoformat()})
-    before = promote(db, version, "all gates passed", entry_threshold=meta["selected_threshold"],
-                     gates=meta["gate_results"], metrics={"challenger": meta["metrics"]},
-                     dagster_run_id=context.run.run_id, risk=_risk_terms(meta))
+        yield MaterializeResult(metadata={"decision": "shadow", "champion": f"{MODEL_NAME}/{alias_version(CHAMPION)}",
+                                          "shadow": f"{MODEL_NAME}/{version}", "shadow_until": until.isoformat()})
+        return
+    before = promote(db, version, verdict.reason, entry_threshold=meta["selected_threshold"], gates=gates,
+                     metrics={"challenger": meta["metrics"]}, dagster_run_id=context.run.run_id,
+                     risk=_risk_terms(meta))
     context.log.info(f"{MODEL_NAME}/{version} is champion (previous: {before or 'none'})")
-    return MaterializeResult(metadata={"champion": f"{MODEL_NAME}/{version}", "previous": before or "none",
-                                       "entry_threshold": meta["selected_threshold"]})
+    yield MaterializeResult(metadata={"decision": "promoted", "champion": f"{MODEL_NAME}/{version}",
+                                      "previous": before or "none", "entry_threshold": meta["selected_threshold"]})
+
+
+def _refuse(context: AssetExecutionContext, db, version: str, verdict, gates: list[dict], meta: dict):
+    """Record a refusal everywhere it is looked for; the champion asset is observed, not materialized."""
+    failed = tuple(verdict.failed)
+    alert = refuse(db, version, verdict.reason, gates=gates,
+                   metrics={"challenger": meta["metrics"], "champion": meta.get("champion_metrics")},
+                   dagster_run_id=context.run.run_id, failed=failed)
+    kept = alias_version(CHAMPION)
+    _end_this_runs_mlflow_run(context, version)
+    context.log.warning(f"{MODEL_NAME}/{version} refused ({verdict.reason}); champion stays "
+                        f"{f'{MODEL_NAME}/{kept}' if kept else 'none'} (alert {alert})")
+    yield AssetObservation(asset_key=CHAMPION_KEY, description=f"{MODEL_NAME}/{version} refused", metadata={
+        "decision": "refused", "challenger": f"{MODEL_NAME}/{version}",
+        "champion": f"{MODEL_NAME}/{kept}" if kept else "none (unchanged)",
+        "failed_gates": ", ".join(failed), "reason": MetadataValue.md(_failed_markdown(verdict)), "alert_id": alert})
+
+
+def _end_this_runs_mlflow_run(context: AssetExecutionContext, version: str) -> None:
+    """In a job that trained the challenger (retrain_job), dagster-mlflow ends the MLflow run after
+    the last step, bento_artifact, which a refusal skips: end it here, FINISHED, as that hook would."""
+    import mlflow
+
+    active, client = mlflow.active_run(), mlflow.MlflowClient()
+    if active is None or active.info.run_id != client.get_model_version(MODEL_NAME, version).run_id:
+        return
+    if client.get_run(active.info.run_id).data.tags.get("dagster_run_id") == context.run.run_id:
+        mlflow.end_run()
+
+
+def _failed_markdown(verdict) -> str:
+    return "\n".join(f"- **{name}**: {why}" for name, why in verdict.failed.items())
 
 
 @asset(
@@ -344,16 +394,34 @@ def _log_to_training_run(client, run_id: str, evaluation, metrics: dict, folder:
 def _backtest_markdown(metrics: dict, rival: dict | None, evaluation) -> str:
     header = "| metric | challenger |" + (" champion |" if rival else "")
     lines = [header, "|---|---|" + ("---|" if rival else "")]
+    why = {**undefined_metrics(rival or {}), **undefined_metrics(metrics)}
     for key, value in metrics.items():
-        row = f"| {key} | {value:.4f} |" + (f" {rival[key]:.4f} |" if rival else "")
+        row = f"| {key} | {_cell(value)} |" + (f" {_cell(rival[key])} |" if rival else "")
         lines.append(row)
     lines.append("")
+    if why:
+        lines.append("– " + "; ".join(f"{key}: {text}" for key, text in why.items()))
+        lines.append("")
     for name, candidates in (("challenger", evaluation.candidates), ("LightGBM", evaluation.baseline_candidates)):
-        lines.append(f"{name} by entry threshold (annualised Sharpe, trades): " + ", ".join(
-            f"{t}: {r.metrics()['sharpe']:.2f}, {len(r.trades)}" for t, r in candidates.items()))
+        lines.append(f"{name} by entry threshold (annualised Sharpe, trades; – undefined): " + ", ".join(
+            f"{t}: {_cell(r.metrics()['sharpe'], 2)}, {len(r.trades)}" for t, r in candidates.items()))
         lines.append("")
     return "\n".join(lines)
 
 
-def _number(value) -> float:
-    return float(value) if value is not None and np.isfinite(value) else float("nan")
+def _cell(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
+
+
+def _equity_inline(evaluation) -> str:
+    """The walk-forward equity (and the champion's on the same bars) small enough to show inline."""
+    mine = evaluation.challenger
+    capital = mine.instrument.capital
+    lines = [(np.arange(len(mine.pnl)), capital + np.cumsum(mine.pnl), "#1f77b4")]
+    caption = f"Walk-forward equity over {len(mine.pnl):,} bars: challenger (blue) ${capital:,.0f} → " \
+              f"${capital + mine.pnl.sum():,.0f}"
+    rival = evaluation.champion.result if evaluation.champion else None
+    if rival is not None:
+        lines.append((np.arange(len(rival.pnl)), rival.instrument.capital + np.cumsum(rival.pnl), "#999"))
+        caption += f", champion (grey) → ${rival.instrument.capital + rival.pnl.sum():,.0f}"
+    return inline_chart(caption + " (full chart: equity_chart)", lines)

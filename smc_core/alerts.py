@@ -1,6 +1,9 @@
 """Alerts the monitoring raises: a row in ``alerts`` and, when ``SMC_ALERT_WEBHOOK`` is set, the
 same JSON posted to it (Slack-compatible ``text`` included). A webhook that fails is logged,
-never raised: an alert must not break the sensor that raises it."""
+never raised: an alert must not break the sensor that raises it.
+
+Severity says what the reader must do: ``info`` a decision to read (a refused challenger),
+``warning`` something the monitoring flags, ``error`` a failed run."""
 
 from __future__ import annotations
 
@@ -14,19 +17,23 @@ from psycopg.types.json import Jsonb
 from smc_core.db import Database
 
 log = logging.getLogger(__name__)
+SEVERITIES = ("info", "warning", "error")
 
 
 def raise_alert(db: Database, kind: str, subject: str, message: str, details: dict | None = None,
-                webhook_url: str | None = None) -> int:
+                webhook_url: str | None = None, severity: str = "warning") -> int:
     """Record an alert; returns its id."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
     details = details or {}
     with db.connection() as connection:
         alert_id = connection.execute(
-            "INSERT INTO alerts (kind, subject, message, details) VALUES (%s, %s, %s, %s) RETURNING id",
-            (kind, subject, message, Jsonb(details))).fetchone()[0]
+            "INSERT INTO alerts (kind, severity, subject, message, details) VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (kind, severity, subject, message, Jsonb(details))).fetchone()[0]
     url = webhook_url if webhook_url is not None else os.environ.get("SMC_ALERT_WEBHOOK")
     if url:
-        body = json.dumps({"text": f"[smc {kind}] {subject}: {message}", "kind": kind, "subject": subject,
+        body = json.dumps({"text": f"[smc {kind}] {subject}: {message}", "kind": kind, "severity": severity,
+                           "subject": subject,
                            "message": message, "details": details, "id": alert_id}, default=str).encode()
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         try:
@@ -40,7 +47,7 @@ def raise_alert(db: Database, kind: str, subject: str, message: str, details: di
 def recent_alerts(db: Database, kind: str | None = None, limit: int = 20) -> list[dict]:
     with db.connection() as connection:
         rows = connection.execute(
-            "SELECT id, raised_at, kind, subject, message, details FROM alerts "
+            "SELECT id, raised_at, kind, severity, subject, message, details FROM alerts "
             "WHERE %s::text IS NULL OR kind = %s ORDER BY raised_at DESC, id DESC LIMIT %s",
             (kind, kind, limit)).fetchall()
-    return [dict(zip(("id", "raised_at", "kind", "subject", "message", "details"), row)) for row in rows]
+    return [dict(zip(("id", "raised_at", "kind", "severity", "subject", "message", "details"), row)) for row in rows]

@@ -4,14 +4,21 @@ Aliases: ``challenger`` (newest trained), ``champion`` (trading), ``previous`` (
 champion before it, the rollback target), ``shadow`` (a gated challenger answering the same
 requests as the champion, logged but never returned, until its live record decides). A decision is a ``model_promotions`` row with
 the gate statistics and the Dagster run id, written whether or not anything moved.
+
+A refusal is a decision like a promotion, not an error: besides its row it is written where
+people look, the registry version's description, tags on the version and on its MLflow run
+(``smc.decision``, ``smc.failed_gates``) and an ``info`` alert.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 
+from smc_core.alerts import raise_alert
 from smc_core.db import Database
 from smc_core.errors import SmcError
 from smc_core.jsonable import plain
@@ -20,6 +27,35 @@ from smc_core.risk import RiskTerms
 
 CHAMPION, PREVIOUS, CHALLENGER, SHADOW = "champion", "previous", "challenger", "shadow"
 ENTRY_THRESHOLD_TAG = "entry_threshold"
+DECISION_TAG, FAILED_GATES_TAG, REASON_TAG = "smc.decision", "smc.failed_gates", "smc.decision_reason"
+_TAG_LIMIT = 5000  # the value length every MLflow store accepts
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """What the gates say about one challenger: passed only when every required gate ran and
+    passed. ``failed`` maps each failing gate to the reason text it gave."""
+
+    failed: dict[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    @property
+    def reason(self) -> str:
+        if self.passed:
+            return "all gates passed"
+        return "failed gates: " + "; ".join(f"{name}: {why}" for name, why in self.failed.items())
+
+
+def judge(gates: list[dict], required: tuple[str, ...]) -> GateVerdict:
+    """The verdict on gate results (``GateResult.as_dict()`` rows). A required gate without a
+    result fails: a gate never passes by default."""
+    results = {gate["name"]: gate for gate in gates}
+    failed = {name: "no result: the gate was not evaluated" for name in required if name not in results}
+    failed |= {gate["name"]: gate["reason"] for gate in gates if not gate["passed"]}
+    return GateVerdict({name: failed[name] for name in [*required, *results] if name in failed})
 
 
 class PromotionError(SmcError):
@@ -55,6 +91,8 @@ def promote(db: Database, version: str, reason: str, *, entry_threshold: float |
     client.set_registered_model_alias(name, CHAMPION, version)
     record_decision(db, "promoted", version, reason, champion_before=before, champion_after=version, gates=gates,
                     metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+    annotate(version, "promoted", reason + (f" (previous champion: version {before})" if before else ""),
+             dagster_run_id=dagster_run_id, name=name)
     return before
 
 
@@ -71,6 +109,7 @@ def start_shadow(db: Database, version: str, reason: str, *, until, entry_thresh
     record_decision(db, "shadow", version, reason, champion_before=champion, champion_after=champion, gates=gates,
                     metrics={**(metrics or {}), "shadow_until": until.isoformat()}, dagster_run_id=dagster_run_id,
                     name=name)
+    annotate(version, "shadow", f"{reason} (until {until.isoformat()})", dagster_run_id=dagster_run_id, name=name)
 
 
 def _record_terms(client, name: str, version: str, entry_threshold: float | None, risk: RiskTerms | None) -> None:
@@ -130,10 +169,37 @@ def _rate(live: dict) -> str:
 
 
 def refuse(db: Database, version: str, reason: str, *, gates: list[dict] | None = None,
-           metrics: dict | None = None, dagster_run_id: str | None = None, name: str = MODEL_NAME) -> None:
+           metrics: dict | None = None, dagster_run_id: str | None = None, failed: tuple[str, ...] = (),
+           name: str = MODEL_NAME) -> int:
+    """Record a refusal (aliases untouched): the decision row, the registry version's
+    description and tags, its MLflow run's tags and an ``info`` alert. Returns the alert id."""
     champion = alias_version(CHAMPION, name=name)
     record_decision(db, "refused", version, reason, champion_before=champion, champion_after=champion, gates=gates,
                     metrics=metrics, dagster_run_id=dagster_run_id, name=name)
+    annotate(version, "refused", reason, failed=failed, dagster_run_id=dagster_run_id, name=name)
+    kept = f"{name}/{champion} stays champion" if champion else "no champion yet"
+    return raise_alert(db, "promotion_refused", f"{name}/{version} refused", f"{reason}; {kept}",
+                       {"model": name, "version": version, "failed_gates": list(failed), "champion": champion,
+                        "dagster_run_id": dagster_run_id}, severity="info")
+
+
+def annotate(version: str, decision: str, reason: str, *, failed: tuple[str, ...] = (),
+             dagster_run_id: str | None = None, name: str = MODEL_NAME) -> None:
+    """Write a decision where MLflow users look: the registry version's description, tags on
+    the version and on the MLflow run that trained it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    by = f" by Dagster run {dagster_run_id}" if dagster_run_id else ""
+    client.update_model_version(name, version, description=f"{decision.capitalize()} {when}{by}: {reason}")
+    tags = {DECISION_TAG: decision, FAILED_GATES_TAG: ",".join(failed), REASON_TAG: reason[:_TAG_LIMIT]}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    run_id = client.get_model_version(name, version).run_id
+    if run_id:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
 
 
 def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MODEL_NAME) -> tuple[str, str]:

@@ -17,6 +17,9 @@ from smc_core.settings import Settings
 EXPERIMENT = "smc"
 MODEL_NAME = "smc-lora"
 PACKAGE_ARTIFACT = "model_package"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3 opens an experiment with this tag in its model-training view (runs, metrics, models),
+not the GenAI one (traces, evaluations)."""
 
 # Offline machines: no pip resolution when logging, no telemetry calls.
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
@@ -47,8 +50,14 @@ def configure(config: TrackingConfig) -> str:
     mlflow.set_tracking_uri(config.tracking_uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(config.experiment)
-    experiment_id = (client.create_experiment(config.experiment, artifact_location=config.artifact_root)
-                     if experiment is None else experiment.experiment_id)
+    if experiment is None:
+        experiment_id = client.create_experiment(config.experiment, artifact_location=config.artifact_root,
+                                                 tags=EXPERIMENT_KIND)
+    else:
+        experiment_id = experiment.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:  # an experiment made before the tag existed
+                client.set_experiment_tag(experiment_id, key, value)
     # active too: a bare mlflow.start_run() would otherwise use experiment 0, whose artifact
     # root is ./mlruns relative to wherever the process happens to run
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -68,6 +77,35 @@ def register_package(run_id: str, artifact_uri: str, *, name: str = MODEL_NAME, 
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+def log_pyfunc_model(package_dir: Path, *, name: str = "model") -> str:
+    """Log the package under ``package_dir`` as an MLflow pyfunc model of the active run (models
+    from code: ``smc_core/mlflow_pyfunc.py``, nothing pickled); returns its ``models:/`` URI.
+
+    Requirements are stated, not inferred: inference would load the model in a subprocess and
+    ask the package index, which an offline machine cannot."""
+    from importlib.metadata import version
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from smc_core import mlflow_pyfunc
+    from smc_core.model import Predictor, load_package
+
+    predictor = Predictor(load_package(Path(package_dir)), threads=None)
+    length = predictor.spec.sequence_length
+    sample = pd.DataFrame(predictor.package.reference[: length + 1].astype("float64"),
+                          columns=list(predictor.spec.feature_names))
+    signature = infer_signature(sample, mlflow_pyfunc.window_probabilities(predictor, sample))
+    logged = mlflow.pyfunc.log_model(
+        name=name, python_model=mlflow_pyfunc.__file__, artifacts={mlflow_pyfunc.PACKAGE: str(package_dir)},
+        signature=signature, input_example=sample, pip_requirements=[f"{p}=={version(p)}" for p in _PYFUNC_REQUIREMENTS])
+    return logged.model_uri
+
+
+_PYFUNC_REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "safetensors", "numpy", "pandas")
 
 
 def alias_version(alias: str, *, name: str = MODEL_NAME) -> str | None:

@@ -47,8 +47,8 @@ train_job = define_asset_job(
 
 promotion_job = define_asset_job(
     "promotion_job", selection=AssetSelection.assets(challenger_evaluation, champion, bento_artifact),
-    description="Walk-forward backtest of the challenger, every gate a blocking check; on a pass the champion alias "
-                "moves and the Bento is built.",
+    description="Walk-forward backtest of the challenger, every gate a check; all passed: the champion alias moves "
+                "and the Bento is built; else the refusal is recorded and the run still succeeds.",
 )
 
 

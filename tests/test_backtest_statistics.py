@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from smc_core.evaluation.backtest import InstrumentSpec, backtest
+from smc_core.evaluation.backtest import InstrumentSpec, backtest, undefined_metrics
 from smc_core.evaluation.statistics import (deflated_sharpe_ratio, expected_max_sharpe,
                                             probabilistic_sharpe_ratio, probability_of_backtest_overfitting,
                                             sharpe, spa_pvalue)
@@ -78,6 +78,42 @@ def test_fills_next_open_target_stop_and_session_close_by_hand():
 
     flat_end = backtest(_bars([100, 100, 100.5, 100.25], atr=1.0), calls[:4], policy, instrument).trades.iloc[0]
     assert flat_end["reason"] == "session_close" and flat_end["exit_price"] == 100.0
+
+
+def test_undefined_metrics_say_why_instead_of_nan():
+    # a market that only rises, traded long: no losing day, so Sortino has no downside to divide by
+    path = 5000 + np.arange(300) * 0.25
+    bars = _bars(path, sessions=np.repeat(np.arange(3), 100), spread=0.25)
+    result = backtest(bars, np.tile(LONG_CALL, (300, 1)), PolicyConfig(contracts=1, stop_atr=50, target_atr=50),
+                      InstrumentSpec(commission=0, slippage_ticks=0))
+    metrics = result.metrics()
+    assert math.isnan(metrics["sortino"]) and metrics["sharpe"] > 0
+    why = undefined_metrics(metrics)
+    assert why["sortino"] == "undefined: no losing day (no downside deviation)"
+    assert "sharpe" not in why and all(math.isnan(metrics[key]) for key in why)
+    flat = backtest(bars, np.tile([0.1, 0.1, 0.8], (300, 1)), PolicyConfig(), InstrumentSpec()).metrics()
+    assert undefined_metrics(flat)["win_rate"] == "undefined: no trades"
+
+
+def test_inline_charts_fit_the_dagster_ui_limit_and_are_valid_svg():
+    from urllib.parse import unquote
+    from xml.etree import ElementTree
+
+    from smc_assets.common import INLINE_MARKDOWN_LIMIT, inline_chart
+
+    rng = np.random.default_rng(0)
+    curve = 100_000 + np.cumsum(rng.normal(0, 50, 20_000))
+    text = inline_chart("equity", [(np.arange(20_000), curve, "#1f77b4"), (np.arange(20_000), curve[::-1], "#999")])
+    assert len(text) < INLINE_MARKDOWN_LIMIT and text.startswith("equity\n\n![chart](data:image/svg+xml,")
+    svg = ElementTree.fromstring(unquote(text.split("data:image/svg+xml,", 1)[1][:-1]))
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    assert [line.get("stroke") for line in lines] == ["#1f77b4", "#999"]
+    points = np.array(lines[0].get("points").split(","), dtype=float).reshape(-1, 2)
+    assert len(points) >= 25 and points[:, 0].min() == 0 and points[:, 0].max() == 300
+    assert points[:, 1].min() >= 0 and points[:, 1].max() <= 90  # inside the drawing box
+    square = inline_chart("reliability", [(np.linspace(0.4, 0.9, 15), np.linspace(0.3, 0.95, 15), "#999")],
+                          square=True)
+    assert "M0,100L100,0" in unquote(square) and len(square) < INLINE_MARKDOWN_LIMIT
 
 
 def test_metrics_follow_the_stated_conventions():

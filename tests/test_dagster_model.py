@@ -3,10 +3,12 @@ version with the alias ``challenger``, a verified package with lineage, and clea
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from smc_core.dataset import load_training_data
 from smc_core.features import CATALOGUE
@@ -45,7 +47,11 @@ def test_training_runs_are_tracked_in_mlflow_through_dagster_mlflow(pipeline):
     # dagster-mlflow opened the run for this Dagster run, and its hook closed it
     assert run.data.tags["dagster_run_id"] == pipeline["train"].run_id
     assert run.info.status == "FINISHED"
-    assert mlflow.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.name == EXPERIMENT
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training view
+    # a name that says what was trained, what started it and what it became
+    assert run.info.run_name == f"lora 1m h15 · manual · v{meta['model_version'].split('/')[1]}"
     assert run.data.params["epochs"] == "3" and run.data.params["horizon"] == "h15_u1.5_d1.5"
     for model in ("lora", "scratch", "lightgbm", "prior"):
         assert f"{model}_log_loss" in run.data.metrics
@@ -60,6 +66,25 @@ def test_training_runs_are_tracked_in_mlflow_through_dagster_mlflow(pipeline):
     base_meta = _metadata(pipeline["base"], "base_model")
     base_run = mlflow.MlflowClient().get_run(base_meta["mlflow_run_id"])
     assert base_run.data.tags["dagster_run_id"] == pipeline["base"].run_id and base_run.info.status == "FINISHED"
+    assert base_run.info.run_name == "base 1m · manual"
+
+
+def test_the_package_is_also_an_mlflow_model_giving_the_predictors_probabilities(pipeline, database):
+    meta = _metadata(pipeline["train"], "lora_model")
+    model = mlflow.pyfunc.load_model(meta["mlflow_model"])
+    assert mlflow.MlflowClient().get_logged_model(model.model_id).source_run_id == meta["mlflow_run_id"]
+    predictor = Predictor.load(meta["package_path"])
+    data = load_training_data(database, [SYMBOL], "1m", *_all_time(), CATALOGUE, "h15_u1.5_d1.5", 20)
+    rows = pd.DataFrame(np.nan_to_num(data.rows[-60:]), columns=list(predictor.spec.feature_names))
+    served = model.predict(rows)
+    assert list(served.columns) == ["long", "short", "skip"] and served.iloc[:19].isna().all().all()
+    numeric, categorical = encode(rows.to_numpy(), predictor.spec)
+    expected = predictor.predict_proba(*windows(numeric, categorical, np.arange(19, 60), 20))
+    assert np.array_equal(served.iloc[19:].to_numpy(), expected)
+    # and each window scored alone as the service does, to float32 rounding
+    assert np.allclose(served.iloc[-1].to_numpy(), predictor.predict_rows(rows.iloc[-20:]), atol=1e-6)
+    with pytest.raises(Exception, match="(?i)schema|column"):
+        model.predict(rows.drop(columns=rows.columns[0]))
 
 
 def test_the_package_is_registered_as_challenger_with_lineage(pipeline, database):
@@ -91,7 +116,11 @@ def test_metadata_shows_calibration_and_baselines_side_by_side(pipeline):
     header = meta["comparison"].splitlines()[0]
     assert header == "| metric | lora | scratch | lightgbm | prior |"
     assert "| trade_precision |" in meta["comparison"] and "| macro_f1 |" in meta["comparison"]
-    assert meta["reliability"].count("data:image/png;base64,") == 2
+    # the inline chart is short enough for the asset page to render at once; the full PNGs a click away
+    assert meta["reliability"].count("data:image/svg+xml,") == 1 and len(meta["reliability"]) < 1000
+    assert meta["reliability_chart"].count("data:image/png;base64,") == 2
+    shown = [f"{key}: {value}" for key, value in meta.items()]
+    assert not [text for text in shown if re.search(r"\bnan\b", text, re.IGNORECASE)]  # undefined says why
     assert 0 <= meta["ece_after"] <= 1 and meta["temperature"] > 0
     assert meta["split"]["windows_valid"] > 0 and meta["split"]["purged"] >= 0
     assert "| lora | 1 |" in meta["history"] and "| scratch | 1 |" in meta["history"]

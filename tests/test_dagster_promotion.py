@@ -1,6 +1,7 @@
-"""The promotion wiring through the real jobs: gates as blocking checks on challenger_evaluation,
-champion moved only when all pass, every decision recorded, a broken champion failing its gate
-without crashing the run, and rollback_job.
+"""The promotion wiring through the real jobs: gates as checks on challenger_evaluation, champion
+moved only when all pass, a refusal a successful run recorded everywhere (Dagster, MLflow, the
+registry, model_promotions, an info alert), a broken champion failing its gate without crashing
+the run, and rollback_job.
 
 Whether a real edge passes and noise fails the default thresholds is tested below Dagster
 (test_promotion.py, on larger synthetic markets); here thresholds are set to force one
@@ -13,10 +14,13 @@ import shutil
 import warnings
 from pathlib import Path
 
+import re
+
 import mlflow
 import pytest
-from pipeline_setup import trained_pipeline
+from pipeline_setup import QUIET, trained_pipeline
 
+from smc_core.alerts import recent_alerts
 from smc_core.promotion import decisions
 from smc_core.registry import alias_version
 
@@ -44,22 +48,80 @@ def _materialized(result) -> set[str]:
     return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
 
-def test_a_failing_gate_blocks_the_champion_in_the_same_run(pipeline, database):
+def _observations(result, asset: str) -> list[dict]:
+    return [{k: v.value for k, v in e.event_specific_data.asset_observation.metadata.items()}
+            for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+            and e.event_specific_data.asset_observation.asset_key.to_user_string() == asset]
+
+
+def _metadata(result) -> dict[str, dict]:
+    return {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
+def _no_nan(metadata: dict) -> None:
+    for asset, values in metadata.items():
+        for key, value in values.items():
+            assert not re.search(r"\bnan\b", str(value), re.IGNORECASE), f"{asset}.{key} shows nan: {value}"
+
+
+def assert_refused_everywhere(result, database, version: str, gate: str, champion: str | None) -> None:
+    """A refusal: a successful run, the alias unmoved, no Bento, and 'refused' naming the gate in
+    the Dagster metadata and checks, the MLflow run, the registry version, model_promotions, alerts."""
+    assert result.success and not any(e.event_type_value == "PIPELINE_FAILURE" for e in result.all_events)
+    assert alias_version("champion") == champion
+    assert "bento_artifact" not in _materialized(result) and "champion" not in _materialized(result)
+    assert "bento_artifact" in {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == gate)
+    assert not check.passed and check.description.startswith("FAIL: ") and check.severity.value == "WARN"
+    evaluation = _metadata(result)["challenger_evaluation"]
+    assert (evaluation["verdict"], evaluation["failed_gates"]) == ("refused", gate)
+    observed = _observations(result, "champion")[-1]
+    assert (observed["decision"], observed["failed_gates"], observed["challenger"]) == ("refused", gate,
+                                                                                       f"smc-lora/{version}")
+    assert check.description.removeprefix("FAIL: ") in observed["reason"]  # the gate's own reason, verbatim
+    client = mlflow.MlflowClient()
+    model_version = client.get_model_version("smc-lora", version)
+    assert model_version.description.startswith("Refused ") and gate in model_version.description
+    assert (model_version.tags["smc.decision"], model_version.tags["smc.failed_gates"]) == ("refused", gate)
+    run = client.get_run(model_version.run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["smc.decision"], run.data.tags["smc.failed_gates"]) == ("refused", gate)
+    last = decisions(database)[-1]
+    assert (last["version"], last["decision"], last["dagster_run_id"]) == (version, "refused", result.run_id)
+    assert gate in last["reason"] and len(last["gates"]) == 6 and last["champion_after"] == champion
+    alert = recent_alerts(database, "promotion_refused")[0]
+    assert alert["severity"] == "info" and alert["subject"] == f"smc-lora/{version} refused"
+    assert alert["details"]["failed_gates"] == [gate] and alert["details"]["dagster_run_id"] == result.run_id
+    assert not recent_alerts(database, "run_failure")
+    _no_nan(_metadata(result))
+
+
+def test_a_refusal_is_a_successful_run_recorded_everywhere(pipeline, database):
     challenger = alias_version("challenger")
-    result = pipeline.run("promotion_job", "challenger_evaluation", {**PERMISSIVE, "max_latency_ms": 1e-6},
-                          raise_on_error=False)
+    result = pipeline.run("promotion_job", "challenger_evaluation", {**PERMISSIVE, "max_latency_ms": 1e-6})
     checks = _checks(result)
     assert set(checks) == {"deflated_sharpe", "pbo", "spa", "versus_champion", "calibration", "latency"}
-    assert checks["latency"] is False
-    assert _materialized(result) == {"challenger_evaluation"}  # champion never ran
-    assert alias_version("champion") is None
-    last = decisions(database)[-1]
-    assert (last["version"], last["decision"], last["dagster_run_id"]) == (challenger, "refused", result.run_id)
-    assert "latency" in last["reason"] and len(last["gates"]) == 6
+    assert [name for name, passed in checks.items() if not passed] == ["latency"]
+    assert_refused_everywhere(result, database, challenger, "latency", champion=None)
+
+
+def test_a_retrain_refused_in_the_same_run_finishes_its_mlflow_run(pipeline, database):
+    """retrain_job opens the MLflow run (lora_model) and a refusal skips the step whose hook would
+    end it: the run must still end FINISHED, not stay RUNNING or turn FAILED."""
+    result = pipeline.definitions.resolve_job_def("retrain_job").execute_in_process(
+        instance=pipeline.instance, run_config={**QUIET, "ops": {
+            "lora_model": {"config": {"epochs": 1, "baselines": False}},
+            "challenger_evaluation": {"config": {**PERMISSIVE, "max_ece": 0.0}}}})
+    challenger = alias_version("challenger")
+    assert _metadata(result)["lora_model"]["model_version"] == f"smc-lora/{challenger}"
+    assert_refused_everywhere(result, database, challenger, "calibration", champion=None)
+    assert mlflow.active_run() is None  # nothing left open for the next run in this process
 
 
 def test_passing_gates_promote_and_a_second_model_keeps_the_first_as_previous(pipeline, database):
-    first = alias_version("challenger")
+    first = alias_version("challenger")  # refused above at stricter thresholds
+    refusals = len(recent_alerts(database, "promotion_refused"))
     result = pipeline.run("promotion_job", "challenger_evaluation", PERMISSIVE)
     assert result.success and all(_checks(result).values())
     assert _materialized(result) == {"challenger_evaluation", "champion", "bento_artifact"}
@@ -68,8 +130,17 @@ def test_passing_gates_promote_and_a_second_model_keeps_the_first_as_previous(pi
     assert float(tags["entry_threshold"]) in (0.55, 0.6, 0.65, 0.7, 0.75)
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
     assert "| gate | verdict |" in meta["challenger_evaluation"]["gates"].value
-    assert "data:image/png;base64," in meta["challenger_evaluation"]["equity"].value
+    # the equity curve renders on the asset page (short markdown), the full chart one click away
+    inline = meta["challenger_evaluation"]["equity"].value
+    assert "data:image/svg+xml," in inline and len(inline) < 1000
+    assert "data:image/png;base64," in meta["challenger_evaluation"]["equity_chart"].value
     assert Path(meta["challenger_evaluation"]["returns_path"].value).is_file()
+    assert meta["champion"]["decision"].value == "promoted"
+    _no_nan(_metadata(result))
+    promoted = mlflow.MlflowClient().get_model_version("smc-lora", first)
+    assert promoted.description.startswith("Promoted ") and promoted.tags["smc.decision"] == "promoted"
+    assert mlflow.MlflowClient().get_run(promoted.run_id).data.tags["smc.decision"] == "promoted"
+    assert len(recent_alerts(database, "promotion_refused")) == refusals
     # the Bento packs exactly the promoted version, with its lineage as labels
     import bentoml
 

@@ -18,9 +18,11 @@ from smc_core.features import CATALOGUE
 from smc_core.labels import Horizon
 from smc_core.model import TrainConfig
 from smc_core.model.pipeline import BaseConfig, RunConfig
+from smc_core.promotion import judge
 from smc_core.synthetic import Instrument, SyntheticConfig, generate_bars
 
 DAYS = 30
+GATE_NAMES = ("deflated_sharpe", "pbo", "spa", "versus_champion", "calibration", "latency")
 BASE = BaseConfig(train=TrainConfig(epochs=3, patience=2))
 RUN = RunConfig(train_stride=3, train=TrainConfig(epochs=12, patience=2))
 WALK = WalkForwardConfig(folds=2, min_train_fraction=0.4)
@@ -43,6 +45,7 @@ def _table(evaluation) -> str:
 def test_a_planted_edge_passes_every_gate():
     evaluation = evaluate("smc", {"ES": 3, "NQ": 4}, DAYS)
     assert evaluation.passed, _table(evaluation)
+    assert judge([g.as_dict() for g in evaluation.gates], GATE_NAMES).passed  # what champion acts on
     metrics = evaluation.challenger.metrics()
     assert metrics["sharpe"] > 0 and metrics["trades"] >= 30 and metrics["net_pnl"] > 0
     assert set(evaluation.candidates) == set(WALK.candidate_thresholds)
@@ -57,3 +60,7 @@ def test_a_market_without_edge_is_refused():
     assert not evaluation.passed
     failed = {g.name for g in evaluation.gates if not g.passed}
     assert {"deflated_sharpe", "spa"} <= failed, _table(evaluation)
+    # champion's verdict on the same results: refused, naming each failed gate with its own reason
+    verdict = judge([g.as_dict() for g in evaluation.gates], GATE_NAMES)
+    assert not verdict.passed and set(verdict.failed) == failed
+    assert all(verdict.failed[g.name] == g.reason for g in evaluation.gates if not g.passed)

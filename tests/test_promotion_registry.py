@@ -1,6 +1,7 @@
 """Promotion decisions against a real registry and database: aliases move only on a pass,
-every decision is recorded, rollback restores the previous champion once, trials accumulate
-for the DSR, and gates fail with a reason on unusable input."""
+every decision is recorded (a refusal also in the registry, on the MLflow run and as an info
+alert), rollback restores the previous champion once, trials accumulate for the DSR, and gates
+fail with a reason on unusable input."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec
 from smc_core.evaluation.gates import Champion, GateResult, evaluate_gates
-from smc_core.promotion import (PromotionError, decisions, promote, record_trials, refuse, rollback,
+from smc_core.alerts import recent_alerts
+from smc_core.promotion import (PromotionError, decisions, judge, promote, record_trials, refuse, rollback,
                                 trial_sharpes)
 from smc_core.registry import TrackingConfig, alias_version, configure, register_package
 
@@ -42,6 +44,34 @@ def test_aliases_move_only_on_a_pass_and_every_decision_is_recorded(database, re
         (refused, "refused", None), (promoted, "promoted", promoted)]
     assert rows[-1]["dagster_run_id"] == "run-b" and rows[-1]["gates"][0]["name"] == "deflated_sharpe"
     assert mlflow.MlflowClient().get_model_version("smc-lora", promoted).tags["entry_threshold"] == "0.65"
+
+
+def test_a_refusal_is_written_where_people_look(database, registry):
+    refused = registry[0]
+    client = mlflow.MlflowClient()
+    alert = refuse(database, refused, "failed gates: latency: p50 9.0 > 5.0", gates=GATES, failed=("latency",),
+                   dagster_run_id="run-c")
+    version = client.get_model_version("smc-lora", refused)
+    assert version.description.startswith("Refused ") and "by Dagster run run-c: failed gates: latency" in \
+        version.description
+    assert version.tags["smc.decision"] == "refused" and version.tags["smc.failed_gates"] == "latency"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["smc.decision"] == "refused" and "p50 9.0 > 5.0" in run.data.tags["smc.decision_reason"]
+    stored = recent_alerts(database, "promotion_refused")[0]
+    assert (stored["id"], stored["severity"], stored["subject"]) == (alert, "info", f"smc-lora/{refused} refused")
+    assert "p50 9.0 > 5.0" in stored["message"] and stored["details"]["failed_gates"] == ["latency"]
+    assert decisions(database)[-1]["decision"] == "refused"
+
+
+def test_the_verdict_needs_every_required_gate_to_have_passed():
+    required = ("deflated_sharpe", "latency")
+    assert judge([GATES[0], {**GATES[1], "passed": True}], required).passed
+    failing = judge(GATES, required)
+    assert not failing.passed and failing.failed == {"latency": "p50 9.0 > 5.0"}
+    assert failing.reason == "failed gates: latency: p50 9.0 > 5.0"
+    missing = judge(GATES[:1], required)  # a gate that never ran does not pass by default
+    assert not missing.passed and "not evaluated" in missing.failed["latency"]
+    assert not judge([], required).passed
 
 
 def test_rollback_restores_the_previous_champion_once(database, registry):

@@ -16,6 +16,8 @@ Conventions, stated once:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +173,21 @@ def performance(pnl: np.ndarray, session: np.ndarray, trades: pd.DataFrame, in_m
         "days": float(len(daily)),
         "net_pnl": float(pnl.sum()),
     }
+
+
+UNDEFINED_BECAUSE = {
+    "sharpe": "undefined: fewer than two trading days, or no day-to-day variation",
+    "sortino": "undefined: no losing day (no downside deviation)",
+    "win_rate": "undefined: no trades",
+    "profit_factor": "undefined: no losing trade",
+    "avg_win": "undefined: no winning trade",
+    "avg_loss": "undefined: no losing trade",
+}
+
+
+def undefined_metrics(metrics: dict[str, float]) -> dict[str, str]:
+    """Why each undefined (NaN) metric of ``performance`` is undefined: shown instead of ``nan``."""
+    return {key: UNDEFINED_BECAUSE.get(key, "undefined") for key, value in metrics.items() if not math.isfinite(value)}
 
 
 def equity_chart(result: BacktestResult, path: Path, title: str, benchmark: BacktestResult | None = None) -> Path:

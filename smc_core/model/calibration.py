@@ -85,6 +85,12 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(np.sum(counts * np.abs(accuracy - confidence)) / max(counts.sum(), 1))
 
 
+def reliability_points(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Mean confidence and accuracy of each non-empty bin: the reliability curve."""
+    counts, confidence, accuracy = _confidence_bins(probs, y, bins)
+    return confidence[counts > 0], accuracy[counts > 0]
+
+
 def reliability_diagram(probs: np.ndarray, y: np.ndarray, path: Path, title: str, bins: int = 15) -> Path:
     """Accuracy against confidence per bin, as a PNG; uses the Agg canvas, no global backend."""
     counts, confidence, accuracy = _confidence_bins(probs, y, bins)

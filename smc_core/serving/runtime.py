@@ -455,7 +455,7 @@ class Runtime:
         raise_alert(self._db(), "rows_lost", "service storage",
                     f"{lost} received bar(s) or prediction row(s) were lost: the spool under "
                     f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database was unavailable",
-                    {"rows": lost, "spool_dir": str(self.settings.spool_dir)})
+                    {"rows": lost, "spool_dir": str(self.settings.spool_dir)}, severity="error")
         self._lost_unreported -= lost
 
     def _record_model(self, reloaded: bool | None = None) -> None:
