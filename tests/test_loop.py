@@ -92,7 +92,7 @@ def test_drift_retrains_through_the_gates_and_the_service_follows_then_rolls_bac
 
     drift = runner.tick("drift_sensor")
     refresh = drift.run_requests
-    assert refresh, drift.skip_reason
+    assert refresh, drift.skip_message
     assert {r.partition_key.keys_by_dimension["symbol"] for r in refresh} == set(SYMBOLS)
     assert refresh[0].tags["smc/trigger"] == "drift" and "features drifted" in refresh[0].tags["smc/reason"]
     for request in refresh:
