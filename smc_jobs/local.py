@@ -20,9 +20,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from dagster import (DagsterInstance, Definitions, RunRequest, RunsFilter, SensorDefinition, build_sensor_context)
-from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster import DagsterInstance, Definitions, RunRequest, RunsFilter, SensorDefinition, build_sensor_context
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -33,6 +33,15 @@ class RunFailed(Exception):
     """A run this process executed failed; the message is the failing step's error."""
 
 
+class Evaluation(NamedTuple):
+    """What one recorded tick of a sensor decided."""
+
+    run_requests: list[RunRequest]
+    skip_message: str | None
+    cursor: str | None
+    tick_id: int
+
+
 @dataclass
 class LocalRunner:
     definitions: Definitions
@@ -40,7 +49,7 @@ class LocalRunner:
     workspace: Path = WORKSPACE
     _ticks: dict = field(default_factory=dict, repr=False)
 
-    def tick(self, sensor_name: str, sensor: SensorDefinition | None = None) -> SensorExecutionData:
+    def tick(self, sensor_name: str, sensor: SensorDefinition | None = None) -> Evaluation:
         """One evaluation of a sensor, recorded in the instance as the daemon records it.
         ``sensor`` overrides the definition: its ticks and cursor are kept under ``sensor_name``.
         Requests whose run key already started a run of this sensor are dropped, as the daemon
@@ -66,15 +75,15 @@ class LocalRunner:
                     tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}), limit=1):
                 repeated.append(request.run_key)
                 continue
-            requests.append(request.with_replaced_attrs(tags={**request.tags, TICK_ID_TAG: str(tick.tick_id)}))
+            job_name = request.job_name or (sensor.targets[0].job_name if len(sensor.targets) == 1 else None)
+            requests.append(request.with_replaced_attrs(job_name=job_name,
+                                                        tags={**request.tags, TICK_ID_TAG: str(tick.tick_id)}))
         skip = data.skip_message
         if repeated and not requests:
             skip = f"run key(s) already requested: {', '.join(repeated)}"
         tick = recorder.finish(tick, requests, skip, data.cursor, data.log_key)
         self._ticks[str(tick.tick_id)] = recorder, tick
-        return SensorExecutionData(run_requests=requests, skip_message=skip, cursor=data.cursor,
-                                   dynamic_partitions_requests=data.dynamic_partitions_requests,
-                                   log_key=data.log_key)
+        return Evaluation(requests, skip, data.cursor, tick.tick_id)
 
     def execute(self, request: RunRequest, job_name: str | None = None, *, raise_on_error: bool = True,
                 run_config: dict | None = None):
