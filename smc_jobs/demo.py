@@ -118,8 +118,11 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
     database = Database.from_settings(settings)
     migrate(database)
     click.echo(f"      {redact(database.url)} (storage: {storage_mode(database)})")
-    click.echo(f"      Dagster partitions: trading days {first_day} … {last_day} "
-               f"({settings.smc_home / 'settings.env'}; the environment overrides it)")
+    effective = Settings.from_env()
+    click.echo(f"      Dagster partitions: trading days {effective.partition_start} … {effective.partition_end or 'today'} "
+               + (f"(the demo's data, recorded in {settings.smc_home / 'settings.env'})"
+                  if (effective.partition_start, effective.partition_end) == (first_day, last_day) else
+                  f"(SMC_PARTITION_START/END in the environment; the demo's data spans {first_day} … {last_day})"))
     configure(TrackingConfig.from_settings(settings))
     monitoring = MonitoringSettings.from_env()
     monitoring = MonitoringSettings(**{**monitoring.as_dict(), "retrain_days": plan.new_days,
