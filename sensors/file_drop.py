@@ -48,7 +48,8 @@ def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30,
                 if first_day <= day <= last_day:
                     shas_by_partition.setdefault((entry.symbol, day), []).append(entry.sha256)
                 else:
-                    context.log.warning(f"{entry.path}: {day} is outside the partition range {first_day} … {last_day}")
+                    context.log.warning(f"{entry.path}: {day} is outside the partition range {first_day} … {last_day} "
+                                        "(SMC_PARTITION_START, SMC_PARTITION_END)")
         new_symbols = sorted({symbol for symbol, _ in shas_by_partition} -
                              set(context.instance.get_dynamic_partitions(SYMBOLS.name)))
         run_requests = []

@@ -7,7 +7,7 @@ session calendar, not from Dagster's midnight-to-midnight window.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition, TimeWindowPartitionsDefinition
 
@@ -15,10 +15,24 @@ from smc_core.settings import Settings
 
 SYMBOLS = DynamicPartitionsDefinition(name="symbols")
 
+
+
+def _window_end(last_day: date | None) -> str | None:
+    """Dagster's exclusive end for a last partition key: the next weekday (a Friday's window
+    runs to Monday, the next tick of the cron)."""
+    if last_day is None:
+        return None
+    following = last_day + timedelta(days=1)
+    while following.weekday() >= 5:
+        following += timedelta(days=1)
+    return following.isoformat()
+
+
 _settings = Settings.from_env()
 TRADING_DAYS = TimeWindowPartitionsDefinition(
     cron_schedule="0 0 * * 1-5",
     start=_settings.partition_start.isoformat(),
+    end=_window_end(_settings.partition_end),
     fmt="%Y-%m-%d",
     timezone=_settings.exchange_tz,
     end_offset=1,

@@ -2,6 +2,11 @@
 
 Paths are made absolute at load time: tools such as MLflow and Dagster resolve relative
 paths against whatever directory they happen to run in, which silently splits state.
+
+``$SMC_HOME/settings.env`` (``NAME=value`` lines) holds values a tool chose for this home —
+``smc demo`` writes the partition range of the data it loads there — so that every process
+on the home sees them (the Dagster UI's code location too, which does not inherit the
+demo's environment). The environment always wins over the file.
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ class Settings:
     """Time zone of naive timestamps in input files (NinjaTrader exports local time)."""
     partition_start: date
     """First trading day offered as a Dagster partition."""
+    partition_end: date | None
+    """Last trading day offered as a Dagster partition; None: up to today."""
     log_level: str
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         home = Path(env.get("SMC_HOME", "./.smc")).expanduser().resolve()
+        env = {**read_home_settings(home), **env}
         tz = env.get("SMC_EXCHANGE_TZ", "America/Chicago")
         zone(tz)
-        start_text = env.get("SMC_PARTITION_START", "2024-01-01")
-        try:
-            start = date.fromisoformat(start_text)
-        except ValueError:
-            raise ConfigError(f"SMC_PARTITION_START={start_text!r} is not a date (YYYY-MM-DD)") from None
+        start = _date(env, "SMC_PARTITION_START", "2024-01-01")
+        end = _date(env, "SMC_PARTITION_END", None)
+        if end is not None and end < start:
+            raise ConfigError(f"SMC_PARTITION_END={end} is before SMC_PARTITION_START={start}")
         level = env.get("LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
@@ -50,8 +57,50 @@ class Settings:
             landing_dir=landing,
             exchange_tz=tz,
             partition_start=start,
+            partition_end=end,
             log_level=level,
         )
+
+
+HOME_SETTINGS = "settings.env"
+
+
+def read_home_settings(home: Path) -> dict[str, str]:
+    """``NAME=value`` lines of ``$SMC_HOME/settings.env`` (``#`` comments, blank lines allowed)."""
+    path = home / HOME_SETTINGS
+    if not path.exists():
+        return {}
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{path}:{number}: expected NAME=value, got {line!r}")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def write_home_settings(home: Path, values: dict[str, str], comment: str) -> Path:
+    """Set ``values`` in ``$SMC_HOME/settings.env``, keeping its other lines."""
+    path = home / HOME_SETTINGS
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines
+            if line.strip().partition("=")[0].strip() not in values and line.strip() != f"# {comment}"]
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(kept + [f"# {comment}"] + [f"{name}={value}" for name, value in values.items()]) + "\n")
+    return path
+
+
+def _date(env, name: str, default: str | None) -> date | None:
+    text = env.get(name) or default
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def env_number(env, name: str, default, kind, low, high):

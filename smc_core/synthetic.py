@@ -84,6 +84,10 @@ class SyntheticConfig:
     edge_strength: float = 0.6
     with_delta: bool = True
 
+    def trading_days(self) -> list[date]:
+        """The days this config generates (the first ``days`` trading days from ``start``)."""
+        return _trading_days(self)
+
 
 # --- generation -----------------------------------------------------------------------
 

@@ -67,11 +67,41 @@ def ensure_dagster_home(home: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
+def partition_range(plan: DemoPlan, home: Path) -> tuple[date, date]:
+    """First and last trading day of the data this plan lands (history, then the new regime),
+    widened to the range a previous demo on the same home recorded."""
+    from smc_core.settings import read_home_settings
+    from smc_core.synthetic import SyntheticConfig
+
+    days = SyntheticConfig(days=plan.days, start=plan.start).trading_days()
+    if plan.train and plan.loop:
+        days += SyntheticConfig(days=plan.new_days, start=days[-1] + timedelta(days=1)).trading_days()
+    first, last = days[0], days[-1]
+    recorded = read_home_settings(home)
+    if "SMC_PARTITION_START" in recorded and "SMC_PARTITION_END" in recorded:
+        first = min(first, date.fromisoformat(recorded["SMC_PARTITION_START"]))
+        last = max(last, date.fromisoformat(recorded["SMC_PARTITION_END"]))
+    return first, last
+
+
+def record_partition_range(plan: DemoPlan, home: Path) -> tuple[date, date]:
+    """Dagster's trading-day partitions cover exactly the demo's data, in this process and in the
+    UI's code location (``make ui`` reads the same ``$SMC_HOME/settings.env``), instead of
+    every weekday from 2024-01-01 to today, nearly all of them missing."""
+    from smc_core.settings import write_home_settings
+
+    first, last = partition_range(plan, home)
+    write_home_settings(home, {"SMC_PARTITION_START": first.isoformat(), "SMC_PARTITION_END": last.isoformat()},
+                        "written by `smc demo`: the Dagster partitions cover the demo's data")
+    return first, last
+
+
 def run_demo(settings: Settings, plan: DemoPlan) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(settings.smc_home / "dagster"))
     os.environ.setdefault("BENTOML_HOME", str(settings.smc_home / "bentoml"))
     ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
     _quiet_warnings()
+    first_day, last_day = record_partition_range(plan, settings.smc_home)  # before the definitions are imported
 
     from dagster import DagsterInstance
 
@@ -83,11 +113,16 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
     from smc_jobs.local import LocalRunner
 
     started = time.perf_counter()
-    steps = Steps(4 + (4 if plan.train else 0) + (4 if plan.train and plan.loop else 0))
+    steps = Steps(4 + (4 if plan.train else 0) + (5 if plan.train and plan.loop else 0))
     steps.say(f"database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
     click.echo(f"      {redact(database.url)} (storage: {storage_mode(database)})")
+    effective = Settings.from_env()
+    click.echo(f"      Dagster partitions: trading days {effective.partition_start} … {effective.partition_end or 'today'} "
+               + (f"(the demo's data, recorded in {settings.smc_home / 'settings.env'})"
+                  if (effective.partition_start, effective.partition_end) == (first_day, last_day) else
+                  f"(SMC_PARTITION_START/END in the environment; the demo's data spans {first_day} … {last_day})"))
     configure(TrackingConfig.from_settings(settings))
     monitoring = MonitoringSettings.from_env()
     monitoring = MonitoringSettings(**{**monitoring.as_dict(), "retrain_days": plan.new_days,
@@ -219,7 +254,7 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
     steps.say("drift_sensor tick: Evidently, the champion's newest live predictions vs its package's reference sample")
     drift = runner.tick("drift_sensor")
     if not drift.run_requests:
-        click.echo(f"      no retrain requested: {drift.skip_reason.skip_message if drift.skip_reason else '?'}")
+        click.echo(f"      no retrain requested: {drift.skip_message or '?'}")
         return True
     reason = drift.run_requests[0].tags["smc/reason"]
     click.echo(f"      FIRED — {reason}")
@@ -230,6 +265,7 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
                f"{drift.run_requests[0].tags['smc/retrain_episode']}")
     for request in drift.run_requests:
         runner.execute(request)
+    run_monitoring(runner, steps, reason)
     chained = runner.tick("retrain_chain_sensor").run_requests
     if not chained:
         click.echo("      FAILED: retrain_chain_sensor requested no retrain")
@@ -260,6 +296,31 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
               f"{when} — no restart, no reload call")
     _replay(server, database, plan.symbols[0], new_days[-1:], "the newest day again, now with the new champion")
     return True
+
+
+def run_monitoring(runner, steps: Steps | None, reason: str):
+    """``monitoring_job`` (the daily_monitoring schedule's job), run once the drift sensor fired
+    and the newest labels are reloaded: live ``outcomes`` of the champion's answers and an
+    Evidently ``drift_report`` linked from the asset's metadata. Returns the run's result."""
+    from smc_jobs.local import materialized
+
+    if steps is not None:
+        steps.say("monitoring_job (what the daily_monitoring schedule runs): outcomes and drift_report")
+    stage = time.perf_counter()
+    result = runner.run("monitoring_job", tags={"smc/trigger": "demo", "smc/reason": (
+        "run by smc demo after drift_sensor fired: " + reason)[:4000]}, raise_on_error=False)
+    metadata = materialized(result)
+    if "outcomes" in metadata:
+        hit = metadata["outcomes"].get("champion_hit_rate")
+        click.echo(f"      outcomes: {metadata['outcomes']['resolved']} resolved, {metadata['outcomes']['pending']} "
+                   f"pending" + (f", champion hit rate {hit:.1%}" if hit is not None and hit == hit else ""))
+    if "drift_report" in metadata:
+        click.echo(f"      drift_report {metadata['drift_report']['report_id']}: {metadata['drift_report']['summary']}")
+        click.echo(f"      HTML report (linked from the asset's metadata): {metadata['drift_report']['report_html']}")
+    if not result.success:
+        click.echo(f"      monitoring_job failed: {_failure(result)}")
+    click.echo(f"      done in {time.perf_counter() - stage:.0f}s")
+    return result
 
 
 # --- serving -----------------------------------------------------------------------------------

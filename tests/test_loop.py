@@ -3,7 +3,9 @@ logs its predictions; the market changes (volatility triples and an SMC edge app
 drift sensor fires; the refresh runs and retrain_job (LoRA on the current base, walk-forward
 gates at their default thresholds, promotion, Bento) execute as requested; the live service
 answers with the new champion by itself; ``smc rollback`` moves the alias back and measures
-until every response carries the previous version."""
+until every response carries the previous version. Then what the Dagster UI shows of it, read
+through the UI's own GraphQL schema: the ticks of the sensors the demo drives, the runs they
+launched with their tags, and the monitoring assets the demo materializes after the drift."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from smc_core.serving.replay import replay_stored_day
 from smc_core.settings import Settings
 from smc_core.store import load_bars
 from smc_core.synthetic import Instrument, SyntheticConfig, write_synthetic
-from smc_jobs.demo import load_landing_files, retrain_config
+from smc_jobs.demo import load_landing_files, retrain_config, run_monitoring
 from smc_jobs.local import LocalRunner, materialized
 
 SYMBOLS = {"ES": 3, "NQ": 4}
@@ -92,11 +94,13 @@ def test_drift_retrains_through_the_gates_and_the_service_follows_then_rolls_bac
 
     drift = runner.tick("drift_sensor")
     refresh = drift.run_requests
-    assert refresh, drift.skip_reason
+    assert refresh, drift.skip_message
     assert {r.partition_key.keys_by_dimension["symbol"] for r in refresh} == set(SYMBOLS)
     assert refresh[0].tags["smc/trigger"] == "drift" and "features drifted" in refresh[0].tags["smc/reason"]
     for request in refresh:
         runner.execute(request)
+    monitoring = run_monitoring(runner, None, refresh[0].tags["smc/reason"])  # as the demo does
+    assert monitoring.success, monitoring.all_events[-1].message
     (retrain,) = runner.tick("retrain_chain_sensor").run_requests
     assert retrain.job_name == "retrain_job" and retrain.tags["smc/retrain_episode"] == refresh[0].tags[
         "smc/retrain_episode"]
@@ -125,6 +129,86 @@ def test_drift_retrains_through_the_gates_and_the_service_follows_then_rolls_bac
     seconds = float(outcome.output.split(f"every response carries smc-lora/{first} ")[1].split(" s ")[0])
     assert seconds < 5.0, outcome.output  # DESIGN §8: rollback ≤ 5 s, 0 failed requests
     assert server.predict(payload).json()["model_version"] == f"smc-lora/{first}"
+
+
+SENSOR_QUERY = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 50) { status runIds runKeys skipReason } } }
+    ... on PythonError { message }
+  }
+}"""
+RUNS_QUERY = """
+query SensorRuns($filter: RunsFilter!) {
+  runsOrError(filter: $filter) { ... on Runs { results { runId jobName status tags { key value } } } }
+}"""
+
+
+@pytest.mark.slow
+def test_the_loop_is_visible_in_the_dagster_ui(system):
+    """The UI's GraphQL, on the code location workspace.yaml declares, finds a recorded tick for
+    every sensor the demo drives and "Launched by <sensor>" (the sensor tag) on every run they
+    started; the monitoring assets are materialized."""
+    from dagster import AssetKey
+
+    runner = system[0]
+    with ui_context(runner.instance) as (context, location):
+        seen = {}
+        for name in ("landing_file_sensor", "drift_sensor", "retrain_chain_sensor"):
+            sensor = graphql(context, SENSOR_QUERY, {"selector": {
+                "repositoryLocationName": location, "repositoryName": "__repository__", "sensorName": name}})
+            ticks = sensor["sensorOrError"]["sensorState"]["ticks"]
+            runs = graphql(context, RUNS_QUERY, {"filter": {"tags": [{"key": "dagster/sensor_name", "value": name}]}}
+                           )["runsOrError"]["results"]
+            launched = [run_id for tick in ticks for run_id in tick["runIds"]]
+            assert ticks and {tick["status"] for tick in ticks} <= {"SUCCESS", "SKIPPED"}, (name, ticks)
+            assert sorted(launched) == sorted(run["runId"] for run in runs) and runs, (name, ticks, runs)
+            assert all(tick["runKeys"] for tick in ticks if tick["status"] == "SUCCESS")
+            seen[name] = [{tag["key"]: tag["value"] for tag in run["tags"]} for run in runs]
+    assert len(seen["landing_file_sensor"]) == 2 * (QUIET_MARKET[0].days + NEW_MARKET[0].days)
+    assert all(tags["smc/trigger"] == "landing_file" for tags in seen["landing_file_sensor"])
+    (retrain,) = seen["retrain_chain_sensor"]
+    assert retrain["smc/trigger"] == "drift" and retrain["dagster/run_key"] == retrain["smc/retrain_episode"]
+    assert all(tags["smc/reason"] == retrain["smc/reason"] and tags["smc/trigger"] == "drift"
+               for tags in seen["drift_sensor"]) and len(seen["drift_sensor"]) == 2 * MONITORING.refresh_days
+    for asset in ("outcomes", "drift_report"):
+        event = runner.instance.get_latest_materialization_event(AssetKey(asset))
+        assert event is not None, asset
+    report = runner.instance.get_latest_materialization_event(AssetKey("drift_report")).asset_materialization
+    assert os.path.exists(report.metadata["report_html"].value) and report.metadata["drifted"].value
+
+
+def ui_context(instance):
+    """A workspace like the one ``make ui`` serves (same code location name, from workspace.yaml),
+    loaded in process."""
+    import sys
+    from contextlib import contextmanager
+
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget, WorkspaceFileTarget
+
+    from smc_jobs.local import WORKSPACE
+
+    @contextmanager
+    def opened():
+        (declared,) = WorkspaceFileTarget(paths=[str(WORKSPACE)]).create_origins()
+        origin = InProcessCodeLocationOrigin(LoadableTargetOrigin(
+            executable_path=sys.executable, module_name="smc_jobs.definitions", attribute="defs",
+            working_directory=str(WORKSPACE.parent)), location_name=declared.location_name)
+        with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget([origin])) as process:
+            yield process.create_request_context(), declared.location_name
+
+    return opened()
+
+
+def graphql(context, query: str, variables: dict) -> dict:
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    result = execute_dagster_graphql(context, query, variables)
+    assert not result.errors, result.errors
+    return result.data
 
 
 def sys_path_client() -> None:

@@ -109,12 +109,12 @@ def loop(database, tmp_path_factory):
 def test_no_drift_means_no_run_and_a_stored_report(loop):
     result = loop.tick("drift_sensor")
     assert not result.run_requests
-    assert result.skip_reason.skip_message.startswith("no drift:"), result.skip_reason
+    assert result.skip_message.startswith("no drift:"), result.skip_message
     report = latest_reports(loop.database, loop.model_version, limit=1)[0]
     assert not report["dataset_drift"] and report["drifted_share"] < SETTINGS.drift_share
     assert report["current_rows"] == SETTINGS.drift_window and os.path.getsize(report["html_path"]) > 100_000
     again = loop.tick("drift_sensor")
-    assert not again.run_requests and "no new predictions" in again.skip_reason.skip_message
+    assert not again.run_requests and "no new predictions" in again.skip_message
 
 
 def test_a_regime_change_triggers_exactly_one_retrain_with_its_reason(loop):
@@ -137,7 +137,7 @@ def test_a_regime_change_triggers_exactly_one_retrain_with_its_reason(loop):
     assert not loop.tick("drift_sensor").run_requests
     loop.serve_day(stormy_days[2])
     later = loop.tick("drift_sensor")
-    assert not later.run_requests and "already triggered" in later.skip_reason.skip_message
+    assert not later.run_requests and "already triggered" in later.skip_message
 
     # the chain: nothing until the refresh runs exist and succeeded, then one retrain_job request
     assert not loop.tick("retrain_chain_sensor").run_requests
@@ -161,7 +161,7 @@ def test_live_hit_rate_below_the_threshold_triggers_a_retrain(loop):
     first = loop.tick("performance_sensor_healthy", _performance_sensor(0.01))
     live = live_summary(loop.database, loop.model_version)
     assert live["trades"] >= SETTINGS.min_trades, live  # outcomes were resolved from the labels table
-    assert not first.run_requests and "≥ 1%" in first.skip_reason.skip_message
+    assert not first.run_requests and "≥ 1%" in first.skip_message
     decayed = loop.tick("performance_sensor_decayed", _performance_sensor(min(0.99, live["hit_rate"] + 0.05)))
     assert decayed.run_requests and all(r.tags["smc/trigger"] == "performance" for r in decayed.run_requests)
     assert f"hit rate {live['hit_rate']:.1%}" in decayed.run_requests[0].tags["smc/reason"]
@@ -189,7 +189,7 @@ def test_a_skip_heavy_champion_raises_one_alert(loop):
 
     rate = live_window(loop.database, loop.model_version, SETTINGS.skip_rate_window).skip_rate
     quiet = loop.tick("skip_quiet", build_skip_rate_sensor(replace(SETTINGS, skip_rate_alert=min(1.0, rate + 0.01))))
-    assert "below the alert" in quiet.skip_reason.skip_message and not recent_alerts(loop.database, "skip_rate")
+    assert "below the alert" in quiet.skip_message and not recent_alerts(loop.database, "skip_rate")
     noisy = build_skip_rate_sensor(replace(SETTINGS, skip_rate_alert=max(0.01, rate - 0.01)))
     loop.tick("skip_noisy", noisy)
     loop.tick("skip_noisy", noisy)
@@ -241,7 +241,7 @@ def test_a_shadow_period_ends_in_a_decision_on_live_outcomes(loop):
         connection.execute("UPDATE model_promotions SET metrics = jsonb_set(metrics, '{shadow_until}', "
                            "to_jsonb(%s::text)) WHERE decision = 'shadow'", ((pd.Timestamp.now(tz="UTC")
                                                                               - pd.Timedelta(minutes=1)).isoformat(),))
-    request = loop.tick("shadow_sensor")
+    (request,) = loop.tick("shadow_sensor").run_requests
     assert request.run_key.startswith(f"shadow-review:{shadow}:")
     run = loop.runner.run("shadow_review_job", tags=request.tags,
                           asset_selection=[AssetKey("shadow_review")])  # the Bento rebuild is tested elsewhere
