@@ -35,9 +35,11 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
-# Celery workers (dagster-celery's `worker start`): not in the project's dependencies yet, pinned
-# to the Dagster release here until the Celery executor lands in pyproject.toml (issue 16).
-RUN pip install "dagster-celery[redis]==0.29.27" "celery==5.7.0" "redis==8.1.0"
+# Celery workers (dagster-celery's `worker start`) and the Helm chart's K8sRunLauncher and
+# k8s_job_executor (dagster-k8s: every pod that loads the chart's instance imports it): not in
+# the project's dependencies yet, so pinned here to the Dagster release until the executors
+# land in pyproject.toml (issue 16).
+RUN pip install "dagster-celery[redis]==0.29.27" "dagster-k8s==0.29.27" "celery==5.7.0" "redis==8.1.0"
 
 COPY . .
 RUN pip install -c requirements.lock -e . \
