@@ -230,7 +230,7 @@ class SmcPredictor:
         logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
         if os.environ.get("MODEL_TAG") and not os.environ.get("MODEL_PATH"):
             # a built Bento serves the package packed with it (its label model_tag; bento_artifact's metadata)
-            os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path
+            os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path_of("package")
         settings = ServiceSettings.from_env()
         self.runtime = Runtime(settings, metrics=Metrics()).start()
         app.state.runtime = self.runtime

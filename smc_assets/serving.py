@@ -34,6 +34,11 @@ def bento_options(cuda_version: str | None = None) -> dict:
     return options
 
 
+PACKED_PACKAGE = "package"
+"""Where the package sits inside its BentoML model folder: BentoML writes its own ``model.yaml``
+beside what it stores, and a package refuses files its manifest does not list."""
+
+
 def pack_model(source: Path, labels: dict, lineage: dict) -> str:
     """Copy a verified package into the BentoML model store (BENTOML_HOME); return the model tag."""
     import bentoml
@@ -42,7 +47,7 @@ def pack_model(source: Path, labels: dict, lineage: dict) -> str:
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata={"lineage_json": json.dumps(lineage)}) as model:
         for file in source.rglob("*"):
             if file.is_file():
-                target = Path(model.path) / file.relative_to(source)
+                target = Path(model.path) / PACKED_PACKAGE / file.relative_to(source)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(file, target)
     return str(model.tag)
