@@ -66,6 +66,6 @@ def test_predict_is_unaffected_when_the_database_stops_mid_load(server, database
     assert statuses and set(statuses) == {200}, set(statuses)
     assert written_before > 0 and during["spooled"] > 0
     assert after["dropped"] == 0 and after["spool_rows"] == 0
-    with database.connection() as conn:
+    with psycopg.connect(database.url) as conn:  # the fixture's pooled connections were terminated above
         logged = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
     assert logged == len(statuses)  # every answer is in the log: nothing was lost
