@@ -144,14 +144,38 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
         if plan.loop and server.follows_champion:
             if not _loop(runner, settings, database, server, steps, plan, history_end):
                 return 1
+    if plan.loop:
+        click.echo(steps.verdict_line())
     return _done(started, settings)
 
 
 # --- the stages ------------------------------------------------------------------------------
 
+REFERENCE_DECISIONS = {"history model": "promoted", "regime-change retrain": "promoted"}
+"""What the gates decided in the reference runs (README: Demo). Training is bit-reproducible on one
+machine, so a different decision means a different machine's kernels, data or code: the demo
+says so in one line rather than leaving the reader to compare tables."""
+
+
 class Steps:
     def __init__(self, total: int):
         self.total, self.done = total, 0
+        self.decisions: dict[str, tuple[str, str]] = {}
+        """stage → (decision, the failed gates)."""
+
+    def decided(self, stage: str, promoted: bool, failed_gates: str = "") -> None:
+        self.decisions[stage] = ("promoted" if promoted else "refused", failed_gates)
+
+    def verdict_line(self) -> str:
+        differing = [f"{stage} {decision}" + (f" (failed: {failed})" if failed else "") + f", reference {expected}"
+                     for stage, expected in REFERENCE_DECISIONS.items()
+                     for decision, failed in [self.decisions.get(stage, ("not reached", ""))]
+                     if decision != expected]
+        if not differing:
+            return "decisions as in the reference run: " + ", ".join(f"{k} {v}" for k, v in REFERENCE_DECISIONS.items())
+        return ("DECISIONS DIFFER from the reference run: " + "; ".join(differing)
+                + " — the failing gates' reasons are in the table above; README: Reproducibility says what can differ "
+                  "between machines")
 
     def say(self, text: str) -> None:
         self.done += 1
@@ -231,6 +255,9 @@ def _history(runner, steps: Steps) -> bool:
             return False
         click.echo(f"      done in {time.perf_counter() - stage:.0f}s")
         _print_outcome(asset, metadata)
+        if asset == "challenger_evaluation":
+            failed = str(metadata[asset].get("failed_gates", ""))
+            steps.decided("history model", "champion" in metadata, "" if failed == "none" else failed)
     return True
 
 
@@ -285,6 +312,7 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
             if asset in metadata:
                 _print_outcome(asset, metadata)
     after = alias_version("champion")
+    steps.decided("regime-change retrain", ok and after != before, _failed_gates(runner))
     if not ok or after == before:
         _print_refused(runner)
         click.echo(f"      the champion stays smc-lora/{before}; the loop ran through the gates and they said no")
@@ -435,6 +463,16 @@ def _print_outcome(asset: str, metadata: dict) -> None:
                        f"(previous: {metadata['champion'].get('previous', 'none')})")
         else:
             click.echo(f"      REFUSED: {meta['model_version']} stays challenger; the champion alias did not move")
+
+
+def _failed_gates(runner) -> str:
+    from dagster import AssetKey
+
+    event = runner.instance.get_latest_materialization_event(AssetKey("challenger_evaluation"))
+    if event is None or event.asset_materialization is None:
+        return "no evaluation"
+    failed = event.asset_materialization.metadata.get("failed_gates")
+    return "" if failed is None or failed.value == "none" else str(failed.value)
 
 
 def _print_refused(runner) -> None:
