@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse  # noqa: E402
 
 from smc_core.policy import PolicyConfig  # noqa: E402
 from smc_core.serving.engine import load_model, predict  # noqa: E402
-from smc_core.serving.request import RequestError, parse_request  # noqa: E402
+from smc_core.serving.request import RequestError, check_against_model, parse_request, too_few_bars  # noqa: E402
 
 model = load_model(Path(os.environ["MODEL_PATH"]), "peer", threads=1)
 app = FastAPI()
@@ -26,10 +26,15 @@ app = FastAPI()
 def predict_route(payload: dict) -> JSONResponse:
     started = time.perf_counter()
     try:
-        request = parse_request(payload, model.required_bars)
+        request = parse_request(payload)
+        columns = request.columns()
+        terms = model.terms
+        check_against_model(request, columns["ts"].asi8, terms.timeframe, terms.width_ns, terms.symbols)
+        if len(columns["ts"]) < model.required_bars:
+            raise too_few_bars(len(columns["ts"]), 0, model.required_bars)
     except RequestError as error:
         return JSONResponse({"error": error.error, "code": error.status, "details": error.details}, error.status)
-    return JSONResponse(predict(request, model, PolicyConfig(), started).body)
+    return JSONResponse(predict(request, model, PolicyConfig(), started, columns=columns).body)
 
 
 @app.get("/health")

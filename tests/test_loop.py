@@ -65,7 +65,9 @@ def system(database, tmp_path_factory):
             mlflow.log_artifacts(str(package), "model_package")
             first = register_package(run.info.run_id, f"{run.info.artifact_uri}/model_package", alias=None)
         promote(database, first, "in production before the test")
-        server = Server({"DATABASE_URL": database.url, "MODEL_POLL_SECONDS": "0.5"}, home).wait()
+        # the first model learnt ES only; production serves ES and NQ, so the operator says so (ALLOWED_SYMBOLS)
+        server = Server({"DATABASE_URL": database.url, "MODEL_POLL_SECONDS": "0.5", "ALLOWED_SYMBOLS": "ES,NQ"},
+                        home).wait()
         yield runner, server, first, settings
     finally:
         if server is not None:
