@@ -35,7 +35,7 @@ from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document
                            project, redoc_page, request_body, responses, swagger_page)
 from smc_core.serving.answers import (BarsAnswer, BatchAnswer, Health, ModelInfo, PredictAnswer,  # noqa: E402
                                       ReloadAnswer)
-from smc_core.serving.request import RequestError, check_upload  # noqa: E402
+from smc_core.serving.request import RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 
 PROJECT = project()
@@ -225,8 +225,7 @@ class SmcPredictor:
     async def upload_bars(self, request: Request) -> JSONResponse:
         """Validated like a file ingest, stored in one transaction, idempotent, never written
         over a stored bar (a differing bar is kept in `bar_revisions` and counted)."""
-        return await self._respond(request, "bars", False,
-                                   lambda payload, started: self.runtime.upload_bars(check_upload(payload)),
+        return await self._respond(request, "bars", False, lambda payload, started: self.runtime.upload_bars(payload),
                                    upload=True)
 
     @app.get("/model", operation_id="model_info", tags=["operations"],

@@ -161,21 +161,31 @@ class PredictRequest(BaseModel):
         }
 
 
-class UploadBar(BaseModel):
-    """One bar of ``POST /bars`` (the /predict bar without indicators)."""
+# POST /bars is validated like a file ingest (smc_core.bars.parse_records): a value is read as a
+# file's cell would be, so a number may also come as its text; the document says exactly that.
+_CELL = WithJsonSchema({"type": ["number", "string"], "description": "A number, or its text as in a file "
+                                                                     "(\"4810.25\"); finite."})
+_TIME_CELL = WithJsonSchema({"type": "string", "description": "The bar's close time as in a file (ISO 8601; "
+                                                              "no offset means UTC).",
+                             "examples": ["2024-03-05T14:31:00Z"]})
 
-    time_utc: Time = Field(description="The bar's close time (ISO 8601 with seconds; no offset means UTC).")
-    o: Price
-    h: Price
-    l: Price  # noqa: E741
-    c: Price
-    volume: Volume
-    delta: Optional[Annotated[float, Strict(), Field(ge=-MAX_VOLUME, le=MAX_VOLUME)]] = None
+
+class UploadBar(BaseModel):
+    """One bar of ``POST /bars`` (the /predict bar without indicators). Only describes the body:
+    the service validates it like a file ingest (high and low against open and close, volume
+    not negative, on the timeframe's grid, no repeated times), every problem named at once."""
+
+    time_utc: Annotated[datetime, _TIME_CELL]
+    o: Annotated[float, _CELL]
+    h: Annotated[float, _CELL]
+    l: Annotated[float, _CELL]  # noqa: E741
+    c: Annotated[float, _CELL]
+    volume: Annotated[float, _CELL]
+    delta: Optional[Annotated[float, _CELL]] = None
 
 
 class BarsUpload(BaseModel):
-    """``POST /bars``: bars of one series. The JSON types are checked here; the bars are then
-    validated like a file ingest (high/low consistency, grid, duplicates)."""
+    """``POST /bars``: bars of one series (describes the body; see UploadBar)."""
 
     symbol: str = Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", examples=["ES"])
     timeframe: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", examples=["1m"])
@@ -193,12 +203,6 @@ class RequestError(Exception):
 def parse_request(payload: object) -> PredictRequest:
     """A validated request, or RequestError(422) listing every field error with its path."""
     return _validated(PredictRequest, payload)
-
-
-def check_upload(payload: object) -> object:
-    """``payload`` if it is a ``BarsUpload`` as the OpenAPI document describes it, else RequestError(422)."""
-    _validated(BarsUpload, payload)
-    return payload
 
 
 def _validated(model: type[BaseModel], payload: object):
