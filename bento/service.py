@@ -3,8 +3,10 @@
 Why an ASGI app mounted on the BentoML service: BentoML's generated endpoints answer schema
 errors with 400 and have no auth, body limit or rate limit; the contract needs 422 with
 field paths, 401/413/429/503/504 and one error body ``{error, code, details}``. The mounted
-app gives exact control while BentoML runs the process, its /metrics, and packaging.
-All behaviour lives in ``smc_core.serving.runtime``; this file only maps HTTP onto it.
+app gives exact control while BentoML runs the process, its /metrics, and packaging. The
+routes are methods of the service class (BentoML injects the instance as ``self``).
+All behaviour lives in ``smc_core.serving.runtime``; this file only maps HTTP onto it, and
+``bento/openapi.py`` describes it (/docs, /redoc, /openapi.json; ``/`` leads to /docs).
 
 Run: ``bentoml serve bento.service:SmcPredictor --port 8000`` (see bento/README.md).
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,35 +26,48 @@ from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.staticfiles import StaticFiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for `bentoml serve`
 
-from smc_core.serving.request import BarsUpload, PredictRequest, RequestError  # noqa: E402
+from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document, example_request,  # noqa: E402
+                           project, redoc_page, request_body, responses, swagger_page)
+from smc_core.serving.answers import (BarsAnswer, BatchAnswer, Health, ModelInfo, PredictAnswer,  # noqa: E402
+                                      ReloadAnswer)
+from smc_core.serving.request import RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 
-app = FastAPI(title="SMC predictor", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+PROJECT = project()
+EXAMPLE = example_request()
+app = FastAPI(title=PROJECT.title, version=PROJECT.version, docs_url=None, redoc_url=None, openapi_url=None)
+app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
 json_log = logging.getLogger("smc.requests")
-# Predictions run one at a time on one thread: the model is a few ms of single-threaded
-# torch, and a second compute thread only contends (measured: ~10x slower with 2 threads).
-_compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-# Uploads wait for the database: they must never hold up the compute thread.
-_uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
 UPLOAD_DEADLINE_S = 120.0
+_REF = "#/components/schemas/{}"
 
 
 class Metrics:
-    """Prometheus metrics through bentoml.metrics, exported by BentoML's own /metrics."""
+    """Prometheus metrics through bentoml.metrics, exported by BentoML's own /metrics.
+
+    Names follow Prometheus conventions: base units in the name (``_seconds``, ``_ratio``),
+    ``_total`` for counters, and the model version as a label on what a model answered."""
 
     def __init__(self):
         buckets = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
         self.requests = bentoml.metrics.Counter(name="smc_requests_total", documentation="Requests by endpoint and status",
                                                 labelnames=["endpoint", "status"])
-        self.latency = bentoml.metrics.Histogram(name="smc_request_seconds", documentation="Request latency",
+        self.latency = bentoml.metrics.Histogram(name="smc_request_duration_seconds",
+                                                 documentation="Time from receiving a request to its answer, by "
+                                                               "endpoint and status",
                                                  labelnames=["endpoint", "status"], buckets=buckets)
-        self.labels = bentoml.metrics.Counter(name="smc_predictions_total", documentation="Answers by label",
-                                              labelnames=["label"])
-        self.confidence = bentoml.metrics.Histogram(name="smc_confidence", documentation="Top-class probability",
+        self.labels = bentoml.metrics.Counter(name="smc_predictions_total",
+                                              documentation="Answers by label and model version",
+                                              labelnames=["label", "version"])
+        self.confidence = bentoml.metrics.Histogram(name="smc_prediction_confidence_ratio",
+                                                    documentation="Top-class probability of each answer, by model "
+                                                                  "version",
+                                                    labelnames=["version"],
                                                     buckets=(0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0))
         self.mismatches = bentoml.metrics.Counter(name="smc_indicator_mismatches_total",
                                                   documentation="Client-sent indicator values differing from the server's",
@@ -68,8 +85,9 @@ class Metrics:
         self._version = None
 
     def prediction(self, body: dict, mismatches: dict) -> None:
-        self.labels.labels(label=body["label"]).inc()
-        self.confidence.observe(body["confidence"])
+        version = body["model_version"]
+        self.labels.labels(label=body["label"], version=version).inc()
+        self.confidence.labels(version=version).observe(body["confidence"])
         for feature, count in mismatches.items():
             self.mismatches.labels(feature=feature).inc(count)
 
@@ -94,131 +112,26 @@ class Metrics:
         self.latency.labels(endpoint=endpoint, status=str(status)).observe(seconds)
 
 
-def _runtime() -> Runtime:
-    return app.state.runtime
+class RequestLog:
+    """The per-request JSON lines on stdout, one object per line and nothing around it.
 
+    Why its own handler: BentoML configures logging before the service starts (root at
+    WARNING with its trace format), so ``logging.basicConfig`` does nothing and INFO lines
+    of ``smc.*`` were dropped. The line is written by a listener thread, never on the event
+    loop. ``LOG_LEVEL`` above INFO turns the lines off."""
 
-async def _respond(request: Request, endpoint: str, admin: bool, work, needs_body: bool = True,
-                   upload: bool = False) -> JSONResponse:
-    """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
+    def __init__(self, level: str):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self._queue, handler)
+        json_log.handlers[:] = [logging.handlers.QueueHandler(self._queue)]
+        json_log.propagate = False
+        logging.getLogger("smc").setLevel(level)  # the service's other lines go through BentoML's handler
+        self._listener.start()
 
-    ``upload``: bulk bars, with their own size limit and deadline, on the upload threads."""
-    started = time.perf_counter()
-    runtime = _runtime()
-    settings = runtime.settings
-    limit = settings.upload_max_bytes if upload else settings.max_body_bytes
-    body: dict = {}
-    try:
-        key = request.headers.get("x-admin-key" if admin else "x-api-key")
-        runtime.authorize(key, admin=admin)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": int(length)})
-        raw = await request.body()
-        payload = parse_json(raw, limit) if needs_body else None
-        future = asyncio.get_running_loop().run_in_executor(_uploads if upload else _compute, work, payload, started)
-        budget = UPLOAD_DEADLINE_S if upload else settings.timeout_ms / 1000
-        try:
-            body = await asyncio.wait_for(future, timeout=max(budget - (time.perf_counter() - started), 0))
-        except asyncio.TimeoutError:
-            body = None
-        # the budget is a deadline: an answer that arrives after it (a busy loop can fire the timer
-        # late) is as useless to the strategy as none
-        if body is None or time.perf_counter() - started > budget:
-            raise RequestError(504, "prediction timed out", {"timeout_ms": runtime.settings.timeout_ms})
-        status = 200
-    except RequestError as error:
-        status, body = error.status, error_body(error)
-    except Exception:  # never a traceback to the client
-        logging.getLogger("smc.serving").exception("unexpected error")
-        status, body = 500, {"error": "internal error", "code": 500, "details": {}}
-    seconds = time.perf_counter() - started
-    if runtime.metrics is not None:
-        runtime.metrics.request(endpoint, status, seconds)
-    json_log.info(json.dumps({"ts": time.time(), "endpoint": endpoint, "status": status,
-                              "request_id": body.get("request_id"), "label": body.get("label"),
-                              "confidence": body.get("confidence"), "latency_ms": round(seconds * 1000, 3),
-                              "error_type": body.get("error") if status != 200 else None}))
-    return JSONResponse(body, status_code=status)
-
-
-def _body(schema: dict) -> dict:
-    """An OpenAPI request body from a JSON schema; the route still validates by itself (422 format)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-            "parameters": [{"name": "X-API-Key", "in": "header", "required": True, "schema": {"type": "string"}}]}
-
-
-_PREDICT_SCHEMA = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-_UPLOAD_SCHEMA = BarsUpload.model_json_schema(ref_template="#/components/schemas/{model}")
-_DEFINITIONS = {**_PREDICT_SCHEMA.pop("$defs", {}), **_UPLOAD_SCHEMA.pop("$defs", {})}
-
-
-def _openapi() -> dict:
-    """FastAPI's document plus the request models, so clients and fuzzers see the real contract."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        document = get_openapi(title=app.title, version="1", routes=app.routes)
-        document.setdefault("components", {}).setdefault("schemas", {}).update(
-            {**_DEFINITIONS, "PredictRequest": _PREDICT_SCHEMA, "BarsUpload": _UPLOAD_SCHEMA})
-        app.openapi_schema = document
-    return app.openapi_schema
-
-
-app.openapi = _openapi
-
-
-@app.post("/predict", openapi_extra=_body({"$ref": "#/components/schemas/PredictRequest"}))
-async def predict(request: Request) -> JSONResponse:
-    return await _respond(request, "predict", False, _runtime().predict_payload)
-
-
-@app.post("/predict_batch", openapi_extra=_body({"type": "object", "required": ["requests"], "properties": {
-    "requests": {"type": "array", "items": {"$ref": "#/components/schemas/PredictRequest"}}}}))
-async def predict_batch(request: Request) -> JSONResponse:
-    def work(payload, started):
-        runtime = _runtime()
-        if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
-            raise RequestError(422, "request validation failed",
-                               {"errors": [{"path": "requests", "message": "a list of /predict requests is required"}]})
-        items = payload["requests"]
-        if len(items) > runtime.settings.max_batch_size:
-            raise RequestError(413, "batch too large", {"max_batch_size": runtime.settings.max_batch_size,
-                                                        "received": len(items)})
-        results = []
-        for index, item in enumerate(items):
-            try:
-                results.append(runtime.predict_payload(item, time.perf_counter()))
-            except RequestError as error:
-                results.append({**error_body(error), "index": index})
-        return {"results": results, "processing_time_ms": (time.perf_counter() - started) * 1000}
-
-    return await _respond(request, "predict_batch", False, work)
-
-
-@app.post("/bars", openapi_extra=_body({"$ref": "#/components/schemas/BarsUpload"}))
-async def upload_bars(request: Request) -> JSONResponse:
-    """Bulk bars of one series (a strategy's history at start-up, any other feed): validated like a
-    file ingest, stored in one transaction, never written over a stored bar."""
-    return await _respond(request, "bars", False, lambda payload, started: _runtime().upload_bars(payload),
-                          upload=True)
-
-
-@app.post("/admin/reload")
-async def admin_reload(request: Request) -> JSONResponse:
-    return await _respond(request, "admin_reload", True, lambda payload, started: _runtime().reload(),
-                          needs_body=False)
-
-
-@app.get("/health")
-async def health() -> JSONResponse:
-    return JSONResponse(_runtime().health())
-
-
-@app.get("/model")
-async def model_info(request: Request) -> JSONResponse:
-    return await _respond(request, "model", False, lambda payload, started: _runtime().model_info(),
-                          needs_body=False)
+    def stop(self) -> None:
+        self._listener.stop()
 
 
 @bentoml.service(name="smc_predictor", workers=1, traffic={"timeout": 30})
@@ -227,13 +140,22 @@ class SmcPredictor:
     """Loads the champion (or MODEL_PATH), follows the registry alias, serves the mounted app."""
 
     def __init__(self) -> None:
-        logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(message)s")
+        self.request_log = RequestLog(os.environ.get("LOG_LEVEL", "INFO").upper())
+        if bentoml.server_context.bento_version in (None, "not available"):
+            # served from source: BentoML's metrics label service_version is the project's version
+            # (a built Bento keeps its own tag's version)
+            bentoml.server_context.bento_version = PROJECT.version
         if os.environ.get("MODEL_TAG") and not os.environ.get("MODEL_PATH"):
             # a built Bento serves the package packed with it (its label model_tag; bento_artifact's metadata)
             os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path_of("package")
         settings = ServiceSettings.from_env()
+        # Predictions run one at a time on one thread: the model is a few ms of single-threaded
+        # torch, and a second compute thread only contends (measured: ~10x slower with 2 threads).
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        # Uploads wait for the database: they must never hold up the compute thread.
+        self.uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
         self.runtime = Runtime(settings, metrics=Metrics()).start()
-        app.state.runtime = self.runtime
+        self._documents: dict = {}
 
     def __is_ready__(self) -> bool:
         """/readyz: ready only once a verified, warmed-up model is in the slot."""
@@ -242,3 +164,172 @@ class SmcPredictor:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.runtime.stop()
+        self.request_log.stop()
+
+    # --- the contract ------------------------------------------------------------------
+
+    @app.post("/predict", operation_id="predict", tags=["predict"],
+              summary="Long, short or skip for the bar that just closed",
+              responses={200: {"model": PredictAnswer, "description": "The answer, with the risk block to trade."},
+                         **responses(400, 401, 413, 422, 429, 500, 503, 504, e422=PREDICT_422)},
+              openapi_extra=request_body({"$ref": _REF.format("PredictRequest")}, EXAMPLE))
+    async def predict(self, request: Request) -> JSONResponse:
+        """Features are computed from the request's bars by the training code; client-sent
+        indicators are compared and counted, never used. `label` is `skip` below the entry
+        threshold (probabilities are still returned); `position_size` is the tier."""
+        return await self._respond(request, "predict", False, self.runtime.predict_payload)
+
+    @app.post("/predict_batch", operation_id="predict_batch", tags=["predict"],
+              summary="Several /predict requests in one call",
+              responses={200: {"model": BatchAnswer, "description": "One answer or one error per item, in order."},
+                         **responses(400, 401, 413, 422, 429, 500, 504,
+                                     e422="The body is not `{\"requests\": [...]}`; each item's own refusals are "
+                                          "answered in `results` (with `index`).")},
+              openapi_extra=request_body({"type": "object", "required": ["requests"], "properties": {
+                  "requests": {"type": "array", "items": {
+                      "description": "A /predict request (PredictRequest). Each item is checked on its own: a "
+                                     "refused item (anything but a servable request) is an error in `results`, "
+                                     "with its `index`, and the others are answered."}}}},
+                  {"requests": [EXAMPLE]}))
+    async def predict_batch(self, request: Request) -> JSONResponse:
+        """Each item is answered like `POST /predict` (the same checks), within one time budget."""
+        runtime = self.runtime
+
+        def work(payload, started):
+            if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
+                raise RequestError(422, "request validation failed", {"errors": [
+                    {"path": "requests", "message": "a list of /predict requests is required"}]})
+            items = payload["requests"]
+            if len(items) > runtime.settings.max_batch_size:
+                raise RequestError(413, "batch too large", {"max_batch_size": runtime.settings.max_batch_size,
+                                                            "received": len(items)})
+            results = []
+            for index, item in enumerate(items):
+                try:
+                    results.append(runtime.predict_payload(item, time.perf_counter()))
+                except RequestError as error:
+                    results.append({**error_body(error), "index": index})
+            return {"results": results, "processing_time_ms": (time.perf_counter() - started) * 1000}
+
+        return await self._respond(request, "predict_batch", False, work)
+
+    @app.post("/bars", operation_id="upload_bars", tags=["bars"],
+              summary="Store bars of one series (a strategy's history at start-up)",
+              responses={200: {"model": BarsAnswer, "description": "What was stored."},
+                         **responses(400, 401, 413, 422, 429, 500, 503, 504,
+                                     e422="Bars refused like a file ingest (`details.errors[]` names `bars[i]` and "
+                                          "why); nothing of the upload is stored.",
+                                     e503="The database is unavailable; nothing was stored: send the bars again.")},
+              openapi_extra=request_body({"$ref": _REF.format("BarsUpload")},
+                                         {"symbol": "ES", "timeframe": "1m", "bars": EXAMPLE["context_bars"][:3]}))
+    async def upload_bars(self, request: Request) -> JSONResponse:
+        """Validated like a file ingest, stored in one transaction, idempotent, never written
+        over a stored bar (a differing bar is kept in `bar_revisions` and counted)."""
+        return await self._respond(request, "bars", False, lambda payload, started: self.runtime.upload_bars(payload),
+                                   upload=True)
+
+    @app.get("/model", operation_id="model_info", tags=["operations"],
+             summary="What is served and what a request needs",
+             responses={200: {"model": ModelInfo, "description": "The served model."},
+                        **responses(401, 413, 429, 500, 503, 504)},
+             openapi_extra={"security": [{"ApiKey": []}]})
+    async def model_info(self, request: Request) -> JSONResponse:
+        return await self._respond(request, "model", False, lambda payload, started: self.runtime.model_info(),
+                                   needs_body=False)
+
+    @app.get("/health", operation_id="health", tags=["operations"],
+             summary="Status, served version, storage (no key)",
+             responses={200: {"model": Health, "description": "Always 200; /readyz is the readiness probe."}})
+    async def health(self) -> JSONResponse:
+        return JSONResponse(self.runtime.health())
+
+    @app.post("/admin/reload", operation_id="admin_reload", tags=["operations"],
+              summary="Load the configured model again, then swap",
+              responses={200: {"model": ReloadAnswer, "description": "Reloaded and swapped in."},
+                         **responses(401, 409, 413, 429, 500, 504,
+                                     e504=ERRORS[504] + " The reload goes on; /health shows its outcome.")},
+              openapi_extra={"security": [{"AdminKey": []}]})
+    async def admin_reload(self, request: Request) -> JSONResponse:
+        """MODEL_PATH again, or the registry alias's current version: loaded, verified and warmed
+        up before one swap; requests in flight finish on the model they started with."""
+        return await self._respond(request, "admin_reload", True, lambda payload, started: self.runtime.reload(),
+                                   needs_body=False)
+
+    # --- documentation -----------------------------------------------------------------
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self) -> JSONResponse:
+        """The document as served now: it names the served model's timeframe, symbols and bars."""
+        model = None
+        try:
+            info = self.runtime.model_info()
+            model = {key: info[key] for key in ("model_version", "timeframe", "symbols", "required_bars")}
+        except RequestError:
+            pass
+        key = None if model is None else model["model_version"]
+        if key not in self._documents:
+            settings = self.runtime.settings
+            self._documents = {key: document(app, PROJECT, settings, model, settings.max_batch_size,
+                                             settings.upload_max_bars)}
+        return JSONResponse(self._documents[key])
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self):
+        return swagger_page(PROJECT)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self):
+        return redoc_page(PROJECT)
+
+    @app.get("/", include_in_schema=False)
+    async def index(self):
+        return RedirectResponse("/docs")
+
+    # --- one request -------------------------------------------------------------------
+
+    async def _respond(self, request: Request, endpoint: str, admin: bool, work, needs_body: bool = True,
+                       upload: bool = False) -> JSONResponse:
+        """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
+
+        ``upload``: bulk bars, with their own size limit and deadline, on the upload threads."""
+        started = time.perf_counter()
+        runtime = self.runtime
+        settings = runtime.settings
+        limit = settings.upload_max_bytes if upload else settings.max_body_bytes
+        body: dict = {}
+        try:
+            key = request.headers.get("x-admin-key" if admin else "x-api-key")
+            runtime.authorize(key, admin=admin)
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > limit:
+                raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": int(length)})
+            raw = await request.body()
+            payload = parse_json(raw, limit) if needs_body else None
+            pool = self.uploads if upload else self.compute
+            future = asyncio.get_running_loop().run_in_executor(pool, work, payload, started)
+            budget = UPLOAD_DEADLINE_S if upload else settings.timeout_ms / 1000
+            try:
+                body = await asyncio.wait_for(future, timeout=max(budget - (time.perf_counter() - started), 0))
+            except asyncio.TimeoutError:
+                body = None
+            # the budget is a deadline: an answer that arrives after it (a busy loop can fire the timer
+            # late) is as useless to the strategy as none
+            if body is None or time.perf_counter() - started > budget:
+                raise RequestError(504, "prediction timed out", {"timeout_ms": runtime.settings.timeout_ms})
+            status = 200
+        except RequestError as error:
+            status, body = error.status, error_body(error)
+        except Exception:  # never a traceback to the client
+            logging.getLogger("smc.serving").exception("unexpected error")
+            status, body = 500, {"error": "internal error", "code": 500, "details": {}}
+        seconds = time.perf_counter() - started
+        if runtime.metrics is not None:
+            runtime.metrics.request(endpoint, status, seconds)
+        if json_log.isEnabledFor(logging.INFO):
+            json_log.info(json.dumps({"ts": time.time(), "endpoint": endpoint, "status": status,
+                                      "request_id": body.get("request_id"), "label": body.get("label"),
+                                      "confidence": body.get("confidence"),
+                                      "model_version": body.get("model_version"),
+                                      "latency_ms": round(seconds * 1000, 3),
+                                      "error_type": body.get("error") if status != 200 else None}))
+        return JSONResponse(body, status_code=status)

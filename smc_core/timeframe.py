@@ -19,7 +19,10 @@ def parse_timeframe(value: str) -> timedelta:
             f"timeframe {value!r} is not valid: use <number><unit> with unit s, m, h or d (e.g. 1m, 5m, 1h)"
         )
     count, unit = match.groups()
-    return timedelta(**{_UNITS[unit]: int(count)})
+    try:
+        return timedelta(**{_UNITS[unit]: int(count)})
+    except OverflowError:  # e.g. 99999999999m, sent to the service (was a 500)
+        raise ConfigError(f"timeframe {value!r} is not valid: longer than any bar") from None
 
 
 def format_timeframe(width: timedelta) -> str:

@@ -50,8 +50,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MODEL_URI", "DATABASE_URL")}
+        # BENTOML_HOME of its own: BentoML empties its Prometheus multiprocess folder there when a
+        # server starts, which hid the metrics of every server started before it from /metrics
         full_env.update({"API_KEY": KEY, "ADMIN_API_KEY": ADMIN, "SMC_HOME": str(home), "TIMEOUT_MS": "5000",
-                         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env})
+                         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+                         "BENTOML_HOME": str(home / "bentoml"), **env})
         self.log = open(home / f"server-{self.port}.log", "w")
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
                                          "bento.service:SmcPredictor", "--port", str(self.port), "--host", "127.0.0.1"],

@@ -236,7 +236,7 @@ def test_grafana_dashboard_covers_the_service_metrics():
     defined = _service_metrics()
     assert used - defined == set(), f"the dashboard queries metrics bento/service.py does not export: {used - defined}"
     assert defined - used == set(), f"service metrics missing from the dashboard: {defined - used}"
-    assert any("histogram_quantile(0.99" in e and "smc_request_seconds_bucket" in e for e in expressions)
+    assert any("histogram_quantile(0.99" in e and "smc_request_duration_seconds_bucket" in e for e in expressions)
     provider = yaml.safe_load((COMPOSE / "grafana" / "provisioning" / "dashboards" / "smc.yml").read_text())
     compose = (COMPOSE / "docker-compose.yml").read_text()
     assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}" in compose

@@ -21,7 +21,7 @@ from smc_core.model.pipeline import BaseConfig, RunConfig
 from smc_core.promotion import judge
 from smc_core.synthetic import Instrument, SyntheticConfig, generate_bars
 
-DAYS = 30
+DAYS = 42
 GATE_NAMES = ("deflated_sharpe", "pbo", "spa", "versus_champion", "calibration", "latency")
 BASE = BaseConfig(train=TrainConfig(epochs=3, patience=2))
 RUN = RunConfig(train_stride=3, train=TrainConfig(epochs=12, patience=2))

@@ -72,7 +72,7 @@ class Predictor:
         Measured as CPU time of this thread (the model runs on one intra-op thread), not wall
         time: on a busy machine wall time measures the other processes, and the latency gate
         would refuse the same model on a loaded box that it passes on a quiet one. Served
-        latency under load is watched live (``smc_request_seconds``)."""
+        latency under load is watched live (``smc_request_duration_seconds``)."""
         rows = self.package.reference[: self.spec.sequence_length].astype(np.float64)
         if len(rows) < self.spec.sequence_length:
             raise ValueError(f"the reference sample has {len(rows)} rows, fewer than one window")

@@ -8,12 +8,14 @@ the server's own computation (DESIGN §4: counted, never trusted).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema,
+                      field_validator, model_validator)
 
 from smc_core.errors import ConfigError
 from smc_core.timeframe import parse_timeframe
@@ -28,25 +30,56 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
+# Types are strict (a number is a JSON number, a flag a JSON boolean, a time an ISO 8601
+# string): what the OpenAPI document says is exactly what is accepted, so a client bug such
+# as "h": "4810.25" or "has_fvg_bull": 1 is refused with its path, never coerced.
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?$"
+_TIME = re.compile(TIME_PATTERN)
+Price = Annotated[float, Strict(), Field(gt=0, le=MAX_PRICE)]
+Volume = Annotated[float, Strict(), Field(ge=0, le=MAX_VOLUME)]
+Direction = Optional[Annotated[int, Strict(), Field(ge=-1, le=1)]]
+Flag = Optional[Annotated[bool, Strict()]]
+
+
+def _time_text(value: object) -> object:
+    """Only an ISO 8601 date-time with seconds (pydantic alone would also read 1700000000 or
+    "2024-01-02" as times); datetime objects from Python callers pass."""
+    if isinstance(value, str) and not _TIME.match(value):
+        raise ValueError("an ISO 8601 date-time like 2024-03-05T14:31:00Z is required "
+                         "(seconds included; no offset means UTC)")
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("an ISO 8601 date-time string is required")
+    return value
+
+
+Time = Annotated[datetime, BeforeValidator(_time_text),
+                 WithJsonSchema({"type": "string", "pattern": TIME_PATTERN, "examples": ["2024-03-05T14:31:00Z"]})]
+
+
 class Bar(BaseModel):
     """One closed bar; ``time_utc`` is its close time (naive times are taken as UTC)."""
 
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
-    time_utc: datetime
-    o: float = Field(gt=0, le=MAX_PRICE)
-    h: float = Field(gt=0, le=MAX_PRICE)
-    l: float = Field(gt=0, le=MAX_PRICE)  # noqa: E741 (the seed's field name)
-    c: float = Field(gt=0, le=MAX_PRICE)
-    volume: float = Field(ge=0, le=MAX_VOLUME)
-    delta: Optional[float] = Field(default=None, ge=-MAX_VOLUME, le=MAX_VOLUME)
-    ext_dir: Optional[int] = Field(default=None, ge=-1, le=1)
-    int_dir: Optional[int] = Field(default=None, ge=-1, le=1)
-    has_fvg_bull: Optional[bool] = None
-    has_fvg_bear: Optional[bool] = None
-    has_ob_bull: Optional[bool] = None
-    has_ob_bear: Optional[bool] = None
-    atr: Optional[float] = Field(default=None, ge=0)
+    time_utc: Time = Field(description="The bar's close time, ISO 8601 with seconds; without an offset it is "
+                                       "taken as UTC. On the model's timeframe grid (a 1m bar closes on a whole "
+                                       "minute).")
+    o: Price = Field(description="Open price.")
+    h: Price = Field(description="High price (at least open, close and low).")
+    l: Price = Field(description="Low price (at most open, close and high).")  # noqa: E741 (the seed's field name)
+    c: Price = Field(description="Close price.")
+    volume: Volume = Field(description="Traded volume.")
+    delta: Optional[Annotated[float, Strict(), Field(ge=-MAX_VOLUME, le=MAX_VOLUME)]] = Field(
+        default=None, description="Buy minus sell volume; optional.")
+    ext_dir: Direction = Field(default=None, description="Client indicator (compared with the server's, counted, "
+                                                        "never used): external structure direction -1, 0 or 1.")
+    int_dir: Direction = Field(default=None, description="Client indicator: internal structure direction.")
+    has_fvg_bull: Flag = Field(default=None, description="Client indicator: a bullish fair value gap is open.")
+    has_fvg_bear: Flag = Field(default=None, description="Client indicator: a bearish fair value gap is open.")
+    has_ob_bull: Flag = Field(default=None, description="Client indicator: a bullish order block is open.")
+    has_ob_bear: Flag = Field(default=None, description="Client indicator: a bearish order block is open.")
+    atr: Optional[Annotated[float, Strict(), Field(ge=0)]] = Field(
+        default=None, description="Client indicator: ATR (the server computes its own for `risk`).")
 
     @field_validator("time_utc")
     @classmethod
@@ -71,18 +104,31 @@ class Bar(BaseModel):
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    symbol: str = Field(min_length=1, max_length=32)
-    timeframe: str = Field(min_length=1, max_length=16)
-    session: Optional[str] = None
-    request_time: Optional[datetime] = None
+    symbol: str = Field(min_length=1, max_length=32, description="Instrument root (e.g. ES); one the served "
+                                                                 "model serves (GET /model → symbols).")
+    timeframe: str = Field(min_length=1, max_length=16, description="Bar timeframe, `<number><s|m|h|d>`; must be "
+                                                                    "the served model's (GET /model → timeframe).")
+    session: Optional[str] = Field(default=None, description="Informational (e.g. RTH or ETH).")
+    request_time: Optional[Time] = Field(default=None, description="When the client sent the request; "
+                                                                   "informational.")
 
 
 class PredictRequest(BaseModel):
+    """``POST /predict`` (seed 000 §3.2): the bars up to the one that just closed, oldest first."""
+
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
-    context_bars: list[Bar]
-    current_bar: Bar
-    features: dict[str, Union[float, int, bool, str, None]] = Field(default_factory=dict)
+    context_bars: list[Bar] = Field(description=(
+        "The bars before `current_bar`, oldest first, strictly increasing and contiguous on the model's timeframe. "
+        "With `current_bar` the model needs `required_bars` bars in all (GET /model; 49 for the default model: "
+        "sequence length 20 + longest feature lookback 30 - 1), so send `required_bars - 1`. Fewer are accepted when "
+        "the service can complete them from stored bars of the same series that are contiguous with them (bars of "
+        "earlier requests, POST /bars uploads, the bar store): the answer's `bars_from_store` says how many; "
+        "otherwise 422 `too few bars` with `missing_bars`."))
+    current_bar: Bar = Field(description="The bar that just closed: the decision bar.")
+    features: dict[str, Union[float, int, bool, str, None]] = Field(
+        default_factory=dict, description="Client-computed features (seed 000 §3.2); accepted, never used: the "
+                                          "server computes its own from the bars.")
     metadata: Metadata
 
     @model_validator(mode="after")
@@ -115,22 +161,33 @@ class PredictRequest(BaseModel):
         }
 
 
-class UploadBar(BaseModel):
-    """One bar of ``POST /bars`` (the /predict bar without indicators)."""
+# POST /bars is validated like a file ingest (smc_core.bars.parse_records): a value is read as a
+# file's cell would be, so a number may also come as its text; the document says exactly that.
+_CELL = WithJsonSchema({"type": ["number", "string"], "description": "A number, or its text as in a file "
+                                                                     "(\"4810.25\"); finite."})
+_TIME_CELL = WithJsonSchema({"type": "string", "description": "The bar's close time as in a file (ISO 8601; "
+                                                              "no offset means UTC).",
+                             "examples": ["2024-03-05T14:31:00Z"]})
 
-    time_utc: datetime
-    o: float = Field(gt=0, le=MAX_PRICE)
-    h: float = Field(gt=0, le=MAX_PRICE)
-    l: float = Field(gt=0, le=MAX_PRICE)  # noqa: E741
-    c: float = Field(gt=0, le=MAX_PRICE)
-    volume: float = Field(ge=0, le=MAX_VOLUME)
-    delta: Optional[float] = None
+
+class UploadBar(BaseModel):
+    """One bar of ``POST /bars`` (the /predict bar without indicators). Only describes the body:
+    the service validates it like a file ingest (high and low against open and close, volume
+    not negative, on the timeframe's grid, no repeated times), every problem named at once."""
+
+    time_utc: Annotated[datetime, _TIME_CELL]
+    o: Annotated[float, _CELL]
+    h: Annotated[float, _CELL]
+    l: Annotated[float, _CELL]  # noqa: E741
+    c: Annotated[float, _CELL]
+    volume: Annotated[float, _CELL]
+    delta: Optional[Annotated[float, _CELL]] = None
 
 
 class BarsUpload(BaseModel):
-    """``POST /bars``: bars of one series; validated like a file ingest (the document only describes it)."""
+    """``POST /bars``: bars of one series (describes the body; see UploadBar)."""
 
-    symbol: str = Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
+    symbol: str = Field(min_length=1, max_length=32, pattern=r"^[A-Z0-9][A-Z0-9._-]{0,31}$", examples=["ES"])
     timeframe: str = Field(pattern=r"^[1-9][0-9]*[smhd]$", examples=["1m"])
     bars: list[UploadBar] = Field(min_length=1)
 
@@ -145,12 +202,16 @@ class RequestError(Exception):
 
 def parse_request(payload: object) -> PredictRequest:
     """A validated request, or RequestError(422) listing every field error with its path."""
+    return _validated(PredictRequest, payload)
+
+
+def _validated(model: type[BaseModel], payload: object):
     try:
-        return PredictRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as error:
         raise RequestError(422, "request validation failed", {"errors": [
             {"path": field_path(item["loc"]), "message": item["msg"].removeprefix("Value error, ")}
-            for item in error.errors(include_url=False)]}) from None
+            for item in error.errors(include_url=False)][:100]}) from None
 
 
 def check_against_model(request: PredictRequest, stamps_ns: np.ndarray, timeframe: str, width_ns: int,

@@ -1,0 +1,174 @@
+"""What the service answers, as pydantic models: the OpenAPI document's response schemas.
+
+Why models the runtime does not build its answers from: the answers are plain dicts made on
+the hot path (``runtime``, ``engine``); these models only describe them, so clients and
+generated code see the real contract, and the schemathesis test checks every answer the
+running service gives against them (a drift between the two fails that test).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, Field
+
+Label = Literal["long", "short", "skip"]
+
+
+class FieldError(BaseModel):
+    path: str = Field(description="Where the problem is, e.g. `context_bars[3].h`, `metadata.timeframe`, `body`.")
+    message: str = Field(description="What is wrong there, and what would be accepted.")
+
+
+class ErrorDetails(BaseModel):
+    """The keys present depend on the error; the common ones are listed (others may appear)."""
+
+    errors: Optional[list[FieldError]] = Field(default=None, description="422: every field error with its path.")
+    minimum_bars: Optional[int] = Field(default=None, description="422 `too few bars`: bars the model needs.")
+    missing_bars: Optional[int] = Field(default=None, description="422 `too few bars`: how many more to send.")
+    rejected: Optional[int] = Field(default=None, description="422 on POST /bars: bars refused (nothing stored).")
+    message: Optional[str] = Field(default=None, description="400: the JSON parser's message.")
+    header: Optional[str] = Field(default=None, description="401: the header expected (X-API-Key or X-Admin-Key).")
+    limit_bytes: Optional[int] = Field(default=None, description="413: the body limit (MAX_BODY_BYTES, "
+                                                                 "UPLOAD_MAX_BYTES).")
+    received_bytes: Optional[int] = None
+    max_batch_size: Optional[int] = Field(default=None, description="413: MAX_BATCH_SIZE.")
+    max_bars: Optional[int] = Field(default=None, description="413: UPLOAD_MAX_BARS.")
+    received: Optional[int] = None
+    limit_per_second: Optional[float] = Field(default=None, description="429: RATE_LIMIT_PER_SECOND.")
+    burst: Optional[int] = Field(default=None, description="429: RATE_LIMIT_BURST.")
+    type: Optional[str] = Field(default=None, description="500 `model failure`: the exception's type (no traceback).")
+    last_error: Optional[str] = Field(default=None, description="503 `no model loaded yet`: the last load error.")
+    reason: Optional[str] = Field(default=None, description="409 refused reload, 503 database away: why.")
+    serving: Optional[str] = Field(default=None, description="409 refused reload: the version still serving.")
+    timeout_ms: Optional[float] = Field(default=None, description="504: the budget (TIMEOUT_MS).")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal and failure has this body (DESIGN §6); never a traceback."""
+
+    error: str = Field(description="Short, stable description, e.g. `request validation failed`, `too few bars`, "
+                                   "`request does not match the model`, `rate limit exceeded`.")
+    code: int = Field(description="The HTTP status, repeated.")
+    details: ErrorDetails
+
+
+class ItemError(ErrorBody):
+    """One refused item of a batch; the other items are still answered."""
+
+    index: int = Field(ge=0, description="The item's position in `requests`.")
+
+
+class Probabilities(BaseModel):
+    """Calibrated class probabilities; they sum to 1."""
+
+    long: float = Field(ge=0, le=1)
+    short: float = Field(ge=0, le=1)
+    skip: float = Field(ge=0, le=1)
+
+
+class Risk(BaseModel):
+    """Stop and target from the server's ATR and the multiples the served model was validated
+    with, in whole ticks. Clients trade these; they never compute their own ATR."""
+
+    atr: float = Field(ge=0, description="The server's ATR at the decision bar (mean true range over 14 bars).")
+    stop_distance: float = Field(gt=0, description="Stop distance in price units (whole ticks, at least one).")
+    target_distance: float = Field(gt=0, description="Target distance in price units (whole ticks, at least one).")
+    stop_price: Optional[float] = Field(description="From the decision bar's close; null when the label is skip.")
+    target_price: Optional[float] = Field(description="From the decision bar's close; null when the label is skip.")
+    max_holding_bars: Optional[int] = Field(description="Time exit in bars; null: the stop, the target or the "
+                                                        "session close ends a trade.")
+    tick_size: float = Field(gt=0)
+
+
+class PredictAnswer(BaseModel):
+    """``POST /predict`` 200 (seed 000 §3.3 plus what trading needs)."""
+
+    label: Label = Field(description="What to do: `skip` whenever the top class is below `threshold`.")
+    confidence: float = Field(ge=0, le=1, description="The top class's probability.")
+    probabilities: Probabilities
+    model_version: str = Field(description="The model that answered, e.g. `smc-lora/3` or `local/<folder>`.")
+    request_id: str = Field(description="UUID of this answer; the prediction log's key.")
+    position_size: float = Field(ge=0, le=1, description="Tier of the answer: 1.0 at or above the full-size "
+                                                         "threshold, 0.5 from `threshold`, 0 below or for skip.")
+    raw_label: Label = Field(description="The top class before the threshold.")
+    threshold: float = Field(ge=0, le=1, description="Entry threshold in force (CONFIDENCE_THRESHOLD, else the one "
+                                                     "the model was promoted with, else 0.55).")
+    risk: Risk
+    processing_time_ms: float = Field(ge=0, description="Time from receipt to the answer inside the service.")
+    bars_from_store: int = Field(ge=0, description="Stored bars that completed a request with fewer bars than "
+                                                   "the model needs (0 when the request had enough).")
+
+
+class BatchAnswer(BaseModel):
+    """``POST /predict_batch`` 200: one answer or one error per item, in order."""
+
+    results: list[Union[PredictAnswer, ItemError]]
+    processing_time_ms: float = Field(ge=0)
+
+
+class BarsAnswer(BaseModel):
+    """``POST /bars`` 200: what the upload did (one transaction; idempotent)."""
+
+    symbol: str
+    timeframe: str
+    received: int = Field(ge=0)
+    inserted: int = Field(ge=0, description="New bars stored.")
+    unchanged: int = Field(ge=0, description="Bars equal to stored ones (left alone).")
+    conflicting: int = Field(ge=0, description="Bars differing from stored ones: kept in `bar_revisions`, never "
+                                               "written over the stored bar.")
+    ingest_id: int = Field(description="The `ingest_log` row of this upload.")
+    first_bar: str = Field(description="Close time of the first bar (ISO 8601).")
+    last_bar: str = Field(description="Close time of the last bar (ISO 8601).")
+
+
+class RiskTermsInfo(BaseModel):
+    stop_atr: float
+    target_atr: float
+    max_holding_bars: Optional[int]
+    tick_size: float
+
+
+class Thresholds(BaseModel):
+    half_size: float
+    full_size: float
+
+
+class ModelInfo(BaseModel):
+    """``GET /model``: what is served, and what a request must carry for it."""
+
+    model_version: str
+    lineage: dict[str, Any] = Field(description="Data, training run, code and registry lineage of the package.")
+    required_bars: int = Field(ge=1, description="Bars a request needs in all (context_bars + current_bar), "
+                                                 "unless stored bars complete it.")
+    sequence_length: int
+    lookback: int
+    feature_set_version: str
+    features: list[str]
+    labels: list[Label]
+    temperature: float
+    timeframe: str = Field(description="The only `metadata.timeframe` accepted.")
+    symbols: list[str] = Field(description="The `metadata.symbol` values accepted.")
+    risk_terms: RiskTermsInfo
+    thresholds: Thresholds
+    loaded_at: str
+
+
+class ReloadAnswer(BaseModel):
+    status: Literal["reloaded"]
+    model_version: str
+
+
+class Health(BaseModel):
+    """``GET /health`` (no key): always 200; `/readyz` is the probe that says ready or not."""
+
+    status: Literal["ok", "loading"]
+    model_loaded: bool
+    model_version: Optional[str]
+    last_reload_error: Optional[str]
+    shadow_version: Optional[str]
+    storage: Literal["ok", "spooling", "losing rows"] = Field(
+        description="`spooling`: the database is away and rows wait on disk; `losing rows`: the spool was full.")
+    prediction_log: Optional[dict[str, Any]] = Field(description="The prediction log's writer (null when off).")
+    bar_capture: Optional[dict[str, Any]] = Field(description="The bar capture's writer (null when off).")
+    uptime_s: float
