@@ -604,6 +604,10 @@ namespace Smc.Tests
                         Check(strategy.ShimCustomEvents.Count == 0, "one request per bar");
                         writer.WriteLine(Json.ToText(new BarCalls { Bar = i, Calls = strategy.ShimCalls.Skip(before).ToList() }));
                     }
+                string zoneLine = rows[first].Wall.ToString("yyyy-MM-dd HH:mm:ss", Inv) + " closed at "
+                                  + rows[first].Utc.ToString("yyyy-MM-ddTHH:mm:ss", Inv);
+                Check(strategy.ShimOutput.Any(l => l.Contains("bar times from " + zoneId + ": the bar of " + zoneLine)),
+                      "the time-zone line: " + string.Join(" | ", strategy.ShimOutput.Take(3)));
                 var misses = strategy.ShimOutput.Where(l => l.Contains("no new entry")).ToList();
                 Check(misses.Count == 0, "no missed answer: " + string.Join(" | ", misses.Take(3)));
                 strategy.ShimEnter(State.Terminated);

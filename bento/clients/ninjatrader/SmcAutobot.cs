@@ -72,6 +72,7 @@ namespace NinjaTrader.NinjaScript.Strategies
         private int? holdingLimit;          // max_holding_bars of the open trade's answer
         private int consecutiveMisses;
         private bool tickMismatchReported;
+        private bool zoneReported;
 
         #region Properties
         [NinjaScriptProperty]
@@ -225,6 +226,13 @@ namespace NinjaTrader.NinjaScript.Strategies
                 }
                 TradeAnswer(CurrentBar, answer);
                 return;
+            }
+            if (!zoneReported)
+            {
+                // the time-zone check: this line against the chart's last bar and a UTC clock
+                Report("bar times from " + barZone.Id + ": the bar of " + Bars.GetTime(CurrentBar).ToString("yyyy-MM-dd HH:mm:ss",
+                       CultureInfo.InvariantCulture) + " closed at " + request.CurrentBar.TimeUtc + " (UTC)", false);
+                zoneReported = true;
             }
             if (pendingBar >= 0)
             {
