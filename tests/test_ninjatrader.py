@@ -40,7 +40,7 @@ TESTS = ROOT / "tests" / "ninjatrader"
 MCS = ["mcs", "-langversion:7.2", "-sdk:4.8", "-warnaserror+", "-r:System.Net.Http.dll",
        "-r:System.Runtime.Serialization.dll", "-r:System.Xml.dll", "-r:System.ComponentModel.DataAnnotations.dll"]
 CHART_ZONE = "America/New_York"  # NinjaTrader's configured zone in these tests: neither UTC nor the exchange's
-THRESHOLD, FULL, CONTRACTS = 0.45, 0.48, 3  # the tiny model's confidences lie around 0.40-0.53: both tiers trade
+CONTRACTS = 3  # half size: round(1.5) = 2, as Python rounds
 DAY_ROWS = 1380  # one CME trading day of 1-minute bars
 
 if not (shutil.which("mcs") and shutil.which("mono")):
@@ -93,9 +93,25 @@ def market() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def server(package, database, tmp_path_factory):
+def thresholds(package, market) -> tuple[float, float]:
+    """Entry and full-size thresholds at the 35th and 75th percentiles of the tiny model's
+    confidences on the replayed stretch (computed in process), so that both tiers and no entry
+    all occur on that day whatever one epoch of training gave (it is not bit-reproducible)."""
+    from smc_core.serving.engine import load_model, predict
+    from smc_core.serving.request import parse_request
+
+    model = load_model(package, "local/model")
+    stretch = market.iloc[:2 * DAY_ROWS + 100]
+    confidences = [predict(parse_request(request_for(stretch, row)), model, PolicyConfig(), 0.0).body["confidence"]
+                   for row in range(DAY_ROWS, len(stretch), 3)]
+    half, full = (round(float(q), 4) for q in np.quantile(confidences, [0.35, 0.75]))
+    return half, max(half, full)
+
+
+@pytest.fixture(scope="module")
+def server(package, thresholds, database, tmp_path_factory):
     running = Server({"MODEL_PATH": str(package), "DATABASE_URL": database.url, "RATE_LIMIT_PER_SECOND": "100000",
-                      "RATE_LIMIT_BURST": "100000", "CONFIDENCE_THRESHOLD": str(THRESHOLD)},
+                      "RATE_LIMIT_BURST": "100000", "CONFIDENCE_THRESHOLD": str(thresholds[0])},
                      tmp_path_factory.mktemp("home")).wait()
     yield running
     running.stop()
@@ -220,18 +236,21 @@ def test_a_stored_day_through_the_csharp_client_gives_the_python_answers(built, 
     print("C# replay:", data["replay"], dict(labels))
 
 
-def test_the_strategy_decides_like_the_policy_on_that_day(built, server, stored_day, database, tmp_path):
+def test_the_strategy_decides_like_the_policy_on_that_day(built, server, thresholds, stored_day, tmp_path):
     """SmcAutobot.cs through the shim, bar by bar in real time, against smc_core/policy.py on the
-    same answers and on the position path of the backtest behind the gates: entries by tier, no
-    pyramiding, reversal, stop and target from the risk block, nothing on a session's last bar."""
+    same answers and the same positions: entries by tier, no pyramiding, reversal, stop and target
+    from the risk block, nothing on a session's last bar. The positions are the backtest's (the
+    one behind the gates) for the first 700 bars, then a rotation of long, short and flat, so that
+    holds and reversals occur whatever the model's bias."""
     stretch, answers = stored_day
     first = DAY_ROWS
+    threshold, full = thresholds
     probabilities = np.full((len(stretch), 3), np.nan)
     atr = np.full(len(stretch), np.nan)
     for row, answer in answers.items():
         probabilities[row] = [answer["probabilities"][k] for k in ("long", "short", "skip")]
         atr[row] = answer["risk"]["atr"]
-    policy = PolicyConfig(half_threshold=THRESHOLD, full_threshold=max(THRESHOLD, FULL), contracts=CONTRACTS)
+    policy = PolicyConfig(half_threshold=threshold, full_threshold=max(threshold, full), contracts=CONTRACTS)
     session = CME_EQUITY.trading_day_of(stretch["ts"]).astype("int64")
     traded = stretch.assign(atr=atr, session=session).iloc[first:].reset_index(drop=True)
     result = backtest(traded, probabilities[first:], policy)
@@ -240,6 +259,8 @@ def test_the_strategy_decides_like_the_policy_on_that_day(built, server, stored_
     for trade in result.trades.itertuples():
         held = (ts >= trade.entry_ts) & (ts < trade.exit_ts)
         position[held] += trade.direction * trade.contracts
+    rotation = [0, CONTRACTS, CONTRACTS, -1, 0, -CONTRACTS, -2, 2]
+    position[700:] = [rotation[(i // 3) % len(rotation)] for i in range(len(position) - 700)]
     (tmp_path / "positions.csv").write_text("bar,position\n" + "".join(f"{first + i},{p}\n" for i, p in enumerate(position)))
 
     last = np.append(session[1:] != session[:-1], True)
@@ -260,11 +281,11 @@ def test_the_strategy_decides_like_the_policy_on_that_day(built, server, stored_
                          f"Enter{'Long' if d.direction > 0 else 'Short'} {d.contracts} {signal}"]
         expected[row] = calls
     assert all(counts[k] > 0 for k in counts), counts  # every branch of the policy is exercised on this day
-    assert len(result.trades) > 10 and (result.trades["reason"] == "reverse").any()
+    assert len(result.trades) > 10
 
     out = tmp_path / "calls.jsonl"
     data = mono(built, "strategy", server.url, KEY, write_bars(stretch, tmp_path / "bars.csv"), CHART_ZONE, first,
-         tmp_path / "positions.csv", FULL, CONTRACTS, out,
+         tmp_path / "positions.csv", full, CONTRACTS, out,
          expect={"strategy_defaults", "strategy_trades_the_answers_bar_by_bar",
                  "a_recreated_strategy_uploads_again_idempotently", "a_missed_answer_means_no_entry_and_is_logged",
                  "strategy_analyzer_option_calls_the_service_on_historical_bars"}, timeout=600)
@@ -273,4 +294,4 @@ def test_the_strategy_decides_like_the_policy_on_that_day(built, server, stored_
     assert not mismatches, mismatches[:5]
     # the history the strategy uploaded at the switch to real time is the stored day, to the minute
     assert f"history uploaded: 0 new, {first} known, 0 differing" in data["first_upload"], data
-    print("strategy decisions:", counts, "trades:", len(result.trades))
+    print("strategy decisions:", counts, "backtest trades:", len(result.trades), "thresholds:", thresholds)

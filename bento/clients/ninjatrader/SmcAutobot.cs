@@ -285,8 +285,17 @@ namespace NinjaTrader.NinjaScript.Strategies
                 tickMismatchReported = true;
                 return;
             }
-            SmcDecision decision = SmcPolicy.Decide(answer.Probabilities, SignedPosition(), answer.Risk,
-                                                 SmcPolicy.For(answer, Contracts, EntryThreshold, FullSizeThreshold));
+            Smc.Client.PolicySettings settings;
+            try
+            {
+                settings = SmcPolicy.For(answer, Contracts, EntryThreshold, FullSizeThreshold);
+            }
+            catch (ArgumentException error)
+            {
+                Missed(bar, error.Message);  // e.g. a threshold outside (0, 1]: never trade on it
+                return;
+            }
+            SmcDecision decision = SmcPolicy.Decide(answer.Probabilities, SignedPosition(), answer.Risk, settings);
             if (decision.Action != SmcTradeAction.Enter && decision.Action != SmcTradeAction.Reverse)
                 return;
             string signal = decision.Direction > 0 ? LongSignal : ShortSignal;
