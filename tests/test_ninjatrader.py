@@ -60,13 +60,15 @@ def built(tmp_path_factory) -> Path:
 
 def run(command: list[str], timeout: float = 120) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{command[0]} failed ({done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, \
+        f"{command[0]} failed ({done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
 
 def mono(exe: Path, *args, expect: set[str], timeout: float = 300) -> dict[str, str]:
     """Run one mode of the C# tests; every expected test must say ok (none may go missing)."""
-    done = subprocess.run(["mono", "--debug", str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(["mono", "--debug", str(exe), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
     lines = done.stdout.splitlines()
     print("\n".join(lines))  # shown with -s or on failure: each C# test's name and time
     passed = {line.split()[1] for line in lines if line.startswith("ok ")}
@@ -148,7 +150,8 @@ def test_unit_tiers_decisions_json_and_dst(built, tmp_path):
         full = max(half, rng.choice([0.5, 0.7, 0.8]))
         contracts = rng.choice([1, 2, 3, 5])
         stop, target = rng.choice([1.75, 3.25, 0.25]), rng.choice([1.75, 4.5])
-        config = PolicyConfig(full_threshold=full, half_threshold=half, contracts=contracts, stop_atr=1.0, target_atr=1.0)
+        config = PolicyConfig(full_threshold=full, half_threshold=half, contracts=contracts, stop_atr=1.0,
+                              target_atr=1.0)
         d = decide(p, position, 1.0, config)
         entering = d.action in ("enter", "reverse")
         lines.append("\t".join([*(repr(float(x)) for x in p), str(position), repr(full), repr(half), str(contracts),
@@ -261,7 +264,8 @@ def test_the_strategy_decides_like_the_policy_on_that_day(built, server, thresho
         position[held] += trade.direction * trade.contracts
     rotation = [0, CONTRACTS, CONTRACTS, -1, 0, -CONTRACTS, -2, 2]
     position[700:] = [rotation[(i // 3) % len(rotation)] for i in range(len(position) - 700)]
-    (tmp_path / "positions.csv").write_text("bar,position\n" + "".join(f"{first + i},{p}\n" for i, p in enumerate(position)))
+    (tmp_path / "positions.csv").write_text(
+        "bar,position\n" + "".join(f"{first + i},{p}\n" for i, p in enumerate(position)))
 
     last = np.append(session[1:] != session[:-1], True)
     expected, counts = {}, {"enter": 0, "reverse": 0, "hold": 0, "none": 0, "full": 0, "half": 0, "session_end": 0}
