@@ -24,8 +24,12 @@ demo: install
 # (all but the slow end-to-end loop, whose database layer the others cover).
 # Two workers, one test file each at a time: training runs one torch thread per worker.
 PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+# The NinjaTrader C# tests need Mono (Debian: mono-devel; .ci/run installs it); without it they are skipped, loudly.
+NO_MONO := $(if $(and $(shell command -v mcs),$(shell command -v mono)),,!!! Mono (mcs, mono) not found: the NinjaTrader client and strategy tests (tests/test_ninjatrader.py) are SKIPPED. Install mono-devel.)
 test: install
+	@$(if $(NO_MONO),echo "$(NO_MONO)" >&2)
 	$(PYTEST)
+	@$(if $(NO_MONO),echo "$(NO_MONO)" >&2)
 	@if [ -n "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory test-embedded; fi
 
 test-embedded: install
