@@ -129,8 +129,7 @@ class DatabaseProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
+                upstream = self._connect_upstream()
             except OSError:
                 client.close()
                 continue
@@ -138,6 +137,17 @@ class DatabaseProxy:
                 self._sockets.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        host, port = self.target
+        if host.startswith("/"):  # a Unix-socket directory (the embedded server): libpq's socket file there
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            upstream.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            upstream = socket.create_connection((host, port), timeout=5)
+        upstream.settimeout(None)
+        return upstream
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
