@@ -108,6 +108,8 @@ def test_short_requests_are_completed_from_stored_bars(server, market):
     assert unseen.status_code == 422
     details = unseen.json()["details"]
     assert details["missing_bars"] == 19 and "send 19 more" in details["errors"][0]["message"]
+    # its bars were kept all the same: the next 30-bar request finds the one before it
+    assert server.predict(request_for(market, 2001, count=30)).json()["details"]["missing_bars"] == 18
 
 
 @pytest.mark.parametrize("change, path, words", [

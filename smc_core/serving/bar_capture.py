@@ -94,10 +94,6 @@ class BarBook:
                 self._trim(series)
         return needed
 
-    def load(self, symbol: str, timeframe: str, stamps: np.ndarray, values: list[tuple]) -> None:
-        """Bars read from the store (contiguous by the store's authority)."""
-        self.observe(symbol, timeframe, stamps, values)
-
     def before(self, symbol: str, timeframe: str, first_ts: int, count: int) -> list[tuple[int, tuple]]:
         """Up to ``count`` bars known to precede ``first_ts`` without a gap, oldest first."""
         found: list[tuple[int, tuple]] = []
@@ -113,15 +109,6 @@ class BarBook:
                     break
                 found.append((ts, entry.values))
         return found[::-1]
-
-    def series(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return list(self._series)
-
-    def size(self, symbol: str, timeframe: str) -> int:
-        with self._lock:
-            series = self._series.get((symbol, timeframe))
-            return len(series.entries) if series else 0
 
     def _trim(self, series: _Series) -> None:
         keep = sorted(series.entries)[-self.capacity:]
@@ -196,5 +183,5 @@ def load_recent(db: Database, book: BarBook, symbol: str, timeframe: str, count:
                ORDER BY ts DESC LIMIT %s""", (symbol, timeframe, count)).fetchall()[::-1]
     if rows:
         stamps = pd.DatetimeIndex([r[0] for r in rows]).as_unit("ns").asi8
-        book.load(symbol, timeframe, stamps, [tuple(r[1:]) for r in rows])
+        book.observe(symbol, timeframe, stamps, [tuple(r[1:]) for r in rows])  # contiguous: the store's order
     return len(rows)

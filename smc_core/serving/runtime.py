@@ -215,6 +215,7 @@ class Runtime:
         terms = model.terms
         check_against_model(request, stamps, terms.timeframe, terms.width_ns, terms.symbols)
         symbol = request.metadata.symbol
+        self._keep_bars(symbol, terms.timeframe, sent, "live:predict")  # kept even when the request cannot be served
         columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
         request_id = str(uuid.uuid4())
         try:
@@ -228,7 +229,6 @@ class Runtime:
             log.exception("prediction failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
         prediction.body["bars_from_store"] = from_store
-        self._keep_bars(symbol, terms.timeframe, sent, "live:predict")
         self._observe(request, model, prediction, shadow=False)
         shadow = self.shadow.current
         if shadow is not None and shadow.version != model.version:
@@ -276,7 +276,7 @@ class Runtime:
             raise RequestError(503, "database unavailable; nothing was stored, send the bars again",
                                {"reason": type(error).__name__}) from None
         frame = parsed.frame
-        self.book.load(symbol, timeframe, pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8,
+        self.book.observe(symbol, timeframe, pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8,
                        bar_values(*(frame[c].to_numpy() for c in ("open", "high", "low", "close", "volume",
                                                                     "delta"))))
         if counts.conflicting:
