@@ -12,14 +12,9 @@ from datetime import date
 from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult,
                      SkipReason, sensor)
 
-from smc_assets.partitions import SYMBOLS, TRADING_DAYS, bar_partition_key
+from smc_assets.partitions import SYMBOLS, bar_partition_key, requestable_days
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core import landing as landing_folder
-
-
-def _requestable_days() -> tuple[date, date]:
-    keys = TRADING_DAYS.get_partition_keys()
-    return date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
 
 
 def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30,
@@ -39,7 +34,7 @@ def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30,
         for path, problem in scan.problems.items():
             if state["problems"].get(path) != problem:
                 context.log.warning(f"landing file skipped: {problem}")
-        first_day, last_day = _requestable_days()
+        first_day, last_day = requestable_days()
         shas_by_partition: dict[tuple[str, date], list[str]] = {}
         for entry in scan.files:
             if state["files"].get(str(entry.path)) == entry.sha256:

@@ -14,7 +14,7 @@ import pandas as pd
 from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunRequest, SensorEvaluationContext,
                      SensorResult, SkipReason, sensor)
 
-from smc_assets.partitions import SYMBOLS, TRADING_DAYS, bar_partition_key
+from smc_assets.partitions import SYMBOLS, bar_partition_key, requestable_days
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.store import bar_changes_since, bars_fingerprint
 
@@ -43,8 +43,7 @@ def build_live_bars_sensor(job_name: str, minimum_interval_seconds: int = 60,
             pending.update((symbol, day) for day in calendar.trading_days(first_day, last_day))
         requested = [tuple(item) for item in state["requested"]]
         seen = set(requested)
-        keys = TRADING_DAYS.get_partition_keys()
-        lowest, highest = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+        lowest, highest = requestable_days()
         now = pd.Timestamp.now(tz="UTC")
         waiting, run_requests = [], []
         for symbol, day in sorted(pending, key=lambda item: (item[1], item[0])):

@@ -41,6 +41,12 @@ TRADING_DAYS = TimeWindowPartitionsDefinition(
 BAR_PARTITIONS = MultiPartitionsDefinition({"symbol": SYMBOLS, "day": TRADING_DAYS})
 
 
+def requestable_days() -> tuple[date, date]:
+    """The first and last trading day a sensor may request a partition for."""
+    keys = TRADING_DAYS.get_partition_keys()
+    return date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+
+
 def bar_partition_key(symbol: str, day: date) -> MultiPartitionKey:
     return MultiPartitionKey({"symbol": symbol, "day": day.isoformat()})
 
