@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 import time
+from datetime import date, timedelta
 
 import pandas as pd
 import psycopg
@@ -21,6 +22,7 @@ from serving_setup import DatabaseProxy, Server, bars, request_for, tiny_package
 
 from smc_core.calendar import CME_EQUITY
 from smc_core.db import Database, create_database, with_database
+from smc_core.ingest import write_live_bars
 from smc_core.labels import Horizon
 from smc_core.migrations import migrate
 from smc_core.outcomes import resolve_outcomes
@@ -143,6 +145,14 @@ def test_replayed_days_are_stored_exactly_and_the_sensor_closes_the_loop(without
         for request in first.run_requests:
             runner.execute(request, "market_data_job")
         assert runner.tick("live_bars_sensor").run_requests == []  # nothing changed: nothing to run
+        # bars of a session still trading wait for its close
+        upcoming = CME_EQUITY.trading_days(date.today() + timedelta(days=2), date.today() + timedelta(days=9))[0]
+        opens = CME_EQUITY.session_bounds(upcoming)[0]
+        with database.connection() as conn:
+            write_live_bars(conn, "CL", "1m", market.iloc[:3].reset_index(drop=True).assign(
+                ts=[opens + pd.Timedelta(minutes=k + 1) for k in range(3)]), "live:test")
+        waiting = runner.tick("live_bars_sensor")
+        assert waiting.run_requests == [] and "still trading" in waiting.skip_message
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
