@@ -115,12 +115,13 @@ class DurableWriter:
 
     def __init__(self, name: str, write: Callable[[list], None], spool: Spool, *,
                  encode: Callable[[object], list], decode: Callable[[list], object], capacity: int = 50_000,
-                 batch: int = 500, interval: float = 0.2, retry_seconds: float = 1.0,
+                 batch: int = 500, interval: float = 0.2, linger: float = 0.25, retry_seconds: float = 1.0,
                  is_permanent: Callable[[Exception], bool] = lambda error: False,
                  on_drop: Callable[[int, str], None] | None = None):
         self.name, self._write, self.spool = name, write, spool
         self._encode, self._decode, self._is_permanent = encode, decode, is_permanent
-        self.batch, self.interval, self.retry_seconds, self.on_drop = batch, interval, retry_seconds, on_drop
+        self.batch, self.interval, self.linger = batch, interval, linger
+        self.retry_seconds, self.on_drop = retry_seconds, on_drop
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self.stats = WriterStats()
         self.last_error: str | None = None
@@ -184,14 +185,19 @@ class DurableWriter:
                 self._done(rows)
 
     def _take(self, block: bool) -> list:
+        """The next batch. Blocking, it lingers up to ``linger`` seconds after the first row for
+        company: one transaction per request would cost the database (and the server's cores)
+        several statements and a commit for each answer; batched, a few per second."""
         rows = []
         try:
             rows.append(self._queue.get(timeout=self.interval) if block else self._queue.get_nowait())
         except queue.Empty:
             return rows
+        deadline = time.monotonic() + (self.linger if block else 0.0)
         while len(rows) < self.batch:
             try:
-                rows.append(self._queue.get_nowait())
+                wait = deadline - time.monotonic()
+                rows.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
         return rows
