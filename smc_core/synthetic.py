@@ -47,7 +47,6 @@ _FVG_FRESH_BARS = 27
 _STRUCTURE_LOOKBACK = 20
 _EDGE_HORIZON = 15
 _ATR_BARS = 14
-_DRIFT_ATR_FRACTION = 0.25  # push per bar: reaches +1.5 ATR before -1.5 ATR most of the time
 _DRIFT_TARGET_ATR = 1.5     # no push once the close is there (keeps the added variance small)
 
 # Bar shape and order flow.
@@ -82,6 +81,9 @@ class SyntheticConfig:
     annual_vol: float = 0.16
     edge: str = "none"
     edge_strength: float = 0.6
+    edge_push: float = 0.25
+    """Drift per bar, in ATR, while a setup plays out (until +1.5 ATR): how hard the edge is to
+    see against the noise. 0.25 reaches the target before the stop most of the time."""
     with_delta: bool = True
 
     def trading_days(self) -> list[date]:
@@ -117,6 +119,7 @@ def generate_bars(config: SyntheticConfig) -> pd.DataFrame:
     open_t, high_t, low_t, close_t, variance, setup_side = _simulate(
         bar_sigma, session_open, gap_sigma, shock, noise["gap_shock"], noise["wick_up"], noise["wick_down"],
         noise["open_nudge"], noise["coin"], instrument.start_price, instrument.tick_size, follow_probability,
+        config.edge_push,
     )
 
     decimals = _tick_decimals(instrument.tick_size)
@@ -154,6 +157,8 @@ def _check_config(config: SyntheticConfig) -> None:
         raise ConfigError(f"edge_strength must lie in [0, 1], got {config.edge_strength}")
     if not config.annual_vol > 0:
         raise ConfigError(f"annual_vol must be positive, got {config.annual_vol}")
+    if not 0.0 <= config.edge_push <= 1.5:
+        raise ConfigError(f"edge_push must lie in [0, 1.5] ATR per bar, got {config.edge_push}")
     instrument = config.instrument
     if not instrument.tick_size > 0 or not instrument.start_price > instrument.tick_size:
         raise ConfigError(f"instrument {instrument.symbol}: tick_size and start_price must be positive, "
@@ -288,7 +293,7 @@ def _delta(volume: np.ndarray, body_in_sigmas: np.ndarray, noise: np.ndarray) ->
 
 @njit(cache=True)
 def _simulate(bar_sigma, session_open, gap_sigma, shock, gap_shock, wick_up, wick_down, open_nudge, coin,
-              start_price, tick, follow_probability):
+              start_price, tick, follow_probability, push):
     """Bar-by-bar price path in ticks, with the SMC setup detected and (maybe) driven.
 
     Why a loop: whether a setup exists depends on the bars already generated, and its
@@ -304,7 +309,7 @@ def _simulate(bar_sigma, session_open, gap_sigma, shock, gap_shock, wick_up, wic
       * no setup is looked for during the 15 bars after one (its outcome window).
       * a direction is drawn: the setup's with probability ``follow_probability``, the
         opposite otherwise. Each of the next 15 bars whose previous close is still short
-        of the target (setup close +/- 1.5 * ATR(14)) is pushed by 0.25 * ATR that way.
+        of the target (setup close +/- 1.5 * ATR(14)) is pushed by ``push`` * ATR that way.
         Stopping at the target keeps the edge from inflating longer-horizon variance
         and, with edge="none", from leaving much momentum behind.
     """
@@ -385,7 +390,7 @@ def _simulate(bar_sigma, session_open, gap_sigma, shock, gap_shock, wick_up, wic
                 setup_side[t] = side
                 direction = side if coin[t] < follow_probability else -side
                 atr = atr_sum / _ATR_BARS
-                drift_ticks = direction * _DRIFT_ATR_FRACTION * atr
+                drift_ticks = direction * push * atr
                 drift_target = c + direction * _DRIFT_TARGET_ATR * atr
                 drift_left = _EDGE_HORIZON
                 blocked_until = t + _EDGE_HORIZON
