@@ -438,8 +438,13 @@ class Runtime:
     def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False,
                 load=None) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
-        follower = AliasFollower(slot, lambda: _alias_version(name, alias),
-                                 load or (lambda version: self._load_registered(name, version)),
+        load = load or (lambda version: self._load_registered(name, version))
+
+        def resolve() -> str | None:  # named as LoadedModel.version, so an unchanged alias is not reloaded
+            version = _alias_version(name, alias)
+            return None if version is None else f"{name}/{version}"
+
+        follower = AliasFollower(slot, resolve, lambda served: load(served.rsplit("/", 1)[1]),
                                  self.settings.poll_seconds, clear_when_unset)
         follower.check()
         follower.start()
