@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -199,7 +200,11 @@ def test_the_switch_keeps_halts_through_an_outage_and_a_restart(database, tmp_pa
         assert restarted.applying_to("ES") is not None and restarted.applying_to("NQ") is not None
 
         proxy.restore()
-        assert restarted.refresh()  # the pending NQ halt is written; ES was resumed in the database
+        # the pending NQ halt is written; ES was resumed in the database (the pool reconnects: a poll or two)
+        deadline = time.monotonic() + 15
+        while not restarted.refresh():
+            assert time.monotonic() < deadline, restarted.health()
+            time.sleep(0.2)
         assert set(restarted.state.halts) == {"NQ"} and restarted.health()["pending"] == 0
         assert read_halts(database).halts["NQ"].source == "admin"
         restarted.resume(None, "all clear", "admin")

@@ -153,6 +153,8 @@ class Runtime:
         self.halts = HaltSwitch(self._db, settings.halt_file, settings.halt_poll_seconds, on_change=self._halts_changed)
         self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self._database = database
+        self._migrated = database is not None
+        self._db_lock = threading.Lock()
         self.follower: AliasFollower | None = None
         self.shadow_follower: AliasFollower | None = None
         self.log: DurableWriter | None = None
@@ -422,13 +424,18 @@ class Runtime:
                 self.capture.submit(LiveBar(symbol, timeframe, int(stamps[i]), *values[i], source))
 
     def _db(self):
-        if self._database is None:
-            from smc_core.db import Database
-            from smc_core.migrations import migrate
+        """The database, made once and migrated once (a failed migration is retried by the next
+        caller; the halt switch polls every second and must not open a pool per attempt)."""
+        with self._db_lock:
+            if self._database is None:
+                from smc_core.db import Database
 
-            database = Database.from_settings(Settings.from_env())
-            migrate(database)
-            self._database = database
+                self._database = Database.from_settings(Settings.from_env())
+            if not self._migrated:
+                from smc_core.migrations import migrate
+
+                migrate(self._database)
+                self._migrated = True
         return self._database
 
     def _load_path(self, path: Path) -> LoadedModel:
@@ -504,7 +511,7 @@ class Runtime:
             raise SmcError(f"{name}/{version} has the A/B alias but no traffic share tag (start the test with "
                            "smc_core.promotion.start_ab_test)")
         model = self._load_registered(name, version)
-        self._ab_shares[version] = share
+        self._ab_shares[model.version] = share
         return model
 
     def _ab_info(self, champion: LoadedModel) -> dict | None:
