@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from smc_core.serving.answers import ErrorBody
+from smc_core.serving.answers import HaltRequest
 from smc_core.serving.request import BarsUpload, PredictRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +172,7 @@ def document(app, proj: Project, settings, model: dict | None, max_batch: int, m
                             {"name": "bars", "description": "The live bar store."},
                             {"name": "operations", "description": "Model, health, probes, metrics, admin."}])
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(_schemas(PredictRequest, BarsUpload))
+    schemas.update(_schemas(PredictRequest, BarsUpload, HaltRequest))
     _describe_model(schemas, model)
     schemes = {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                           "description": "API_KEY: /predict, /predict_batch, /bars, /model."},

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document, example_request,  # noqa: E402
                            project, redoc_page, request_body, responses, swagger_page)
-from smc_core.serving.answers import (BarsAnswer, BatchAnswer, Health, ModelInfo, PredictAnswer,  # noqa: E402
-                                      ReloadAnswer)
+from smc_core.serving.answers import (BarsAnswer, BatchAnswer, HaltAnswer, Health, ModelInfo,  # noqa: E402
+                                      PredictAnswer, ReloadAnswer)
 from smc_core.serving.request import RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 
@@ -82,7 +82,12 @@ class Metrics:
                                                labelnames=["result"])
         self.info = bentoml.metrics.Gauge(name="smc_model_info", documentation="1 for the model version being served",
                                           labelnames=["version"], multiprocess_mode="livemax")
+        self.halted = bentoml.metrics.Gauge(name="smc_trading_halted",
+                                            documentation="1 while trading is halted for the scope (a symbol, or "
+                                                          "'all'): every answer for it is skip",
+                                            labelnames=["scope"], multiprocess_mode="livemax")
         self._version = None
+        self._halted: set[str] = set()
 
     def prediction(self, body: dict, mismatches: dict) -> None:
         version = body["model_version"]
@@ -106,6 +111,14 @@ class Metrics:
             if version is not None:
                 self.info.labels(version=version).set(1)
             self._version = version
+
+    def halts(self, state) -> None:
+        """The kill switch's state (``smc_core.safety.HaltState``): 1 per halted scope, 0 once lifted."""
+        scopes = {"all" if scope == "*" else scope for scope in state.halts}
+        self.halted.labels(scope="all").set(1 if "all" in scopes else 0)
+        for scope in scopes | self._halted:
+            self.halted.labels(scope=scope).set(1 if scope in scopes else 0)
+        self._halted = scopes
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint=endpoint, status=str(status)).inc()
@@ -254,6 +267,31 @@ class SmcPredictor:
         up before one swap; requests in flight finish on the model they started with."""
         return await self._respond(request, "admin_reload", True, lambda payload, started: self.runtime.reload(),
                                    needs_body=False)
+
+    # --- the kill switch (README "Safety") ----------------------------------------------
+
+    @app.post("/admin/halt", operation_id="admin_halt", tags=["operations"],
+              summary="Stop trading: every answer for the symbols (or all) is skip",
+              responses={200: {"model": HaltAnswer, "description": "In force now, and in the database unless "
+                                                                   "`persisted` is false (written when it answers)."},
+                         **responses(400, 401, 413, 422, 429, 500, 504)},
+              openapi_extra=request_body({"$ref": _REF.format("HaltRequest")}, key="AdminKey"))
+    async def admin_halt(self, request: Request) -> JSONResponse:
+        """Persisted in `trading_halts` (every service following the database halts within
+        HALT_POLL_SECONDS) and in a local file; survives restarts and database outages."""
+        # the upload threads: a database write must never hold up the compute thread
+        return await self._respond(request, "admin_halt", True,
+                                   lambda payload, started: self.runtime.admin_halt(payload), upload=True)
+
+    @app.post("/admin/resume", operation_id="admin_resume", tags=["operations"],
+              summary="Trade again: lift the halts of the symbols (or every halt)",
+              responses={200: {"model": HaltAnswer, "description": "The halts still in force."},
+                         **responses(400, 401, 413, 422, 429, 500, 503, 504,
+                                     e503="The database is unavailable: a resume needs it, the halts stay.")},
+              openapi_extra=request_body({"$ref": _REF.format("HaltRequest")}, key="AdminKey"))
+    async def admin_resume(self, request: Request) -> JSONResponse:
+        return await self._respond(request, "admin_resume", True,
+                                   lambda payload, started: self.runtime.admin_resume(payload), upload=True)
 
     # --- documentation -----------------------------------------------------------------
 

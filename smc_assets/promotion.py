@@ -38,7 +38,9 @@ from smc_core.policy import PolicyConfig
 from smc_core.monitoring import MonitoringSettings, prediction_times
 from smc_core.outcomes import live_summary, resolve_outcomes
 from smc_core.promotion import (CHALLENGER, CHAMPION, end_shadow, entry_threshold_of, judge, promote, record_trials,
-                                refuse, rollback, shadow_state, shadow_verdict, start_shadow, trial_sharpes)
+                                refuse, rollback, shadow_state, shadow_verdict, start_ab_test, start_shadow,
+                                trial_sharpes)
+from smc_core.safety import SafetySettings
 from smc_core.registry import MODEL_NAME, alias_version, package_path
 from smc_core.risk import RiskTerms
 from smc_core.store import load_bars, read_features
@@ -220,6 +222,9 @@ class ChampionConfig(Config):
     shadow_hours: Optional[float] = Field(
         default=None, description="Serve a gated challenger in shadow this long before promoting it on its live "
                                   "record; 0 promotes at once. Empty: SMC_SHADOW_HOURS (default 0).")
+    ab_share: Optional[float] = Field(
+        default=None, description="Give a gated challenger this share of live requests in an A/B test (before a "
+                                  "shadow period); 0: none. Empty: SMC_AB_SHARE (default 0).")
 
 
 @asset(
@@ -243,6 +248,15 @@ def champion(context: AssetExecutionContext, config: ChampionConfig):
     verdict = judge(gates, GATES)  # the gates block the alias here: nothing moves unless every one passed
     if not verdict.passed:
         yield from _refuse(context, db, version, verdict, gates, meta)
+        return
+    share = config.ab_share if config.ab_share is not None else SafetySettings.from_env().ab_share
+    if share > 0 and alias_version(CHAMPION) not in (None, version):
+        start_ab_test(db, version, share, "all gates passed; A/B test against the champion",
+                      entry_threshold=meta["selected_threshold"], gates=gates, metrics={"challenger": meta["metrics"]},
+                      dagster_run_id=context.run.run_id, risk=_risk_terms(meta))
+        context.log.info(f"{MODEL_NAME}/{version} answers {share:.0%} of requests in an A/B test (champion unchanged)")
+        yield MaterializeResult(metadata={"decision": "ab_test", "champion": f"{MODEL_NAME}/{alias_version(CHAMPION)}",
+                                          "challenger": f"{MODEL_NAME}/{version}", "ab_share": share})
         return
     hours = config.shadow_hours if config.shadow_hours is not None else MonitoringSettings.from_env().shadow_hours
     if hours > 0 and alias_version(CHAMPION) not in (None, version):
@@ -331,12 +345,17 @@ def shadow_review(context: AssetExecutionContext) -> MaterializeResult:
         "shadow_live": MetadataValue.json(shadow_live), "champion_live": MetadataValue.json(champion_live)})
 
 
+class RollbackConfig(Config):
+    reason: str = Field(default="", description="Why (the circuit breaker's rule when it requests the run); "
+                                                "recorded in model_promotions.")
+
+
 @op(required_resource_keys={"database", "tracking"},
     description="Move 'champion' back to 'previous'; the service follows the alias within seconds.")
-def rollback_champion(context: OpExecutionContext) -> None:
+def rollback_champion(context: OpExecutionContext, config: RollbackConfig) -> None:
     context.resources.tracking.client()
     rolled_back, restored = checked(lambda: rollback(context.resources.database.database(),
-                                                      dagster_run_id=context.run.run_id))
+                                                      dagster_run_id=context.run.run_id, reason=config.reason or None))
     context.log.info(f"champion rolled back from {MODEL_NAME}/{rolled_back} to {MODEL_NAME}/{restored}")
 
 

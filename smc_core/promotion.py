@@ -2,7 +2,9 @@
 
 Aliases: ``challenger`` (newest trained), ``champion`` (trading), ``previous`` (the
 champion before it, the rollback target), ``shadow`` (a gated challenger answering the same
-requests as the champion, logged but never returned, until its live record decides). A decision is a ``model_promotions`` row with
+requests as the champion, logged but never returned, until its live record decides), ``ab`` (a gated
+challenger answering a share of live requests in an A/B test, ``smc_core.ab_test``). A decision is a
+``model_promotions`` row with
 the gate statistics and the Dagster run id, written whether or not anything moved.
 
 A refusal is a decision like a promotion, not an error: besides its row it is written where
@@ -25,7 +27,8 @@ from smc_core.jsonable import plain
 from smc_core.registry import MODEL_NAME, alias_version
 from smc_core.risk import RiskTerms
 
-CHAMPION, PREVIOUS, CHALLENGER, SHADOW = "champion", "previous", "challenger", "shadow"
+CHAMPION, PREVIOUS, CHALLENGER, SHADOW, AB = "champion", "previous", "challenger", "shadow", "ab"
+AB_SHARE_TAG = "smc.ab_share"
 ENTRY_THRESHOLD_TAG = "entry_threshold"
 DECISION_TAG, FAILED_GATES_TAG, REASON_TAG = "smc.decision", "smc.failed_gates", "smc.decision_reason"
 _TAG_LIMIT = 5000  # the value length every MLflow store accepts
@@ -112,6 +115,36 @@ def start_shadow(db: Database, version: str, reason: str, *, until, entry_thresh
     annotate(version, "shadow", f"{reason} (until {until.isoformat()})", dagster_run_id=dagster_run_id, name=name)
 
 
+def start_ab_test(db: Database, version: str, share: float, reason: str, *, entry_threshold: float | None = None,
+                  gates: list[dict] | None = None, metrics: dict | None = None, dagster_run_id: str | None = None,
+                  name: str = MODEL_NAME, risk: RiskTerms | None = None) -> None:
+    """Gates passed, promotion decided live: ``ab`` ← ``version``, answering ``share`` of the
+    requests (version tag ``smc.ab_share``, which the service reads) until the A/B rule decides."""
+    import mlflow
+
+    from smc_core.ab_test import ASSIGNMENT
+
+    if not 0 < share < 1:
+        raise PromotionError(f"an A/B share must be in (0, 1), got {share}")
+    client = mlflow.MlflowClient()
+    _record_terms(client, name, version, entry_threshold, risk)
+    client.set_model_version_tag(name, version, AB_SHARE_TAG, str(share))
+    client.set_registered_model_alias(name, AB, version)
+    champion = alias_version(CHAMPION, name=name)
+    record_decision(db, "ab_test", version, reason, champion_before=champion, champion_after=champion, gates=gates,
+                    metrics={**(metrics or {}), "ab_share": share, "assignment": ASSIGNMENT},
+                    dagster_run_id=dagster_run_id, name=name)
+    annotate(version, "ab_test", f"{reason} ({share:.0%} of requests)", dagster_run_id=dagster_run_id, name=name)
+
+
+def ab_share_of(version: str, name: str = MODEL_NAME) -> float | None:
+    """The traffic share an A/B test gave ``version`` (None: never in one)."""
+    import mlflow
+
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    return float(tags[AB_SHARE_TAG]) if AB_SHARE_TAG in tags else None
+
+
 def _record_terms(client, name: str, version: str, entry_threshold: float | None, risk: RiskTerms | None) -> None:
     """What the service trades with this version: its entry threshold and risk terms, as version tags."""
     if entry_threshold is not None:
@@ -122,15 +155,25 @@ def _record_terms(client, name: str, version: str, entry_threshold: float | None
 
 def shadow_state(db: Database, name: str = MODEL_NAME) -> dict | None:
     """The model in shadow now: version, since, until and the decision that started it; None if none."""
-    version = alias_version(SHADOW, name=name)
+    state = _trial_state(db, SHADOW, "shadow", name)
+    return None if state is None else {**state, "until": state["decision"]["metrics"]["shadow_until"]}
+
+
+def ab_state(db: Database, name: str = MODEL_NAME) -> dict | None:
+    """The challenger in an A/B test now: version, since, share and the decision that started it; None if none."""
+    state = _trial_state(db, AB, "ab_test", name)
+    return None if state is None else {**state, "share": float(state["decision"]["metrics"]["ab_share"])}
+
+
+def _trial_state(db: Database, alias: str, decision_name: str, name: str) -> dict | None:
+    version = alias_version(alias, name=name)
     if version is None:
         return None
-    started = [d for d in decisions(db, name) if d["decision"] == "shadow" and d["version"] == version]
+    started = [d for d in decisions(db, name) if d["decision"] == decision_name and d["version"] == version]
     if not started:
-        raise PromotionError(f"{name}: version {version} has the alias 'shadow' but no shadow decision was recorded")
-    decision = started[-1]
-    return {"version": version, "since": decision["decided_at"], "until": decision["metrics"]["shadow_until"],
-            "decision": decision}
+        raise PromotionError(f"{name}: version {version} has the alias {alias!r} but no {decision_name} decision "
+                             "was recorded")
+    return {"version": version, "since": started[-1]["decided_at"], "decision": started[-1]}
 
 
 def shadow_verdict(shadow_live: dict, champion_live: dict, min_trades: int) -> tuple[bool, str]:
@@ -149,9 +192,9 @@ def shadow_verdict(shadow_live: dict, champion_live: dict, min_trades: int) -> t
 
 
 def end_shadow(db: Database, version: str, passed: bool, reason: str, *, metrics: dict | None = None,
-               dagster_run_id: str | None = None, name: str = MODEL_NAME) -> str | None:
+               dagster_run_id: str | None = None, name: str = MODEL_NAME, alias: str = SHADOW) -> str | None:
     """Promote the shadow (``passed``) or refuse it; the ``shadow`` alias is cleared either way.
-    Returns the champion before."""
+    Returns the champion before. ``alias=AB`` ends an A/B test the same way."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -160,7 +203,7 @@ def end_shadow(db: Database, version: str, passed: bool, reason: str, *, metrics
         promote(db, version, reason, metrics=metrics, dagster_run_id=dagster_run_id, name=name)
     else:
         refuse(db, version, reason, metrics=metrics, dagster_run_id=dagster_run_id, name=name)
-    client.delete_registered_model_alias(name, SHADOW)
+    client.delete_registered_model_alias(name, alias)
     return before
 
 
@@ -202,9 +245,11 @@ def annotate(version: str, decision: str, reason: str, *, failed: tuple[str, ...
             client.set_tag(run_id, key, value)
 
 
-def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MODEL_NAME) -> tuple[str, str]:
+def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MODEL_NAME,
+             reason: str | None = None) -> tuple[str, str]:
     """``champion`` ← ``previous`` (and ``previous`` cleared, so a second rollback is refused
-    rather than flipping back); returns (rolled-back version, restored version)."""
+    rather than flipping back); returns (rolled-back version, restored version). ``reason``
+    (e.g. the circuit breaker's) is recorded with the decision."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -214,7 +259,8 @@ def rollback(db: Database, *, dagster_run_id: str | None = None, name: str = MOD
                              + (f" (champion is version {current})" if current else " (no champion either)"))
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
-    record_decision(db, "rollback", previous, f"rolled back from version {current} to {previous}",
+    moved = f"rolled back from version {current} to {previous}"
+    record_decision(db, "rollback", previous, f"{moved}: {reason}" if reason else moved,
                     champion_before=current, champion_after=previous, dagster_run_id=dagster_run_id, name=name)
     return current, previous
 

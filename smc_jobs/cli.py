@@ -450,6 +450,58 @@ def rollback(url: str, api_key: str, symbol: str | None, timeframe: str, timeout
         raise SmcError(f"rollback moved the alias, but the service at {url} did not switch cleanly: {report.summary()}")
 
 
+@cli.command(epilog="""\b
+Examples:
+  smc halt --reason "FOMC in 5 minutes"              # every symbol
+  smc halt --symbol ES --symbol NQ --reason "feed"   # two symbols
+  smc halt --status                                  # what is halted, and the last events""")
+@click.option("--symbol", "symbols", multiple=True, help="A symbol to halt (repeat for several) [default: all].")
+@click.option("--reason", default=None, help="Why (recorded with the halt); required unless --status.")
+@click.option("--status", is_flag=True, help="Only show the halts in force and the latest halt/resume events.")
+@_debug_option
+def halt(symbols: tuple[str, ...], reason: str | None, status: bool) -> None:
+    """Stop trading: the service answers skip for these symbols (or all) within HALT_POLL_SECONDS.
+
+    The halt is written to the database (trading_halts) that every service polls, and stays
+    until `smc resume`, across restarts of the service and outages of the database."""
+    from smc_core.safety import halt as halt_symbols, halt_events, read_halts
+
+    db = _database()
+    if not status:
+        if not reason:
+            raise click.UsageError("--reason is required: say why, it is recorded with the halt")
+        halt_symbols(db, list(symbols) or None, reason, "cli")
+    _show_halts(read_halts(db), halt_events(db, limit=10) if status else [])
+
+
+@cli.command(epilog="""\b
+Examples:
+  smc resume --reason "checked the feed"             # lift every halt
+  smc resume --symbol ES --reason "spread normal"    # ES only (a halt of all still applies)""")
+@click.option("--symbol", "symbols", multiple=True, help="A symbol to resume (repeat for several) [default: every "
+                                                         "halt].")
+@click.option("--reason", required=True, help="Why trading may resume (recorded).")
+@_debug_option
+def resume(symbols: tuple[str, ...], reason: str) -> None:
+    """Trade again: lift the halts of these symbols (or every halt), breaker halts included."""
+    from smc_core.safety import read_halts, resume as resume_symbols
+
+    db = _database()
+    resume_symbols(db, list(symbols) or None, reason, "cli")
+    _show_halts(read_halts(db), [])
+
+
+def _show_halts(state, events: list[dict]) -> None:
+    if not state.halts:
+        click.echo("trading: not halted")
+    for scope, item in sorted(state.halts.items()):
+        click.echo(f"halted {'ALL SYMBOLS' if scope == '*' else scope} since {item.since:%Y-%m-%d %H:%M:%S %Z} "
+                   f"by {item.source}: {item.reason}")
+    for event in events:
+        click.echo(f"  {event['at']:%Y-%m-%d %H:%M:%S} {event['action']:<6} "
+                   f"{'all' if event['scope'] == '*' else event['scope']:<6} {event['source']:<8} {event['reason']}")
+
+
 def _probe_request(db, symbol, timeframe, load_bars, request_payload) -> dict:
     """A valid /predict request from the newest stored bars (what a live client would send)."""
     import pandas as pd

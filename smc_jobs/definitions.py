@@ -12,6 +12,7 @@ from sensors.performance import build_performance_sensor, build_skip_rate_sensor
 from sensors.retrain import (RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor,
                              default_status)
 from sensors.run_failure import build_run_failure_sensor
+from sensors.safety import AB_REVIEW_JOB, build_ab_test_sensor, build_circuit_breaker_sensor
 from smc_assets.bars import bars
 from smc_assets.features import features
 from smc_assets.labels import labels
@@ -19,11 +20,13 @@ from smc_assets.model import base_model, lora_model
 from smc_assets.monitoring import drift_report, outcomes, reports_dir
 from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.promotion import challenger_evaluation, champion, rollback_champion, shadow_review
+from smc_assets.safety import ab_review, halt_trading, resume_trading
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
 from smc_assets.serving import bento_artifact
 from smc_core.monitoring import MonitoringSettings
 from smc_core.registry import TrackingConfig
+from smc_core.safety import SafetySettings
 from smc_core.settings import Settings
 from smc_jobs.schedules import build_schedules
 
@@ -79,16 +82,35 @@ def rollback_job():
     rollback_champion()
 
 
-def build_definitions(settings: Settings | None = None, monitoring: MonitoringSettings | None = None) -> Definitions:
+@job(description="Halt trading for the symbols (or all): every answer is skip within HALT_POLL_SECONDS.")
+def halt_job():
+    halt_trading()
+
+
+@job(description="Lift the halts of the symbols (or every halt).")
+def resume_job():
+    resume_trading()
+
+
+ab_review_job = define_asset_job(
+    AB_REVIEW_JOB, selection=AssetSelection.assets(ab_review, bento_artifact),
+    description="End an A/B test: promote or refuse the challenger on its live trades vs the champion's (one-sided "
+                "Welch t-test), rebuild the Bento.",
+)
+
+
+def build_definitions(settings: Settings | None = None, monitoring: MonitoringSettings | None = None,
+                      safety: SafetySettings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     monitoring = monitoring or MonitoringSettings.from_env()
+    safety = safety or SafetySettings.from_env()
     tracking = TrackingConfig.from_settings(settings)
     model_root = str(settings.smc_home / "models")
     return Definitions(
         assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact,
-                shadow_review, outcomes, drift_report],
+                shadow_review, ab_review, outcomes, drift_report],
         jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, shadow_review_job, monitoring_job,
-              rollback_job],
+              rollback_job, halt_job, resume_job, ab_review_job],
         schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
                                   base_model_job=base_model_job),
         sensors=[build_file_drop_sensor(market_data_job.name, default_status=default_status(monitoring)),
@@ -96,7 +118,8 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
                  build_drift_sensor(monitoring, reports_dir(model_root)),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
                  build_retrain_chain_sensor(monitoring), build_shadow_sensor(monitoring),
-                 build_run_failure_sensor(monitoring)],
+                 build_run_failure_sensor(monitoring),
+                 build_circuit_breaker_sensor(safety), build_ab_test_sensor(safety, monitoring)],
         resources={
             "database": DatabaseResource(url=settings.database_url),
             "landing": LandingResource(path=str(settings.landing_dir), timezone=settings.exchange_tz),

@@ -81,6 +81,15 @@ class Risk(BaseModel):
     tick_size: float = Field(gt=0)
 
 
+class HaltInfo(BaseModel):
+    """A halt in force (the kill switch): admin route, ``smc halt``, ``halt_job`` or the circuit breaker."""
+
+    scope: str = Field(description="The symbol halted, or `all`.")
+    reason: str
+    source: Literal["admin", "cli", "dagster", "breaker"]
+    since: str = Field(description="When it was halted (ISO 8601).")
+
+
 class PredictAnswer(BaseModel):
     """``POST /predict`` 200 (seed 000 §3.3 plus what trading needs)."""
 
@@ -98,6 +107,12 @@ class PredictAnswer(BaseModel):
     processing_time_ms: float = Field(ge=0, description="Time from receipt to the answer inside the service.")
     bars_from_store: int = Field(ge=0, description="Stored bars that completed a request with fewer bars than "
                                                    "the model needs (0 when the request had enough).")
+    arm: Optional[Literal["champion", "challenger"]] = Field(
+        default=None, description="Only while an A/B test runs (GET /model → `ab_test`): the arm that answered.")
+    skip_reason: Optional[Literal["halted"]] = Field(
+        default=None, description="Only on a halted answer: trading is halted for this symbol (or all); `label` "
+                                  "is skip and `position_size` 0 whatever the model said (`raw_label`).")
+    halt: Optional[HaltInfo] = Field(default=None, description="Only on a halted answer: the halt in force.")
 
 
 class BatchAnswer(BaseModel):
@@ -134,6 +149,15 @@ class Thresholds(BaseModel):
     full_size: float
 
 
+class AbTestInfo(BaseModel):
+    """An A/B traffic split in force (README "Safety")."""
+
+    champion: str
+    challenger: str
+    challenger_share: float = Field(ge=0, lt=1, description="Share of bars the challenger answers.")
+    assignment: str = Field(description="How a request's arm is decided (deterministic per bar).")
+
+
 class ModelInfo(BaseModel):
     """``GET /model``: what is served, and what a request must carry for it."""
 
@@ -152,11 +176,42 @@ class ModelInfo(BaseModel):
     risk_terms: RiskTermsInfo
     thresholds: Thresholds
     loaded_at: str
+    ab_test: Optional[AbTestInfo] = Field(default=None, description="The A/B split in force, or null.")
 
 
 class ReloadAnswer(BaseModel):
     status: Literal["reloaded"]
     model_version: str
+
+
+class HaltRecord(HaltInfo):
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Halts(BaseModel):
+    all: Optional[HaltRecord] = Field(description="The halt of every symbol, if any.")
+    symbols: dict[str, HaltRecord] = Field(description="Halts of single symbols.")
+    source: Literal["database", "local file", "none"] = Field(
+        description="`local file`: the database has not answered since start; the last known halts hold.")
+    database_error: Optional[str] = Field(description="Why the last read failed; the last known state holds.")
+    checked_at: Optional[str]
+    pending: int = Field(ge=0, description="Halts made here while the database was away, not yet written to it.")
+
+
+class HaltRequest(BaseModel):
+    """``POST /admin/halt`` and ``/admin/resume``."""
+
+    symbols: Optional[list[str]] = Field(default=None, description="Symbols; absent or empty: all (resume: every "
+                                                                   "halt).", examples=[["ES"]])
+    reason: str = Field(min_length=1, description="Why; recorded with the halt or resume.",
+                        examples=["news spike"])
+
+
+class HaltAnswer(BaseModel):
+    status: Literal["halted", "resumed"]
+    persisted: Optional[bool] = Field(default=None, description="Halt: false when the database was away (in force "
+                                                                "here, written when it answers).")
+    halts: Halts
 
 
 class Health(BaseModel):
@@ -167,6 +222,9 @@ class Health(BaseModel):
     model_version: Optional[str]
     last_reload_error: Optional[str]
     shadow_version: Optional[str]
+    ab_version: Optional[str] = Field(default=None, description="An A/B test's challenger, when one runs.")
+    halts: Optional[Halts] = Field(default=None, description="The kill switch: halts in force and where the "
+                                                             "state was read.")
     storage: Literal["ok", "spooling", "losing rows"] = Field(
         description="`spooling`: the database is away and rows wait on disk; `losing rows`: the spool was full.")
     prediction_log: Optional[dict[str, Any]] = Field(description="The prediction log's writer (null when off).")

@@ -16,7 +16,10 @@ from smc_core.db import DirectConnection
 from smc_core.serving.spool import DurableWriter, Spool
 
 COLUMNS = ("ts", "request_id", "shadow", "logged_at", "symbol", "timeframe", "model_version", "label", "raw_label",
-           "confidence", "p_long", "p_short", "p_skip", "position_size", "latency_ms", "features", "feature_set")
+           "confidence", "p_long", "p_short", "p_skip", "position_size", "latency_ms", "features", "feature_set",
+           "arm", "halted")
+_BEFORE_ARMS = 17
+"""Columns of a row spooled before the A/B arm and the halt flag were logged (sql/013_safety.sql)."""
 _TIMES = tuple(COLUMNS.index(c) for c in ("ts", "logged_at"))
 WRITE_TIMEOUT_S = 2.0
 """How long a request-path-adjacent database call (an upload, a warm-up read) waits for a pooled connection."""
@@ -69,6 +72,8 @@ def _encode(row: tuple) -> list:
 
 
 def _decode(values: list) -> tuple:
+    if len(values) == _BEFORE_ARMS:  # spooled by an earlier version of the service
+        values = [*values, "shadow" if values[2] else "champion", False]
     for i in _TIMES:
         values[i] = datetime.fromisoformat(values[i])
     return tuple(values)

@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from smc_core.ab_test import CHALLENGER_ARM, CHAMPION_ARM, SHADOW_ARM, arm_bucket
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE
 from smc_core.ingest import check_symbol, write_live_bars
 from smc_core.policy import PolicyConfig
 from smc_core.serving.bar_capture import BarBook, CaptureStats, LiveBar, bar_values, bar_writer, load_recent
 from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_model, predict
+from smc_core.serving.halts import HaltSwitch, halted_answer
 from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, prediction_writer
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
                                       too_few_bars)
@@ -70,6 +72,12 @@ class ServiceSettings:
     """Per writer (bars, predictions): beyond it, rows are lost (counted and alerted)."""
     upload_max_bytes: int
     upload_max_bars: int
+    halt_poll_seconds: float
+    """How often the kill switch reads the halts in force (a halt takes effect within this)."""
+    halt_file: Path
+    """The last known halts, kept across restarts while the database is away."""
+    ab_alias: str | None
+    """Registry alias of an A/B test's challenger (None: no A/B split)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServiceSettings":
@@ -102,6 +110,10 @@ class ServiceSettings:
             spool_max_bytes=env_number(env, "SPOOL_MAX_MB", 256, int, 1, 1_000_000) * 1024 * 1024,
             upload_max_bytes=env_number(env, "UPLOAD_MAX_BYTES", 32_000_000, int, 1_000, 1_000_000_000),
             upload_max_bars=env_number(env, "UPLOAD_MAX_BARS", 200_000, int, 1, 10_000_000),
+            halt_poll_seconds=env_number(env, "HALT_POLL_SECONDS", 1.0, float, 0.1, 60.0),
+            halt_file=Path(env.get("HALT_STATE_FILE") or Settings.from_env(env).smc_home / "halts.json")
+            .expanduser().resolve(),
+            ab_alias=None if env.get("AB_ALIAS", "ab").lower() in {"", "off", "none"} else env.get("AB_ALIAS", "ab"),
         )
         if not dev and not (settings.api_key and settings.admin_api_key):
             raise ConfigError("API_KEY and ADMIN_API_KEY must be set (or SMC_DEV_MODE=1 for a keyless local service)")
@@ -134,8 +146,15 @@ class Runtime:
         self.metrics = metrics
         self.slot = ModelSlot()
         self.shadow = ModelSlot()
+        self.ab = ModelSlot()
+        """An A/B test's challenger (``ab_alias``); it answers its share of the requests."""
+        self.ab_follower: AliasFollower | None = None
+        self._ab_shares: dict[str, float] = {}
+        self.halts = HaltSwitch(self._db, settings.halt_file, settings.halt_poll_seconds, on_change=self._halts_changed)
         self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self._database = database
+        self._migrated = database is not None
+        self._db_lock = threading.Lock()
         self.follower: AliasFollower | None = None
         self.shadow_follower: AliasFollower | None = None
         self.log: DurableWriter | None = None
@@ -153,6 +172,7 @@ class Runtime:
     def start(self) -> "Runtime":
         """Load the first model (MODEL_PATH, else the registry alias) and start the background work."""
         _warm_up_features()
+        self.halts.start()
         spool, limit = self.settings.spool_dir, self.settings.spool_max_bytes
         if self.settings.log_predictions:
             self.log = prediction_writer(self._db, Spool(spool / "predictions", limit), on_drop=self._lost).start()
@@ -169,13 +189,18 @@ class Runtime:
             self.follower = self._follow(self.slot, name, alias)
             if self.settings.shadow_alias:
                 self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
+            if self.settings.ab_alias:
+                self.ab_follower = self._follow(self.ab, name, self.settings.ab_alias, clear_when_unset=True,
+                                                load=lambda version: self._load_ab(name, version))
+        self._halts_changed(self.halts.state)
         self._record_model()
         self._housekeeping.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        for follower in (self.follower, self.shadow_follower):
+        self.halts.stop()
+        for follower in (self.follower, self.shadow_follower, self.ab_follower):
             if follower is not None:
                 follower.stop()
         for writer in (self.log, self.capture):
@@ -216,6 +241,7 @@ class Runtime:
         check_against_model(request, stamps, terms.timeframe, terms.width_ns, terms.symbols)
         symbol = request.metadata.symbol
         self._keep_bars(symbol, terms.timeframe, sent, "live:predict")  # kept even when the request cannot be served
+        model, arm = self._route(request, model)
         columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
         request_id = str(uuid.uuid4())
         try:
@@ -229,7 +255,12 @@ class Runtime:
             log.exception("prediction failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
         prediction.body["bars_from_store"] = from_store
-        self._observe(request, model, prediction, shadow=False)
+        if arm is not None:
+            prediction.body["arm"] = arm
+        halt = self.halts.applying_to(symbol)
+        if halt is not None:
+            halted_answer(prediction.body, halt)
+        self._observe(request, model, prediction, shadow=False, arm=arm or CHAMPION_ARM, halted=halt is not None)
         shadow = self.shadow.current
         if shadow is not None and shadow.version != model.version:
             try:
@@ -285,6 +316,25 @@ class Runtime:
                 "unchanged": counts.unchanged, "conflicting": counts.conflicting, "ingest_id": counts.ingest_id,
                 "first_bar": frame["ts"].iloc[0].isoformat(), "last_bar": frame["ts"].iloc[-1].isoformat()}
 
+    def admin_halt(self, payload: object) -> dict:
+        """POST /admin/halt ``{"symbols": [...] (absent or empty: all), "reason": "..."}``: every answer
+        for those symbols is ``skip`` from now on, in this process at once and in every service
+        following the database within HALT_POLL_SECONDS."""
+        symbols, reason = _halt_request(payload)
+        persisted = self.halts.halt(symbols, reason, "admin")
+        return {"status": "halted", "persisted": persisted, "halts": self.halts.health()}
+
+    def admin_resume(self, payload: object) -> dict:
+        """POST /admin/resume ``{"symbols": [...] (absent or empty: every halt), "reason": "..."}``."""
+        symbols, reason = _halt_request(payload)
+        try:
+            self.halts.resume(symbols, reason, "admin")
+        except Exception as error:
+            log.warning("resume refused, the database is unavailable: %s", error)
+            raise RequestError(503, "database unavailable; a resume needs it, the halts stay in force",
+                               {"reason": type(error).__name__}) from None
+        return {"status": "resumed", "halts": self.halts.health()}
+
     def policy(self, model: LoadedModel) -> PolicyConfig:
         threshold = self.settings.confidence_threshold
         if threshold is None:
@@ -322,6 +372,7 @@ class Runtime:
         return {"status": "ok" if current else "loading", "model_loaded": current is not None,
                 "model_version": current.version if current else None, "last_reload_error": self.slot.last_error,
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
+                "ab_version": self.ab.current.version if self.ab.current else None, "halts": self.halts.health(),
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
                 **storage, "uptime_s": round(time.time() - self.started_at, 1)}
 
@@ -339,7 +390,8 @@ class Runtime:
                 "risk_terms": {"stop_atr": terms.risk.stop_atr, "target_atr": terms.risk.target_atr,
                                "max_holding_bars": terms.risk.max_holding_bars, "tick_size": terms.risk.tick_size},
                 "thresholds": {"half_size": policy.half_threshold, "full_size": policy.full_threshold},
-                "loaded_at": datetime.fromtimestamp(model.loaded_at, timezone.utc).isoformat()}
+                "loaded_at": datetime.fromtimestamp(model.loaded_at, timezone.utc).isoformat(),
+                "ab_test": self._ab_info(model)}
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every received bar and logged prediction so far is in the database."""
@@ -372,24 +424,35 @@ class Runtime:
                 self.capture.submit(LiveBar(symbol, timeframe, int(stamps[i]), *values[i], source))
 
     def _db(self):
-        if self._database is None:
-            from smc_core.db import Database
-            from smc_core.migrations import migrate
+        """The database, made once and migrated once (a failed migration is retried by the next
+        caller; the halt switch polls every second and must not open a pool per attempt)."""
+        with self._db_lock:
+            if self._database is None:
+                from smc_core.db import Database
 
-            database = Database.from_settings(Settings.from_env())
-            migrate(database)
-            self._database = database
+                self._database = Database.from_settings(Settings.from_env())
+            if not self._migrated:
+                from smc_core.migrations import migrate
+
+                migrate(self._database)
+                self._migrated = True
         return self._database
 
     def _load_path(self, path: Path) -> LoadedModel:
         return load_model(path, f"local/{path.name}", threads=self.settings.torch_threads,
                           allowed_symbols=self.settings.allowed_symbols)
 
-    def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False) -> AliasFollower:
+    def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False,
+                load=None) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
-        follower = AliasFollower(slot, lambda: _alias_version(name, alias),
-                                 lambda version: self._load_registered(name, version), self.settings.poll_seconds,
-                                 clear_when_unset)
+        load = load or (lambda version: self._load_registered(name, version))
+
+        def resolve() -> str | None:  # named as LoadedModel.version, so an unchanged alias is not reloaded
+            version = _alias_version(name, alias)
+            return None if version is None else f"{name}/{version}"
+
+        follower = AliasFollower(slot, resolve, lambda served: load(served.rsplit("/", 1)[1]),
+                                 self.settings.poll_seconds, clear_when_unset)
         follower.check()
         follower.start()
         return follower
@@ -402,7 +465,8 @@ class Runtime:
                           threads=self.settings.torch_threads, allowed_symbols=self.settings.allowed_symbols,
                           risk=risk_terms_of(version, name))
 
-    def _observe(self, request: PredictRequest, model: LoadedModel, prediction, shadow: bool) -> None:
+    def _observe(self, request: PredictRequest, model: LoadedModel, prediction, shadow: bool,
+                 arm: str = CHAMPION_ARM, halted: bool = False) -> None:
         body = prediction.body
         if self.metrics is not None and not shadow:
             self.metrics.prediction(body, prediction.mismatches)
@@ -415,7 +479,49 @@ class Runtime:
                 "raw_label": body["raw_label"], "confidence": body["confidence"], "p_long": probabilities["long"],
                 "p_short": probabilities["short"], "p_skip": probabilities["skip"],
                 "position_size": body["position_size"], "latency_ms": body["processing_time_ms"],
-                "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version}))
+                "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version,
+                "arm": SHADOW_ARM if shadow else arm, "halted": halted}))
+
+    # --- safety: the kill switch and the A/B split ------------------------------------------
+
+    def _halts_changed(self, state) -> None:
+        if self.metrics is not None and hasattr(self.metrics, "halts"):
+            self.metrics.halts(state)
+
+    def _route(self, request: PredictRequest, champion: LoadedModel) -> tuple[LoadedModel, str | None]:
+        """The A/B split (``smc_core.ab_test``): the challenger answers the bars whose bucket falls
+        below its share; arm None when no test runs. A request the challenger cannot serve (its
+        symbols, timeframe) stays with the champion."""
+        challenger = self.ab.current
+        if challenger is None or challenger.version == champion.version:
+            return champion, None
+        metadata = request.metadata
+        if metadata.symbol not in challenger.terms.symbols or challenger.terms.timeframe != champion.terms.timeframe:
+            return champion, CHAMPION_ARM
+        bucket = arm_bucket(metadata.symbol, champion.terms.timeframe, request.current_bar.time_utc)
+        if bucket < self._ab_shares.get(challenger.version, 0.0):
+            return challenger, CHALLENGER_ARM
+        return champion, CHAMPION_ARM
+
+    def _load_ab(self, name: str, version: str) -> LoadedModel:
+        from smc_core.promotion import ab_share_of
+
+        share = ab_share_of(version, name)
+        if share is None:
+            raise SmcError(f"{name}/{version} has the A/B alias but no traffic share tag (start the test with "
+                           "smc_core.promotion.start_ab_test)")
+        model = self._load_registered(name, version)
+        self._ab_shares[model.version] = share
+        return model
+
+    def _ab_info(self, champion: LoadedModel) -> dict | None:
+        from smc_core.ab_test import ASSIGNMENT
+
+        challenger = self.ab.current
+        if challenger is None or challenger.version == champion.version:
+            return None
+        return {"champion": champion.version, "challenger": challenger.version,
+                "challenger_share": self._ab_shares.get(challenger.version, 0.0), "assignment": ASSIGNMENT}
 
     def _lost(self, count: int, reason: str) -> None:
         self._lost_unreported += count
@@ -465,6 +571,23 @@ class Runtime:
 
 def _invalid(path: str, message: str) -> RequestError:
     return RequestError(422, "request validation failed", {"errors": [{"path": path, "message": message}]})
+
+
+def _halt_request(payload: object) -> tuple[list[str] | None, str]:
+    from smc_core.safety import scopes_of
+
+    if not isinstance(payload, dict):
+        raise _invalid("body", 'an object {"symbols": [...], "reason": "..."} is required (no symbols: all)')
+    symbols, reason = payload.get("symbols"), payload.get("reason")
+    if symbols is not None and (not isinstance(symbols, list) or not all(isinstance(x, str) for x in symbols)):
+        raise _invalid("symbols", "a list of symbols (absent or empty: every symbol)")
+    if not isinstance(reason, str) or not reason.strip():
+        raise _invalid("reason", "say why (it is recorded with the halt)")
+    try:
+        scopes_of(symbols)
+    except ConfigError as error:
+        raise _invalid("symbols", str(error)) from None
+    return symbols or None, reason.strip()
 
 
 def _symbols(text: str) -> frozenset[str] | None:
