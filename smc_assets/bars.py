@@ -73,7 +73,7 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
                 description=f"{len(exc.rejections)} rejected rows in {exc.path}; nothing was written "
                             f"(set landing.skip_invalid to load the valid rows)\n{listed}"
                             + (f"\n… and {more} more" if more > 0 else ""),
-                metadata={"file": exc.path, "rejected_rows": len(exc.rejections)},
+                metadata={"file": exc.path, "rejected_rows": len(exc.rejections), "ingest_id": exc.ingest_id},
             ) from None
         report = loaded.report
         duplicates, conflicts, conflict_examples = loaded.duplicate_bars, loaded.conflicting_bars, loaded.conflict_examples

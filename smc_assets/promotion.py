@@ -51,7 +51,8 @@ GATE_DESCRIPTIONS = {
     "pbo": "Probability of Backtest Overfitting (CSCV, 16 blocks) across the candidate policies at most its threshold.",
     "spa": "Hansen's SPA consistent p-value against flat (and the champion) below its threshold.",
     "versus_champion": "Sharpe at least 0.1 above the champion's, max drawdown no more than 2 points worse.",
-    "calibration": "Validation ECE after calibration within budget.",
+    "calibration": "ECE of the calibrated walk-forward probabilities on windows neither early stopping nor the "
+                   "temperature saw, within budget.",
     "latency": "Single-window inference p50 within budget.",
 }
 EVALUATION_KEY, CHAMPION_KEY = AssetKey("challenger_evaluation"), AssetKey("champion")
@@ -141,8 +142,6 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
                              sequence_length=training.sequence_length,
                              train=TrainConfig(epochs=0 if lineage["base"].get("checkpoint") else config.base_epochs,
                                                patience=2, seed=training.seed, threads=training.threads))
-    training_run = client.get_run(lineage["mlflow_run_id"])
-    ece = training_run.data.metrics.get("ece_after", float("nan"))
     latency = Predictor(package).single_window_latency_ms()
     champion = _champion(version, walk_config.policy.half_threshold)
     context.log.info(f"evaluating {MODEL_NAME}/{version}: {len(data)} windows, {config.folds} walk-forward folds, "
@@ -153,8 +152,8 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
             context.log.info(f"{event['stage']} epoch {event['epoch']}: valid loss {event['valid_loss']:.4f}")
 
     evaluation = checked(lambda: evaluate_challenger(
-        data, bars, CATALOGUE, base_config, training.run_config(), walk_config, gate_config, ece=ece,
-        latency_ms=latency, champion=champion, trial_history=trial_sharpes(db), progress=progress))
+        data, bars, CATALOGUE, base_config, training.run_config(), walk_config, gate_config, latency_ms=latency,
+        champion=champion, trial_history=trial_sharpes(db), progress=progress))
     record_trials(db, version, evaluation.trial_sharpes, len(evaluation.challenger.returns), context.run.run_id)
 
     gates = [gate.as_dict() for gate in evaluation.gates]

@@ -3,8 +3,9 @@
 A file is parsed into a frame of valid bars (UTC close times, sorted) plus a list of
 rejected rows, each with its file, line and reason. Nothing is coerced: a value that is
 not a finite number, an impossible OHLC relation, a negative volume, an unparseable or
-duplicate timestamp is a rejection, never a silent fix. The caller decides what to do
-with rejections (the default ingest writes nothing when there are any).
+duplicate timestamp is a rejection, never a silent fix; so is a text file's last line when the
+file does not end with a line end (the line may be cut inside a number). The caller decides
+what to do with rejections (the default ingest writes nothing when there are any).
 """
 
 from __future__ import annotations
@@ -158,7 +159,23 @@ def read_bar_file(path: str | Path, *, fmt: str = "auto", tz: str = "America/Chi
         raw, lines, problems = _read_parquet(path)
     if len(raw) == 0 and not problems:
         raise BarFileError(path, "file has no bars")
+    if fmt != "parquet" and len(raw) and not _ends_with_line_end(path):
+        problems[len(raw) - 1].append(UNTERMINATED_LINE)
     return _validate(path, fmt, raw, lines, problems, tz, timeframe)
+
+
+UNTERMINATED_LINE = ("the file ends inside this line (no line end after it): it may be cut off mid-value, as when an "
+                     "export is still being written or a copy was interrupted; complete files end every line with "
+                     "a newline")
+
+
+def _ends_with_line_end(path: Path) -> bool:
+    """Whether a text file's last byte ends a line. Why it matters: a line cut inside its last
+    number ("…;1234" cut to "…;12") still parses as a valid bar, so the missing line end is
+    the only trace of the cut."""
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) in (b"\n", b"\r")
 
 
 def _read_ninjatrader(path: Path) -> tuple[pd.DataFrame, np.ndarray, defaultdict[int, list[str]]]:

@@ -20,6 +20,9 @@ class BarFileError(SmcError):
     concerns the whole file), so editors and terminals can jump to it.
     """
 
+    ingest_id: int | None = None
+    """The ``ingest_log`` row of the refused attempt, when an ingest logged it."""
+
     def __init__(self, path: str | Path, problem: str, line: int | None = None):
         self.path = str(path)
         self.line = line
@@ -30,6 +33,9 @@ class BarFileError(SmcError):
 
 class RejectedRowsError(SmcError):
     """A file has rows that failed validation; nothing was written."""
+
+    ingest_id: int | None = None
+    """The ``ingest_log`` row (status ``rejected``) of the refused attempt, when an ingest logged it."""
 
     def __init__(self, path: str | Path, rejections: list):
         self.path = str(path)

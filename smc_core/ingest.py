@@ -5,15 +5,21 @@ attempt in ``ingest_log``: either all of it lands or none of it does. New ranges
 COPYed straight into ``bars``; ranges that already hold bars go through a staging table
 and one upsert that only touches rows whose values differ, so re-ingesting a file
 changes nothing at all (not even row versions).
+
+An attempt that stores nothing is logged too, as ``sql/003_ingest_log.sql`` says: a file
+refused for its rows or its form gets a ``rejected`` row (its rejected rows verbatim in
+``ingest_rejects``), a write that breaks off (a database error mid-ingest) a ``failed`` row,
+written after the rollback in a transaction of its own; each with the error text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +27,7 @@ import psycopg
 
 from smc_core.bars import VALUE_COLUMNS, ParsedBars, Rejection, read_bar_file
 from smc_core.db import Database
-from smc_core.errors import ConfigError, RejectedRowsError
+from smc_core.errors import BarFileError, ConfigError, RejectedRowsError
 from smc_core.timeframe import parse_timeframe
 
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
@@ -30,6 +36,8 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 _COPY_CHUNK_ROWS = 100_000
 _VALUE_AND_DELTA = (*VALUE_COLUMNS, "delta")
+
+log = logging.getLogger(__name__)
 
 
 def check_symbol(symbol: str) -> str:
@@ -84,18 +92,31 @@ def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, 
                 partition_key: str | None = None, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Validate and write one bar file atomically.
 
-    With rejected rows and ``skip_invalid`` False nothing is written and
-    RejectedRowsError is raised; with ``skip_invalid`` the valid rows are written and the
-    rejected ones recorded in ``ingest_rejects``. ``progress`` hears the phase ("reading",
-    then "writing N bars"): a big file spends seconds in each.
+    With rejected rows and ``skip_invalid`` False no bar is written and RejectedRowsError is
+    raised (the attempt is logged ``rejected``, with its rows in ``ingest_rejects``); with
+    ``skip_invalid`` the valid rows are written and the rejected ones recorded in
+    ``ingest_rejects``. A file that cannot be read at all raises BarFileError, logged
+    ``rejected`` too. Either error carries ``ingest_id``. ``progress`` hears the phase
+    ("reading", then "writing N bars"): a big file spends seconds in each.
     """
     check_symbol(symbol)
     width = parse_timeframe(timeframe)
     if progress is not None:
         progress("reading")
-    parsed = read_bar_file(path, fmt=fmt, tz=tz, timeframe=width)
+    attempt = {"symbol": symbol, "timeframe": timeframe, "skip_invalid": skip_invalid,
+               "dagster_run_id": dagster_run_id, "partition_key": partition_key}
+    try:
+        parsed = read_bar_file(path, fmt=fmt, tz=tz, timeframe=width)
+    except BarFileError as error:
+        log_error(db, error, "rejected", source=str(path), sha256=_sha256_if_readable(path),
+                   fmt=None if fmt == "auto" else fmt, **attempt)
+        raise
     if parsed.rejections and not skip_invalid:
-        raise RejectedRowsError(parsed.path, parsed.rejections)
+        refused = RejectedRowsError(parsed.path, parsed.rejections)
+        log_error(db, refused, "rejected", source=str(parsed.path), sha256=file_sha256(parsed.path),
+                   fmt=parsed.format, frame=parsed.frame, rows_read=parsed.rows_read, rejections=parsed.rejections,
+                   **attempt)
+        raise refused
     if progress is not None:
         progress(f"writing {len(parsed.frame)} bars")
     return write_parsed(db, parsed, symbol, timeframe, skip_invalid=skip_invalid,
@@ -115,28 +136,71 @@ def write_parsed(db: Database, parsed: ParsedBars, symbol: str, timeframe: str, 
 def write_logged(db: Database, *, source: str, sha256: str | None, fmt: str, symbol: str, timeframe: str,
                  frame: pd.DataFrame, rows_read: int, rejections: list[Rejection], skip_invalid: bool = False,
                  dagster_run_id: str | None = None, partition_key: str | None = None) -> IngestReport:
-    """Write ``frame`` and its ``ingest_log`` / ``ingest_rejects`` rows in one transaction."""
+    """Write ``frame`` and its ``ingest_log`` / ``ingest_rejects`` rows in one transaction; when
+    that transaction fails, log the attempt ``failed`` (see the module docstring) and re-raise."""
+    try:
+        with db.connection() as conn:
+            ingest_id = conn.execute(
+                """INSERT INTO ingest_log (source, source_sha256, format, symbol, timeframe, rows_read,
+                                           skip_invalid, status, dagster_run_id, partition_key)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, 'succeeded', %s, %s) RETURNING id""",
+                (source, sha256, fmt, symbol, timeframe, rows_read, skip_invalid, dagster_run_id, partition_key),
+            ).fetchone()[0]
+            counts = write_bars(conn, symbol, timeframe, frame, ingest_id)
+            _copy_rejections(conn, ingest_id, rejections)
+            first_ts = frame["ts"].iloc[0] if len(frame) else None
+            last_ts = frame["ts"].iloc[-1] if len(frame) else None
+            conn.execute(
+                """UPDATE ingest_log SET finished_at = now(), first_ts = %s, last_ts = %s, rows_inserted = %s,
+                          rows_updated = %s, rows_unchanged = %s, rows_rejected = %s WHERE id = %s""",
+                (first_ts, last_ts, counts.inserted, counts.updated, counts.unchanged, len(rejections), ingest_id),
+            )
+        return IngestReport(ingest_id, source, symbol, timeframe, fmt, rows_read, counts.inserted, counts.updated,
+                            counts.unchanged, list(rejections), first_ts, last_ts)
+    except Exception as error:
+        log_error(db, error, "failed", source=source, sha256=sha256, fmt=fmt, symbol=symbol, timeframe=timeframe,
+                   frame=frame, rows_read=rows_read, rejections=rejections, skip_invalid=skip_invalid,
+                   dagster_run_id=dagster_run_id, partition_key=partition_key)
+        raise
+
+
+def log_unsuccessful(db: Database, status: str, error: str, *, source: str, symbol: str, timeframe: str,
+                     sha256: str | None = None, fmt: str | None = None, frame: pd.DataFrame | None = None,
+                     rows_read: int = 0, rejections: Sequence[Rejection] = (), skip_invalid: bool = False,
+                     dagster_run_id: str | None = None, partition_key: str | None = None) -> int:
+    """Log an attempt that stored no bar (``status`` 'rejected' or 'failed') with its error and
+    its rejected rows verbatim, in a transaction of its own; returns its ``ingest_log`` id.
+    ``frame``: the valid bars it would have written (their time range is logged)."""
+    span = (frame["ts"].min(), frame["ts"].max()) if frame is not None and len(frame) else (None, None)
     with db.connection() as conn:
         ingest_id = conn.execute(
-            """INSERT INTO ingest_log (source, source_sha256, format, symbol, timeframe, rows_read,
-                                       skip_invalid, status, dagster_run_id, partition_key)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, 'succeeded', %s, %s) RETURNING id""",
-            (source, sha256, fmt, symbol, timeframe, rows_read, skip_invalid, dagster_run_id, partition_key),
+            """INSERT INTO ingest_log (finished_at, source, source_sha256, format, symbol, timeframe, first_ts, last_ts,
+                                       rows_read, rows_rejected, skip_invalid, status, error, dagster_run_id,
+                                       partition_key)
+               VALUES (now(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (source, sha256, fmt, symbol, timeframe, *span, rows_read, len(rejections), skip_invalid, status, error,
+             dagster_run_id, partition_key),
         ).fetchone()[0]
-        counts = write_bars(conn, symbol, timeframe, frame, ingest_id)
-        if rejections:
-            with conn.cursor().copy("COPY ingest_rejects (ingest_id, source, line, reason, raw) FROM STDIN") as copy:
-                for rejection in rejections:
-                    copy.write_row((ingest_id, rejection.path, rejection.line, rejection.reason, rejection.raw))
-        first_ts = frame["ts"].iloc[0] if len(frame) else None
-        last_ts = frame["ts"].iloc[-1] if len(frame) else None
-        conn.execute(
-            """UPDATE ingest_log SET finished_at = now(), first_ts = %s, last_ts = %s, rows_inserted = %s,
-                      rows_updated = %s, rows_unchanged = %s, rows_rejected = %s WHERE id = %s""",
-            (first_ts, last_ts, counts.inserted, counts.updated, counts.unchanged, len(rejections), ingest_id),
-        )
-    return IngestReport(ingest_id, source, symbol, timeframe, fmt, rows_read, counts.inserted, counts.updated,
-                        counts.unchanged, list(rejections), first_ts, last_ts)
+        _copy_rejections(conn, ingest_id, rejections)
+    return int(ingest_id)
+
+
+def log_error(db: Database, error: Exception, status: str, **attempt) -> None:
+    """Log the attempt ``error`` ended (its id on ``error.ingest_id``). A database too broken to
+    take the row never hides the error itself: it is noted on it instead."""
+    text = str(error) if status == "rejected" else f"{type(error).__name__}: {error}".strip()
+    try:
+        error.ingest_id = log_unsuccessful(db, status, text, **attempt)
+    except Exception as unlogged:
+        log.warning("ingest of %s ended %s and could not be logged: %s", attempt["source"], status, unlogged)
+        error.add_note(f"this {status} attempt could not be written to ingest_log either: {unlogged}")
+
+
+def _copy_rejections(conn: psycopg.Connection, ingest_id: int, rejections: Sequence[Rejection]) -> None:
+    if rejections:
+        with conn.cursor().copy("COPY ingest_rejects (ingest_id, source, line, reason, raw) FROM STDIN") as copy:
+            for rejection in rejections:
+                copy.write_row((ingest_id, rejection.path, rejection.line, rejection.reason, rejection.raw))
 
 
 def write_bars(conn: psycopg.Connection, symbol: str, timeframe: str, frame: pd.DataFrame,
@@ -281,6 +345,13 @@ def _record_revisions(conn: psycopg.Connection, symbol: str, timeframe: str, ing
         {"symbol": symbol, "timeframe": timeframe, "kind": kind, "applied": applied, "source": source,
          "ingest_id": ingest_id},
     ).fetchone()[0])
+
+
+def _sha256_if_readable(path: str | Path) -> str | None:
+    try:
+        return file_sha256(Path(path))
+    except OSError:
+        return None
 
 
 def file_sha256(path: Path) -> str:

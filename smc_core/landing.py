@@ -21,8 +21,8 @@ import pandas as pd
 from smc_core.bars import read_bar_file
 from smc_core.calendar import SessionCalendar
 from smc_core.db import Database
-from smc_core.errors import RejectedRowsError, SmcError
-from smc_core.ingest import IngestReport, check_symbol, file_sha256, write_logged
+from smc_core.errors import BarFileError, RejectedRowsError, SmcError
+from smc_core.ingest import IngestReport, check_symbol, file_sha256, log_error, write_logged
 from smc_core.timeframe import parse_timeframe
 
 BAR_FILE_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -148,16 +148,28 @@ def ingest_trading_day(db: Database, files: list[LandingFile], *, symbol: str, d
                        partition_key: str | None = None) -> DayIngest:
     """Write the bars of trading day ``day`` found in ``files`` in one transaction.
 
-    Any rejected row in a contributing file stops the whole day unless ``skip_invalid``.
+    Any rejected row in a contributing file stops the whole day unless ``skip_invalid`` (the
+    attempt is logged ``rejected``, as ``ingest_file`` does).
     Where files overlap, identical bars are counted and conflicting ones resolved in
     favour of the most recently modified file, and reported.
     """
     width = parse_timeframe(timeframe)
+    source = ";".join(str(f.path) for f in files)
+    attempt = {"source": source, "fmt": "+".join(sorted({f.format for f in files})), "symbol": symbol,
+               "timeframe": timeframe, "skip_invalid": skip_invalid, "dagster_run_id": dagster_run_id,
+               "partition_key": partition_key}
     frames, rejections, rows_read = [], [], 0
     for order, entry in enumerate(files):
-        parsed = read_bar_file(entry.path, fmt=entry.format, tz=tz, timeframe=width)
+        try:
+            parsed = read_bar_file(entry.path, fmt=entry.format, tz=tz, timeframe=width)
+        except BarFileError as error:  # the file changed since the scan and cannot be read any more
+            log_error(db, error, "rejected", **attempt)
+            raise
         if parsed.rejections and not skip_invalid:
-            raise RejectedRowsError(entry.path, parsed.rejections)
+            refused = RejectedRowsError(entry.path, parsed.rejections)
+            log_error(db, refused, "rejected", frame=parsed.frame, rows_read=parsed.rows_read,
+                      rejections=parsed.rejections, **attempt)
+            raise refused
         in_day = calendar.trading_day_of(parsed.frame["ts"]) == np.datetime64(day, "D")
         frame = parsed.frame[in_day].assign(_order=order)
         frames.append(frame)
@@ -177,9 +189,5 @@ def ingest_trading_day(db: Database, files: list[LandingFile], *, symbol: str, d
             duplicates = int((groups.size() - 1)[~conflicting].sum())
             examples = [f"{ts.isoformat()}" for ts in distinct[distinct > 1].index[:5]]
         merged = merged.drop_duplicates("ts", keep="last").drop(columns="_order").reset_index(drop=True)
-    report = write_logged(
-        db, source=";".join(str(f.path) for f in files), sha256=None, fmt="+".join(sorted({f.format for f in files})),
-        symbol=symbol, timeframe=timeframe, frame=merged, rows_read=rows_read, rejections=rejections,
-        skip_invalid=skip_invalid, dagster_run_id=dagster_run_id, partition_key=partition_key,
-    )
+    report = write_logged(db, sha256=None, frame=merged, rows_read=rows_read, rejections=rejections, **attempt)
     return DayIngest(report, [f.path for f in files], duplicates, conflicts, examples)

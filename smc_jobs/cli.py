@@ -537,7 +537,8 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"rejected {rejection}", err=True)
         if len(exc.rejections) > _MAX_LISTED:
             click.echo(f"… and {len(exc.rejections) - _MAX_LISTED} more rejected rows", err=True)
-        _fail(f"{len(exc.rejections)} rejected rows in {exc.path}; nothing was written "
+        logged = f", the attempt is ingest #{exc.ingest_id}" if exc.ingest_id is not None else ""
+        _fail(f"{len(exc.rejections)} rejected rows in {exc.path}; nothing was written{logged} "
               "(fix the file or pass --skip-invalid)", 1)
     except SmcError as exc:
         _fail(str(exc), 1)

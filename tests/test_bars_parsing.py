@@ -151,3 +151,24 @@ def test_detect_format(tmp_path):
     assert detect_format(write(tmp_path, GOOD + "\n")) == "ninjatrader"
     assert detect_format(write(tmp_path, "time,open,high,low,close,volume\n", "a.csv")) == "csv"
     assert np.isfinite(read_bar_file(write(tmp_path, GOOD + "\n")).frame["close"]).all()
+
+
+@pytest.mark.parametrize("text, name, line", [
+    (f"{GOOD}\n20240305 093200;5000.25;5001;4999.75;5000.5;12", "cut.txt",
+     "20240305 093200;5000.25;5001;4999.75;5000.5;12"),
+    ("ts,open,high,low,close,volume\n2024-03-05T15:31:00Z,1,2,0.5,1.5,10\n2024-03-05T15:32:00Z,1,2,0.5,1.5,1",
+     "cut.csv", "2024-03-05T15:32:00Z,1,2,0.5,1.5,1"),
+], ids=["ninjatrader", "csv"])
+def test_a_last_line_without_line_end_is_rejected_even_when_it_parses(tmp_path, text, name, line):
+    """A line cut inside its last number still parses (…;120 cut to …;12); the missing line end is the trace."""
+    parsed = read_bar_file(write(tmp_path, text, name), timeframe=MINUTE)
+    assert [(r.line, r.raw) for r in parsed.rejections] == [(parsed.rows_read + (name.endswith(".csv")), line)]
+    assert parsed.rejections[0].reason.startswith("the file ends inside this line (no line end after it)")
+    assert len(parsed.frame) == 1
+    whole = read_bar_file(write(tmp_path, text + "0\n", name), timeframe=MINUTE)  # finished: no rejection
+    assert whole.rejections == [] and len(whole.frame) == 2
+
+
+def test_crlf_and_a_trailing_blank_line_count_as_complete(tmp_path):
+    assert read_bar_file(write(tmp_path, f"{GOOD}\r\n")).rejections == []
+    assert read_bar_file(write(tmp_path, f"{GOOD}\n\n")).rejections == []

@@ -79,6 +79,9 @@ def test_rejected_rows_are_listed_with_file_and_line(env, database, tmp_path):
     assert lines[1] == f"rejected {path}:3: low 3 is above min(open, close) 1"
     assert lines[-1].startswith("error: 2 rejected rows") and "nothing was written" in lines[-1]
     assert bar_count(database) == before
+    with database.connection() as conn:  # the refused attempt has its ingest_log row, named in the error
+        newest, status = conn.execute("SELECT id, status FROM ingest_log ORDER BY id DESC LIMIT 1").fetchone()
+    assert status == "rejected" and f"the attempt is ingest #{newest} " in lines[-1]
 
     skipped = smc(env, "ingest", str(path), "--symbol", "ES", "--skip-invalid")
     assert skipped.returncode == 0 and "1 inserted" in skipped.stdout and "2 rejected" in skipped.stdout

@@ -97,6 +97,30 @@ def test_rejected_rows_fail_the_partition_and_write_nothing(setup, database):
     assert "bad.txt:2: high 0.1 is below max(open, close) 1.5" in failure.error.message + str(failure.user_failure_data)
     with database.connection() as conn:
         assert conn.execute("SELECT count(*) FROM bars WHERE symbol = 'RTY'").fetchone()[0] == 0
+        # the refused attempt is logged as the schema says, with the run and partition that made it
+        logged = conn.execute(
+            """SELECT id, status, rows_read, rows_rejected, dagster_run_id, partition_key, error FROM ingest_log
+               WHERE symbol = 'RTY'""").fetchall()
+        rejects = conn.execute("SELECT line, raw FROM ingest_rejects WHERE ingest_id = %s", (logged[0][0],)).fetchall()
+    assert [row[1:6] for row in logged] == [("rejected", 2, 1, result.run_id, bar_partition_key("RTY", DAY1))]
+    assert "bad.txt:2: high 0.1 is below max(open, close) 1.5" in logged[0][6]
+    assert rejects == [(2, "20240305 093200;1;0.1;0.5;1.5;1")]
+    assert failure.user_failure_data.metadata["ingest_id"].value == logged[0][0]
+
+
+def test_an_export_cut_off_mid_line_fails_the_partition_instead_of_storing_a_short_bar(setup, database):
+    """The last line's volume 120 was cut to 12 (no line end follows): it parses, so only the
+    missing line end gives it away."""
+    instance, resources, landing = setup
+    (landing / "M2K").mkdir(parents=True)
+    (landing / "M2K" / "cut.txt").write_text("20240305 093100;1;2;0.5;1.5;100\n20240305 093200;1;2;0.5;1.5;12")
+    result = run_bars(instance, resources, "M2K", DAY1)
+    assert not result.success
+    assert "cut.txt:2: the file ends inside this line" in str(result.failure_data_for_node("bars").user_failure_data)
+    with database.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM bars WHERE symbol = 'M2K'").fetchone()[0] == 0
+        assert conn.execute("SELECT status, rows_read, rows_rejected FROM ingest_log WHERE symbol = 'M2K'").fetchall() \
+            == [("rejected", 2, 1)]
 
 
 def test_partition_without_data_fails_with_a_clear_reason(setup):

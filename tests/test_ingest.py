@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from smc_core.db import Database
-from smc_core.errors import RejectedRowsError
-from smc_core.ingest import ingest_file, write_logged
+from smc_core.errors import BarFileError, RejectedRowsError
+from smc_core.ingest import file_sha256, ingest_file, write_logged
 from smc_core.migrations import migrate
 from smc_core.settings import Settings
 from smc_core.synthetic import SyntheticConfig, generate_bars, write_ninjatrader, write_synthetic
@@ -91,15 +91,103 @@ def test_corrected_file_updates_only_the_changed_bar(database, tmp_path):
     assert stored(database, "UPD")["volume"].iloc[100] == bars["volume"].iloc[100] + 1
 
 
-def test_rejected_rows_write_nothing(database, tmp_path):
+def logged(db, ingest_id):
+    """The ingest_log row of one attempt, as a dict, and its rejected rows (line, reason, raw)."""
+    with db.connection() as conn:
+        cursor = conn.execute("SELECT * FROM ingest_log WHERE id = %s", (ingest_id,))
+        row = dict(zip([c.name for c in cursor.description], cursor.fetchone()))
+        rejects = conn.execute("SELECT line, reason, raw FROM ingest_rejects WHERE ingest_id = %s ORDER BY line",
+                               (ingest_id,)).fetchall()
+    return row, rejects
+
+
+def test_rejected_rows_write_no_bar_and_the_attempt_is_logged_rejected(database, tmp_path):
     path = tmp_path / "BAD.txt"
     path.write_text("20240305 093100;1;2;0.5;1.5;1\n20240305 093200;1;0.4;0.5;1.5;1\n")
-    logs_before = count(database, "ingest_log")
     with pytest.raises(RejectedRowsError) as raised:
         ingest_file(database, path, "BAD", "1m")
     assert "BAD.txt:2: high 0.4 is below max(open, close) 1.5" in str(raised.value)
     assert count(database, "bars", "symbol = 'BAD'") == 0
-    assert count(database, "ingest_log") == logs_before
+    row, rejects = logged(database, raised.value.ingest_id)
+    assert {k: row[k] for k in ("source", "format", "symbol", "timeframe", "status", "rows_read", "rows_inserted",
+                                "rows_rejected", "skip_invalid")} == {
+        "source": str(path), "format": "ninjatrader", "symbol": "BAD", "timeframe": "1m", "status": "rejected",
+        "rows_read": 2, "rows_inserted": 0, "rows_rejected": 1, "skip_invalid": False}
+    assert row["error"] == str(raised.value) and row["finished_at"] is not None
+    assert row["first_ts"] == row["last_ts"] == pd.Timestamp("2024-03-05 15:31Z")  # the valid row it held back
+    assert row["source_sha256"] == file_sha256(path)
+    assert rejects == [(2, "high 0.4 is below max(open, close) 1.5", "20240305 093200;1;0.4;0.5;1.5;1")]
+    assert count(database, "ingest_log", "symbol = 'BAD'") == 1
+
+
+def test_an_unreadable_file_is_logged_rejected_with_its_error(database, tmp_path):
+    path = tmp_path / "COMMA.txt"
+    path.write_text("20240305 093100,1,2,0.5,1.5,1\n")
+    with pytest.raises(BarFileError) as raised:
+        ingest_file(database, path, "COMMA", "1m")
+    row, rejects = logged(database, raised.value.ingest_id)
+    assert (row["status"], row["rows_read"], row["format"], row["error"]) == (
+        "rejected", 0, None, f"{path}:1: wrong delimiter ',': NinjaTrader exports separate fields with ';' "
+                             "(yyyyMMdd HHmmss;open;high;low;close;volume)")
+    assert rejects == [] and count(database, "bars", "symbol = 'COMMA'") == 0
+
+
+CUT = "20240305 093100;5000.25;5001;4999.75;5000.5;120\n20240305 093200;5000.25;5001;4999.75;5000.5;1"
+
+
+def test_a_file_cut_inside_its_last_number_is_flagged_not_stored(database, tmp_path):
+    """The last line's volume 120 cut to 1, no line end after it: a valid-looking bar, refused."""
+    path = tmp_path / "CUT.txt"
+    path.write_text(CUT)
+    with pytest.raises(RejectedRowsError) as raised:
+        ingest_file(database, path, "CUT", "1m")
+    assert str(raised.value).startswith(f"{path}:2: the file ends inside this line (no line end after it)")
+    assert count(database, "bars", "symbol = 'CUT'") == 0
+    row, rejects = logged(database, raised.value.ingest_id)
+    assert (row["status"], row["rows_read"], row["rows_rejected"]) == ("rejected", 2, 1)
+    assert [(line, raw) for line, _, raw in rejects] == [(2, "20240305 093200;5000.25;5001;4999.75;5000.5;1")]
+
+    kept = ingest_file(database, path, "CUT", "1m", skip_invalid=True)  # the complete line goes in, the cut one not
+    assert (kept.rows_inserted, kept.rows_rejected) == (1, 1)
+    assert list(stored(database, "CUT")["volume"]) == [120]
+
+    path.write_text(CUT + "20\n")  # the export finished: the same line, now whole
+    whole = ingest_file(database, path, "CUT", "1m")
+    assert (whole.rows_inserted, whole.rows_unchanged, whole.rows_rejected) == (1, 1, 0)
+    assert list(stored(database, "CUT")["volume"]) == [120, 120]
+
+
+def test_a_database_error_mid_ingest_is_logged_failed_and_a_good_file_is_unaffected(database, tmp_path):
+    """A real database error inside the write (a constraint the server enforces on the COPY into
+    bars): the transaction rolls back, then the attempt is logged 'failed' in its own."""
+    bars = generate_bars(SyntheticConfig(days=1, seed=13))
+    failing = write_ninjatrader(bars, tmp_path / "FAILS.txt")
+    good = write_ninjatrader(bars, tmp_path / "GOOD.txt")
+    with database.connection() as conn:
+        conn.execute("ALTER TABLE bars ADD CONSTRAINT test_no_fails CHECK (symbol <> 'FAILS')")
+    try:
+        with pytest.raises(psycopg.errors.CheckViolation) as raised:
+            ingest_file(database, failing, "FAILS", "1m", dagster_run_id="run-1", partition_key="FAILS|2024-01-02")
+        report = ingest_file(database, good, "GOOD", "1m")
+    finally:
+        with database.connection() as conn:
+            conn.execute("ALTER TABLE bars DROP CONSTRAINT test_no_fails")
+    assert count(database, "bars", "symbol = 'FAILS'") == 0
+    row, rejects = logged(database, raised.value.ingest_id)
+    assert {k: row[k] for k in ("source", "symbol", "status", "rows_read", "rows_inserted", "rows_rejected",
+                                "dagster_run_id", "partition_key")} == {
+        "source": str(failing), "symbol": "FAILS", "status": "failed", "rows_read": len(bars), "rows_inserted": 0,
+        "rows_rejected": 0, "dagster_run_id": "run-1", "partition_key": "FAILS|2024-01-02"}
+    assert row["error"].startswith("CheckViolation: ") and "test_no_fails" in row["error"]
+    assert (row["first_ts"], row["last_ts"]) == (bars["ts"].iloc[0], bars["ts"].iloc[-1])
+    assert count(database, "ingest_log", "symbol = 'FAILS'") == 1  # the rolled-back 'succeeded' row is gone
+
+    good_row, good_rejects = logged(database, report.ingest_id)
+    assert (good_row["status"], good_row["error"], good_row["rows_inserted"]) == ("succeeded", None, len(bars))
+    assert good_rejects == [] and len(stored(database, "GOOD")) == len(bars)
+
+    again = ingest_file(database, failing, "FAILS", "1m")  # the same file once the database is healthy
+    assert again.rows_inserted == len(bars) and logged(database, again.ingest_id)[0]["status"] == "succeeded"
 
 
 def test_skip_invalid_writes_valid_rows_and_records_rejects(database, tmp_path):
@@ -151,7 +239,9 @@ def test_killed_transaction_leaves_the_table_as_before(database):
     database.close()  # drop the pool holding the dead connection
     assert count(database, "bars") == before
     assert count(database, "bars", "symbol = 'KILL'") == 0
-    assert count(database, "ingest_log") == logs_before
+    assert count(database, "ingest_log") == logs_before + 1  # the attempt, logged after the rollback
+    row, _ = logged(database, outcome["result"].ingest_id)
+    assert (row["source"], row["status"], row["rows_read"], row["rows_inserted"]) == ("killed", "failed", n, 0)
 
 
 def test_database_refuses_invalid_bars_from_any_writer(database):

@@ -3,7 +3,10 @@ condition holding also when the champion loses money on the evaluation window.
 
 Every backtest below is one bar per trading day on $100,000, opening with one loss and then
 alternating a gain and a loss that never reach a new low, so the max drawdown is the opening
-loss exactly (a loss of $1,000 is 1.00 %), and the Sharpe ratio is sign-obvious.
+loss exactly (a loss of $1,000 is 1.00 %), and the Sharpe ratio is worked out by hand: with
+an opening loss L and 40 pairs of a gain g and a loss l, the 81 daily P&Ls sum to
+S = −L + 40(g − l), their mean is S/81, their sample variance (L² + 40g² + 40l² − S²/81)/80,
+and the annualised Sharpe mean/sd·√252 (dollars or returns: the capital cancels).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pytest
 
 from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec
 from smc_core.evaluation.gates import Champion, GateConfig, evaluate_gates
+from smc_core.promotion import judge
 
 PAIRS = 40
 
@@ -33,6 +37,25 @@ STRONG_DEEP = backtest(4000, 300, 100)        # ends at +4.0 %, drawdown 4.00 %
 STRONG_SHALLOW = backtest(500, 300, 100)      # ends at +7.5 %, drawdown 0.50 %
 WEAK_SHALLOW = backtest(500, 10, 10)          # ends at -0.5 %, drawdown 0.50 %
 WEAK_DEEP = backtest(4000, 10, 10)            # ends at -4.0 %, drawdown 4.00 %
+# Near the thresholds, against WINNING_SHALLOW (Sharpe 1.4372, drawdown 1.00 %):
+SLIGHTLY_BETTER = backtest(1000, 101, 50)     # Sharpe 1.4911: +0.0540, short of the 0.1 needed
+BETTER = backtest(1000, 102, 50)              # Sharpe 1.5448: +0.1077
+DEEPER_BY_1_9 = backtest(2900, 300, 100)      # Sharpe 2.5712, drawdown 2.90 %: 1.90 points deeper, within 2
+DEEPER_BY_2_1 = backtest(3100, 300, 100)      # Sharpe 2.3540, drawdown 3.10 %: 2.10 points deeper
+
+SHARPE_BY_HAND = {  # (L, g, l) → S, variance, Sharpe; see the module docstring
+    "LOSING_SHALLOW": -1.3110,    # S −1000, variance 22 345.68
+    "WINNING_SHALLOW": 1.4372,    # S 1000, variance 18 595.68: 1000/81 / √18 595.68 · √252
+    "LOSING_DEEP": -1.7443,       # S −6000, variance 454 444.44
+    "STRONG_DEEP": 1.5757,        # S 4000, variance 247 530.86
+    "STRONG_SHALLOW": 6.9722,     # S 7500, variance 44 444.44
+    "WEAK_SHALLOW": -1.7359,      # S −500, variance 3 186.42
+    "WEAK_DEEP": -1.7634,         # S −4000, variance 197 630.86
+    "SLIGHTLY_BETTER": 1.4911,    # S 1040, variance 18 683.59
+    "BETTER": 1.5448,             # S 1080, variance 18 772.00
+    "DEEPER_BY_1_9": 2.5712,      # S 5100, variance 151 111.11
+    "DEEPER_BY_2_1": 2.3540,      # S 4900, variance 166 419.75
+}
 
 
 def versus(challenger: BacktestResult, champion: BacktestResult):
@@ -51,6 +74,31 @@ def test_the_fixtures_are_what_their_names_say():
         assert metrics["total_return"] == pytest.approx(total) and metrics["max_drawdown_pct"] == pytest.approx(drawdown)
     assert STRONG_DEEP.metrics()["sharpe"] > WINNING_SHALLOW.metrics()["sharpe"] > 0
     assert WEAK_SHALLOW.metrics()["sharpe"] < LOSING_SHALLOW.metrics()["sharpe"] < 0
+    for name, by_hand in SHARPE_BY_HAND.items():
+        assert globals()[name].metrics()["sharpe"] == pytest.approx(by_hand, abs=5e-5), name
+
+
+@pytest.mark.parametrize("challenger, sharpe_gain, drawdown_worsening, failed", [
+    (SLIGHTLY_BETTER, 1.4911 - 1.4372, 0.0, ["sharpe_improvement"]),
+    (BETTER, 1.5448 - 1.4372, 0.0, []),
+    (DEEPER_BY_2_1, 2.3540 - 1.4372, 3.10 - 1.00, ["drawdown_worsening"]),
+    (DEEPER_BY_1_9, 2.5712 - 1.4372, 2.90 - 1.00, []),
+], ids=["Sharpe +0.054 fails", "Sharpe +0.108 passes", "drawdown +2.1 fails", "drawdown +1.9 passes"])
+def test_a_better_champion_fails_each_condition_and_a_worse_one_passes_it(challenger, sharpe_gain,
+                                                                         drawdown_worsening, failed):
+    """Each condition on either side of its threshold (Sharpe +0.1, drawdown 2 points) against the
+    same champion, figures by hand, through evaluate_gates and the verdict ``champion`` acts on."""
+    gate = versus(challenger, WINNING_SHALLOW)
+    statistics = {c.name: c.statistic for c in gate.conditions}
+    assert statistics == {"sharpe_improvement": pytest.approx(sharpe_gain, abs=1e-4),
+                          "drawdown_worsening": pytest.approx(drawdown_worsening, abs=1e-9)}
+    assert gate.details["champion_sharpe"] == pytest.approx(1.4372, abs=5e-5)
+    assert [c.name for c in gate.failed_conditions] == failed and gate.passed == (not failed)
+    verdict = judge([gate.as_dict()], ("versus_champion",))
+    assert verdict.passed == (not failed)
+    if failed:
+        shown = f"{statistics[failed[0]]:.4f}"
+        assert verdict.failed["versus_champion"].startswith(f"failed {failed[0]} {shown} (needs ")
 
 
 @pytest.mark.parametrize("champion", [LOSING_SHALLOW, WINNING_SHALLOW], ids=["champion loses", "champion wins"])

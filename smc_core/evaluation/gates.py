@@ -106,7 +106,7 @@ def evaluate_gates(challenger: BacktestResult, candidates: np.ndarray, trial_sha
         _pbo(candidates, config),
         _spa(returns, champion, problem, config),
         _versus_champion(challenger, champion, problem, config),
-        _bounded("calibration", ece, config.max_ece, "ECE after calibration"),
+        _bounded("calibration", ece, config.max_ece, "out-of-sample ECE after calibration"),
         _bounded("latency", latency_ms, config.max_latency_ms, "single-window forward p50 (ms)"),
     ]
 

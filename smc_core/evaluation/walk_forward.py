@@ -5,6 +5,16 @@ and embargoed, pretrains its own base on that past (so no fold's test bars were 
 not even self-supervised), fine-tunes LoRA, and predicts the fold's test windows with its
 calibrated probabilities. The out-of-sample probabilities of all folds are then traded bar
 by bar under the policy, and under every candidate policy the experiment tries (for PBO).
+
+Calibration is checked on the same out-of-sample windows. Each fold has three disjoint sets
+(``FoldSets``): ``train`` (the windows its model learns from), ``valid`` (the newest part of
+its past, purged and embargoed from ``train``: early stopping watches it and the temperature
+is fitted on it, the standard temperature-scaling recipe) and ``check`` (the fold's test
+block: every label of the other two was known before it begins, by the purge). The
+calibration gate's ECE is measured over the ``check`` windows of all folds, which neither
+early stopping nor the temperature ever saw: the ECE on ``valid`` (``valid_ece`` per fold,
+what the training run reports as ``ece_after``) is flattered by the temperature having been
+fitted there.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from smc_core.evaluation.splits import walk_forward_splits
 from smc_core.errors import SmcError
 from smc_core.features import FeatureCatalogue
 from smc_core.model.backbone import batched_logits
-from smc_core.model.calibration import softmax
+from smc_core.model.calibration import expected_calibration_error, softmax
 from smc_core.model.encoding import encode, windows
 from smc_core.model.pipeline import BaseConfig, RunConfig, pretrain_base, train_lora_run
 from smc_core.model.train import pinned_threads
@@ -45,6 +55,19 @@ class WalkForwardConfig:
     instrument: InstrumentSpec = field(default_factory=InstrumentSpec)
 
 
+@dataclass(frozen=True)
+class FoldSets:
+    """One fold's three disjoint sets of windows, as positions in the evaluated data (see the
+    module docstring). ``train`` is the pool the model learns from (every ``train_stride``-th
+    window of it is fitted on)."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    """Early stopping and the temperature."""
+    check: np.ndarray
+    """Traded out of sample; where calibration is measured."""
+
+
 @dataclass
 class WalkForward:
     probabilities: np.ndarray
@@ -52,13 +75,17 @@ class WalkForward:
     baseline_probabilities: np.ndarray
     """The same for the LightGBM baseline trained on each fold's past."""
     folds: list[dict]
+    sets: list[FoldSets]
+    ece: float
+    """ECE of ``probabilities`` over every fold's ``check`` windows (NaN when none was tested):
+    the calibration gate's statistic."""
 
 
 def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: BaseConfig, run_config: RunConfig,
                  config: WalkForwardConfig = WalkForwardConfig(), progress: Progress | None = None) -> WalkForward:
     probabilities = np.full((len(data), 3), np.nan)
     baseline = np.full((len(data), 3), np.nan)
-    folds = []
+    folds, sets = [], []
     splits = walk_forward_splits(data.ts, data.t1, config.folds, config.min_train_fraction, config.expanding,
                                  config.embargo)
     for number, split in enumerate(splits, start=1):
@@ -69,13 +96,18 @@ def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: B
         probabilities[split.test] = predict_samples(run.model, run.spec, run.calibration.temperature, data,
                                                     split.test, threads=run_config.train.threads)
         baseline[split.test] = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])
+        sets.append(FoldSets(train=split.train[run.split.train], valid=split.train[run.split.test], check=split.test))
         ts = pd.DatetimeIndex(data.ts)
         folds.append({"fold": number, "train_windows": int(len(split.train)), "test_windows": int(len(split.test)),
                       "purged": split.purged, "embargoed": split.embargoed,
                       "train_end": ts[split.train].max().isoformat(), "test_start": ts[split.test].min().isoformat(),
                       "test_end": ts[split.test].max().isoformat(), "best_epoch": run.result.best_epoch,
-                      "valid_log_loss": run.reports["lora"]["log_loss"]})
-    return WalkForward(probabilities, baseline, folds)
+                      "valid_log_loss": run.reports["lora"]["log_loss"], "temperature": run.calibration.temperature,
+                      "valid_ece": run.calibration.ece,
+                      "check_ece": expected_calibration_error(probabilities[split.test], data.y[split.test])})
+    tested = np.flatnonzero(np.isfinite(probabilities).all(axis=1))
+    ece = expected_calibration_error(probabilities[tested], data.y[tested]) if len(tested) else float("nan")
+    return WalkForward(probabilities, baseline, folds, sets, ece)
 
 
 def predict_samples(model, spec, temperature: float, data: TrainingData, positions: np.ndarray,
@@ -181,11 +213,12 @@ def candidate_policy(policy: PolicyConfig, threshold: float) -> PolicyConfig:
 
 def evaluate_challenger(data: TrainingData, bars: dict[str, pd.DataFrame], catalogue: FeatureCatalogue,
                         base_config: BaseConfig, run_config: RunConfig, config: WalkForwardConfig,
-                        gate_config: GateConfig, *, ece: float, latency_ms: float,
+                        gate_config: GateConfig, *, latency_ms: float,
                         champion: ChampionModel | str | None, trial_history: np.ndarray,
                         progress: Progress | None = None) -> Evaluation:
     """Walk-forward, every candidate policy traded, the best selected, the champion traded on the
-    same bars, then every gate. ``champion`` is None (first model) or a reason it cannot be used."""
+    same bars, then every gate (calibration: the out-of-sample ECE, ``WalkForward.ece``).
+    ``champion`` is None (first model) or a reason it cannot be used."""
     walk = walk_forward(data, catalogue, base_config, run_config, config, progress)
 
     def trade(probabilities: np.ndarray) -> dict[float, BacktestResult]:
@@ -204,7 +237,7 @@ def evaluate_challenger(data: TrainingData, bars: dict[str, pd.DataFrame], catal
     this_run = dict(zip(tried, (float(v) for v in trial_sharpes_of(matrix))))
     history = np.concatenate([np.asarray(trial_history, dtype=np.float64), list(this_run.values())])
     rival = _champion_backtest(champion, data, walk, bars, config, catalogue)
-    gates = evaluate_gates(candidates[selected], matrix, history, rival, ece, latency_ms, gate_config)
+    gates = evaluate_gates(candidates[selected], matrix, history, rival, walk.ece, latency_ms, gate_config)
     return Evaluation(walk, candidates, baseline_candidates, selected, rival, gates, this_run)
 
 
