@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -31,12 +32,71 @@ from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_
 from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, prediction_writer
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
                                       too_few_bars)
-from smc_core.serving.spool import DurableWriter, Spool
-from smc_core.settings import Settings, env_flag, env_number
+from smc_core.serving.rate_limit import rate_limiter
+from smc_core.serving.spool import DurableWriter, claim_spool
+from smc_core.settings import Settings, env_flag, env_number, secret
 from smc_core.timeframe import format_timeframe, parse_timeframe
 
 log = logging.getLogger("smc.serving")
 CHAMPION_URI = "models:/smc-lora@champion"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How BentoML runs the service: worker processes and TLS. Read when ``bento/service.py`` is
+    imported (BentoML takes them from the service's decorator), so they need no key to be read."""
+
+    workers: int | str
+    """WORKERS: processes serving requests, or ``cpu_count`` (the cores the container may use)."""
+    ssl_certfile: Path | None
+    ssl_keyfile: Path | None
+    ssl_keyfile_password: str | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ServerOptions":
+        env = os.environ if env is None else env
+        workers = env.get("WORKERS", "").strip() or DEFAULT_WORKERS
+        if workers != "cpu_count":
+            workers = env_number({"WORKERS": workers}, "WORKERS", None, int, 1, 64)
+        certfile, keyfile = (Path(env[name]).expanduser().resolve() if env.get(name) else None
+                             for name in ("SSL_CERTFILE", "SSL_KEYFILE"))
+        options = cls(workers, certfile, keyfile, secret(env, "SSL_KEYFILE_PASSWORD"))
+        options.check_tls()
+        return options
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+    def check_tls(self) -> None:
+        """A certificate without its key, an unreadable file or a key that does not match: a ConfigError
+        now, naming the variable, rather than workers that die one after the other."""
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("SSL_CERTFILE and SSL_KEYFILE go together: set both (HTTPS) or neither (HTTP)")
+        if not self.tls:
+            return
+        for name, path in (("SSL_CERTFILE", self.ssl_certfile), ("SSL_KEYFILE", self.ssl_keyfile)):
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}={path}: not a readable file")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.ssl_certfile, self.ssl_keyfile,
+                                                                     self.ssl_keyfile_password)
+        except ssl.SSLError as error:
+            raise ConfigError(f"SSL_CERTFILE={self.ssl_certfile} with SSL_KEYFILE={self.ssl_keyfile}: not a PEM "
+                              f"certificate and its private key ({error.reason or error})") from None
+
+    def bentoml_config(self) -> dict:
+        """The ``@bentoml.service`` options these settings stand for."""
+        config: dict = {"workers": self.workers}
+        if self.tls:
+            config["ssl"] = {"enabled": True, "certfile": str(self.ssl_certfile), "keyfile": str(self.ssl_keyfile),
+                             "keyfile_password": self.ssl_keyfile_password}
+        return config
+
+
+DEFAULT_WORKERS = "cpu_count"
+"""One worker per core: on 2 cores two workers answered 1.2-1.3x the requests of one at every
+concurrency (bench/serve_workers.py; README, Benchmarks). Each worker computes on one thread."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +130,9 @@ class ServiceSettings:
     """Per writer (bars, predictions): beyond it, rows are lost (counted and alerted)."""
     upload_max_bytes: int
     upload_max_bars: int
+    redis_url: str | None
+    """REDIS_URL: the rate limit is shared by every worker through it; None: each worker limits alone."""
+    server: ServerOptions
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServiceSettings":
@@ -80,8 +143,8 @@ class ServiceSettings:
             model_uri=env.get("MODEL_URI", CHAMPION_URI),
             host=env.get("HOST", "127.0.0.1"),
             port=env_number(env, "PORT", 8000, int, 1, 65535),
-            api_key=env.get("API_KEY") or None,
-            admin_api_key=env.get("ADMIN_API_KEY") or None,
+            api_key=secret(env, "API_KEY"),
+            admin_api_key=secret(env, "ADMIN_API_KEY"),
             dev_mode=dev,
             confidence_threshold=(env_number(env, "CONFIDENCE_THRESHOLD", 0.55, float, 0.0, 1.0)
                                   if env.get("CONFIDENCE_THRESHOLD") else None),
@@ -102,6 +165,8 @@ class ServiceSettings:
             spool_max_bytes=env_number(env, "SPOOL_MAX_MB", 256, int, 1, 1_000_000) * 1024 * 1024,
             upload_max_bytes=env_number(env, "UPLOAD_MAX_BYTES", 32_000_000, int, 1_000, 1_000_000_000),
             upload_max_bars=env_number(env, "UPLOAD_MAX_BARS", 200_000, int, 1, 10_000_000),
+            redis_url=secret(env, "REDIS_URL"),
+            server=ServerOptions.from_env(env),
         )
         if not dev and not (settings.api_key and settings.admin_api_key):
             raise ConfigError("API_KEY and ADMIN_API_KEY must be set (or SMC_DEV_MODE=1 for a keyless local service)")
@@ -110,31 +175,15 @@ class ServiceSettings:
         return settings
 
 
-class RateLimiter:
-    """A token bucket per API key: ``rate`` requests per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1
-            self._buckets[key] = (tokens - 1 if allowed else tokens, now)
-        return allowed
-
-
 class Runtime:
-    def __init__(self, settings: ServiceSettings, metrics=None, database=None):
+    def __init__(self, settings: ServiceSettings, metrics=None, database=None, worker: int | None = None):
+        """``worker``: this process's index among the service's workers (BentoML's), which keeps its spool."""
         self.settings = settings
         self.metrics = metrics
+        self.worker = worker
         self.slot = ModelSlot()
         self.shadow = ModelSlot()
-        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.limiter = rate_limiter(settings.rate_limit_per_second, settings.rate_limit_burst, settings.redis_url)
         self._database = database
         self.follower: AliasFollower | None = None
         self.shadow_follower: AliasFollower | None = None
@@ -154,10 +203,11 @@ class Runtime:
         """Load the first model (MODEL_PATH, else the registry alias) and start the background work."""
         _warm_up_features()
         spool, limit = self.settings.spool_dir, self.settings.spool_max_bytes
-        if self.settings.log_predictions:
-            self.log = prediction_writer(self._db, Spool(spool / "predictions", limit), on_drop=self._lost).start()
+        if self.settings.log_predictions:  # each worker its own spool: see claim_spool
+            self.log = prediction_writer(self._db, claim_spool(spool / "predictions", limit, self.worker),
+                                         on_drop=self._lost).start()
         if self.settings.capture_bars:
-            self.capture = bar_writer(self._db, Spool(spool / "bars", limit), self.capture_stats,
+            self.capture = bar_writer(self._db, claim_spool(spool / "bars", limit, self.worker), self.capture_stats,
                                       on_conflict=self._conflicts, on_drop=self._lost).start()
         if self.settings.model_path is not None:
             self.slot.replace_with(lambda: self._load_path(self.settings.model_path))
@@ -323,7 +373,8 @@ class Runtime:
                 "model_version": current.version if current else None, "last_reload_error": self.slot.last_error,
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
-                **storage, "uptime_s": round(time.time() - self.started_at, 1)}
+                **storage, "worker": self.worker, "rate_limit": self._rate_limit_scope(),
+                "uptime_s": round(time.time() - self.started_at, 1)}
 
     def model_info(self) -> dict:
         model = self.model()
@@ -457,6 +508,11 @@ class Runtime:
                     f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database was unavailable",
                     {"rows": lost, "spool_dir": str(self.settings.spool_dir)}, severity="error")
         self._lost_unreported -= lost
+
+    def _rate_limit_scope(self) -> str:
+        if self.settings.redis_url is None:
+            return "per worker"
+        return "per worker, Redis unavailable" if self.limiter.outage else "shared"
 
     def _record_model(self, reloaded: bool | None = None) -> None:
         if self.metrics is not None:
