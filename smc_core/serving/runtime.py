@@ -216,7 +216,7 @@ class Runtime:
 
             configure(TrackingConfig.from_settings(Settings.from_env()))
             name, alias = _parse_alias_uri(self.settings.model_uri)
-            self.follower = self._follow(self.slot, name, alias)
+            self.follower = self._follow(self.slot, name, alias, on_swap=lambda ok: self._record_model(reloaded=ok))
             if self.settings.shadow_alias:
                 self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
         self._record_model()
@@ -436,12 +436,14 @@ class Runtime:
         return load_model(path, f"local/{path.name}", threads=self.settings.torch_threads,
                           allowed_symbols=self.settings.allowed_symbols)
 
-    def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False) -> AliasFollower:
+    def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False,
+                on_swap=None) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
         follower = AliasFollower(slot, lambda: _alias_version(name, alias),
                                  lambda version: self._load_registered(name, version), self.settings.poll_seconds,
                                  clear_when_unset)
         follower.check()
+        follower.on_swap = on_swap  # swaps after the first load count as reloads
         follower.start()
         return follower
 
