@@ -21,8 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import KEY, free_port, log, start  # noqa: E402
-from smc_core.model.pipeline import train_small_package  # noqa: E402
+from bench.serve import KEY, bench_package, free_port, log, start  # noqa: E402
 from smc_core.serving.replay import request_payload  # noqa: E402
 from smc_core.synthetic import SyntheticConfig, generate_bars  # noqa: E402
 
@@ -57,11 +56,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
 
     with tempfile.TemporaryDirectory() as scratch:
-        model = args.model
-        if model is None:
-            log("training a small package on synthetic bars ...")
-            model = Path(scratch) / "model"
-            train_small_package(model, {"ES": generate_bars(SyntheticConfig(days=3, edge="smc", seed=5))})
+        model = bench_package(args.model, scratch)
         bars = generate_bars(SyntheticConfig(days=2, edge="smc", seed=9))
         body = json.dumps(request_payload(bars.iloc[252:301], "ES", "1m"))
         script = Path(scratch) / "post.lua"
