@@ -95,8 +95,9 @@ class ServerOptions:
 
 
 DEFAULT_WORKERS = "cpu_count"
-"""One worker per core: on 2 cores two workers answered 1.2-1.3x the requests of one at every
-concurrency (bench/serve_workers.py; README, Benchmarks). Each worker computes on one thread."""
+"""One worker per core: on the 2-core machine, under wrk, two workers answered 1.17x / 1.23x / 1.33x
+the requests per second of one at concurrency 1 / 8 / 32 (README, Benchmarks; bench/serve_workers.py
+repeats the comparison). Each worker computes on one thread, so more workers than cores only contend."""
 
 
 @dataclass(frozen=True)
