@@ -88,6 +88,15 @@ async def load(url: str, payloads: list[dict], concurrency: int, duration: float
             "p99_ms": float(np.percentile(samples, 99)), "rps": len(samples) / duration, "errors": errors}
 
 
+def bench_package(model: Path | None, scratch: str) -> Path:
+    """``--model``, else a small package trained on synthetic bars into ``scratch``."""
+    if model is None:
+        log("training a small package on synthetic bars ...")
+        model = Path(scratch) / "model"
+        train_small_package(model, {"ES": generate_bars(SyntheticConfig(days=3, edge="smc", seed=5))})
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
@@ -97,11 +106,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
 
     with tempfile.TemporaryDirectory() as scratch:
-        model = args.model
-        if model is None:
-            log("training a small package on synthetic bars ...")
-            model = Path(scratch) / "model"
-            train_small_package(model, {"ES": generate_bars(SyntheticConfig(days=3, edge="smc", seed=5))})
+        model = bench_package(args.model, scratch)
         bars = generate_bars(SyntheticConfig(days=2, edge="smc", seed=9))
         payloads = [request_payload(bars.iloc[end - 48: end + 1], "ES", "1m") for end in range(100, 1300, 7)]
 
@@ -124,6 +129,7 @@ def main() -> None:
         bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
                    "--host", "127.0.0.1"]
         service_env = {"API_KEY": KEY, "ADMIN_API_KEY": KEY + "-admin", "TIMEOUT_MS": "5000",
+                       "WORKERS": "1",  # one process, as the peer (bench/serve_workers.py compares worker counts)
                        "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
         servers = {
             "service": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"},

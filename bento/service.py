@@ -36,7 +36,8 @@ from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document
 from smc_core.serving.answers import (BarsAnswer, BatchAnswer, HaltAnswer, Health, ModelInfo,  # noqa: E402
                                       PredictAnswer, ReloadAnswer)
 from smc_core.serving.request import RequestError  # noqa: E402
-from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
+from smc_core.serving.runtime import (Runtime, ServerOptions, ServiceSettings, error_body,  # noqa: E402
+                                      parse_json)
 
 PROJECT = project()
 EXAMPLE = example_request()
@@ -147,7 +148,9 @@ class RequestLog:
         self._listener.stop()
 
 
-@bentoml.service(name="smc_predictor", workers=1, traffic={"timeout": 30})
+# WORKERS and TLS (SSL_CERTFILE, SSL_KEYFILE) become BentoML's own options: each worker process
+# runs one SmcPredictor; the rate limit (REDIS_URL), spools and metrics are made for several.
+@bentoml.service(name="smc_predictor", traffic={"timeout": 30}, **ServerOptions.from_env().bentoml_config())
 @bentoml.asgi_app(app, path="/")
 class SmcPredictor:
     """Loads the champion (or MODEL_PATH), follows the registry alias, serves the mounted app."""
@@ -167,7 +170,7 @@ class SmcPredictor:
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         # Uploads wait for the database: they must never hold up the compute thread.
         self.uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
-        self.runtime = Runtime(settings, metrics=Metrics()).start()
+        self.runtime = Runtime(settings, metrics=Metrics(), worker=bentoml.server_context.worker_index).start()
         self._documents: dict = {}
 
     def __is_ready__(self) -> bool:

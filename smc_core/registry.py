@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from smc_core.settings import Settings
+from smc_core.settings import Settings, secret
 
 EXPERIMENT = "smc"
 MODEL_NAME = "smc-lora"
@@ -36,7 +36,7 @@ class TrackingConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "TrackingConfig":
         home = settings.smc_home
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        uri = secret(os.environ, "MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         return cls(uri, (home / "mlartifacts").as_uri())
 
 

@@ -52,7 +52,7 @@ class Settings:
             raise ConfigError(f"LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         landing = Path(env.get("SMC_LANDING_DIR", str(home / "landing"))).expanduser().resolve()
         return cls(
-            database_url=env.get("DATABASE_URL") or None,
+            database_url=secret(env, "DATABASE_URL"),
             smc_home=home,
             landing_dir=landing,
             exchange_tz=tz,
@@ -101,6 +101,30 @@ def _date(env, name: str, default: str | None) -> date | None:
         return date.fromisoformat(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def secret(env, name: str) -> str | None:
+    """``NAME`` from the environment, or the contents of the file named by ``NAME_FILE``; None when neither.
+
+    Why: Docker and Kubernetes hand secrets over as files (``/run/secrets/…``, a Secret
+    volume), so a key never sits in the environment, ``docker inspect`` or a manifest. One
+    trailing newline is dropped (``echo key > file``); both set, an unreadable or an empty
+    file is a ConfigError naming the variable and the file."""
+    value, path = env.get(name) or None, env.get(f"{name}_FILE") or None
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"both {name} and {name}_FILE are set: use one (the variable, or the file {path})")
+    try:
+        text = Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ConfigError(f"{name}_FILE={path}: cannot read the secret file ({reason})") from None
+    text = text[:-1] if text.endswith("\n") else text
+    text = text[:-1] if text.endswith("\r") else text
+    if not text.strip():
+        raise ConfigError(f"{name}_FILE={path}: the secret file is empty")
+    return text
 
 
 def env_number(env, name: str, default, kind, low, high):

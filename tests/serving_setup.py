@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -46,20 +47,25 @@ def free_port() -> int:
 
 
 class Server:
+    """``bentoml serve`` of the service; one worker unless ``env`` says WORKERS, HTTPS when it names
+    SSL_CERTFILE (the client then trusts that certificate only)."""
+
     def __init__(self, env: dict, home: Path):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if env.get('SSL_CERTFILE') else 'http'}://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "MODEL_URI", "DATABASE_URL")}
         # BENTOML_HOME of its own: BentoML empties its Prometheus multiprocess folder there when a
         # server starts, which hid the metrics of every server started before it from /metrics
         full_env.update({"API_KEY": KEY, "ADMIN_API_KEY": ADMIN, "SMC_HOME": str(home), "TIMEOUT_MS": "5000",
+                         "WORKERS": "1",
                          "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
                          "BENTOML_HOME": str(home / "bentoml"), **env})
         self.log = open(home / f"server-{self.port}.log", "w")
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
                                          "bento.service:SmcPredictor", "--port", str(self.port), "--host", "127.0.0.1"],
                                         cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.verify = ssl.create_default_context(cafile=env["SSL_CERTFILE"]) if env.get("SSL_CERTFILE") else True
+        self.client = httpx.Client(base_url=self.url, timeout=30, verify=self.verify)
 
     def wait(self, ready: bool = True, timeout: float = 90) -> "Server":
         deadline = time.monotonic() + timeout
@@ -162,3 +168,30 @@ class DatabaseProxy:
                     sock.close()
                 except OSError:
                     pass
+
+
+def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``host`` (its IP address as subject alternative name) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

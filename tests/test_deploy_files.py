@@ -28,8 +28,7 @@ K8S = DEPLOY / "k8s"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 DAGSTER_DOCKERFILE = DEPLOY / "docker" / "dagster.Dockerfile"
 PYTHON_DIRS = ("smc_core", "smc_assets", "smc_jobs", "sensors", "bento")
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "pw", "API_KEY": "predict-key", "ADMIN_API_KEY": "admin-key",
-               "GRAFANA_ADMIN_PASSWORD": "grafana-pw"}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "pw", "GRAFANA_ADMIN_PASSWORD": "grafana-pw"}
 
 # Variables that third-party images and tools read, not the project's code.
 THIRD_PARTY_ENV = {
@@ -66,11 +65,17 @@ SOURCES = _python_sources()
 CONFIG_ENV = _config_env_names()
 
 
+def _read(name: str) -> bool:
+    """A quoted name in the Python sources, {env: NAME} in a config, or NAME_FILE of a ``secret(env, "NAME")``."""
+    if name in CONFIG_ENV or f'"{name}"' in SOURCES or f"'{name}'" in SOURCES:
+        return True
+    return name.endswith("_FILE") and re.search(rf'secret\(\w+, "{name.removesuffix("_FILE")}"\)', SOURCES) is not None
+
+
 def _unread(names) -> list[str]:
-    """The names no code of the project reads (a quoted name in the Python sources, or {env: NAME})."""
+    """The names no code of the project reads."""
     return sorted(name for name in names
-                  if name not in THIRD_PARTY_ENV and not name.startswith(THIRD_PARTY_PREFIXES)
-                  and name not in CONFIG_ENV and f'"{name}"' not in SOURCES and f"'{name}'" not in SOURCES)
+                  if name not in THIRD_PARTY_ENV and not name.startswith(THIRD_PARTY_PREFIXES) and not _read(name))
 
 
 def _service_port_default() -> int:
@@ -167,8 +172,10 @@ def test_compose_validates_offline_and_requires_its_secrets():
             "celery-worker", "bento", "prometheus", "grafana"} <= set(config["services"])
     gpu = config["services"]["bento"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and config["services"]["bento"]["environment"]["TORCH_DEVICE"] == "cuda"
-    missing = _compose_config("docker-compose.yml", env={k: v for k, v in COMPOSE_ENV.items() if k != "API_KEY"})
-    assert missing.returncode != 0 and "set API_KEY" in missing.stderr
+    missing = _compose_config("docker-compose.yml",
+                              env={k: v for k, v in COMPOSE_ENV.items() if k != "POSTGRES_PASSWORD"})
+    assert missing.returncode != 0 and "set POSTGRES_PASSWORD" in missing.stderr
+    assert config["services"]["bento"]["environment"]["WORKERS"] == "1"  # one process owns the GPU
 
 
 def test_compose_names_only_what_exists():
@@ -181,8 +188,14 @@ def test_compose_names_only_what_exists():
     port = _service_port_default()
     bento = services["bento"]
     assert int(bento["environment"]["PORT"]) == port
-    assert [str(p) for p in bento["ports"]] == [f"127.0.0.1:{port}:{port}/tcp"]  # published on this host only
-    assert "/readyz" in " ".join(bento["healthcheck"]["test"])
+    assert "https://127.0.0.1:8000/readyz" in " ".join(bento["healthcheck"]["test"])
+    # only the service is published beyond this host, and it serves TLS only
+    for name, service in services.items():  # docker-compose 1.x prints "ip:host:container/tcp" or a mapping
+        published = [p if isinstance(p, str) else f"{p.get('host_ip', '')}:{p['published']}:{p['target']}"
+                     for p in service.get("ports", [])]
+        assert name == "bento" or all(p.startswith("127.0.0.1:") for p in published), (name, published)
+    assert bento["ports"] == [{"published": port, "target": port}]  # every interface
+    _check_compose_secrets(services, bento["environment"])
     # every command is a console script the image installs
     scripts = set(re.findall(r"^(\w[\w-]*) = ", (ROOT / "pyproject.toml").read_text(), flags=re.M))
     provided = {"dagster": "dagster", "dagster-webserver": "dagster-webserver", "dagster-daemon": "dagster",
@@ -211,6 +224,25 @@ def test_compose_names_only_what_exists():
     assert services["dagster-code"]["environment"]["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
 
 
+def _check_compose_secrets(services: dict, env: dict) -> None:
+    """Keys and certificate as Docker secrets: each *_FILE / SSL_* path is a secret the service lists,
+    each secret a file under ./secrets that secrets/README.md says how to make; git and the image
+    build ignore that folder."""
+    declared = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())["secrets"]
+    listed = set(services["bento"]["secrets"][i]["source"] for i in range(len(services["bento"]["secrets"])))
+    for name in ("API_KEY_FILE", "ADMIN_API_KEY_FILE", "SSL_CERTFILE", "SSL_KEYFILE"):
+        secret_name = env[name].removeprefix("/run/secrets/")
+        assert env[name].startswith("/run/secrets/") and secret_name in listed and secret_name in declared, name
+    assert "API_KEY" not in env and "ADMIN_API_KEY" not in env  # the variables would clash with the files
+    guide = (COMPOSE / "secrets" / "README.md").read_text()
+    for entry in declared.values():
+        assert entry["file"].startswith("./secrets/") and Path(entry["file"]).name in guide, entry
+    assert "deploy/compose/secrets" in (ROOT / ".dockerignore").read_text().split()
+    done = subprocess.run(["git", "check-ignore", "-q", "deploy/compose/secrets/api_key"], cwd=ROOT)
+    assert done.returncode == 0, "secrets/ is not ignored by git"
+    assert env["REDIS_URL"].startswith("redis://redis:")  # the Compose Redis: one rate limit for every worker
+
+
 def test_prometheus_config_and_alert_rules_pass_promtool(tmp_path):
     promtool = _tool("promtool")
     rules = tmp_path / "smc-alerts.yml"
@@ -219,6 +251,13 @@ def test_prometheus_config_and_alert_rules_pass_promtool(tmp_path):
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == [f"bento:{_service_port_default()}"]
     assert config["scrape_configs"][0]["metrics_path"] in _service_routes()
     config["rule_files"] = [str(rules)]  # the path the Compose file mounts bento/alerts.yml at
+    job = config["scrape_configs"][0]
+    assert job["scheme"] == "https"  # the service serves TLS only
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    assert f"./secrets/tls.crt:{job['tls_config']['ca_file']}:ro" in compose["services"]["prometheus"]["volumes"]
+    from serving_setup import self_signed_certificate
+
+    job["tls_config"]["ca_file"] = str(self_signed_certificate(tmp_path)[0])  # promtool reads the file
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                           text=True, timeout=60)
@@ -272,20 +311,21 @@ def test_service_manifests_name_what_the_code_serves():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].split("/")[-1].split(":")[0] == "smc-predictor"  # CI: containerize -t smc-predictor
     port = _service_port_default()
-    assert container["ports"] == [{"name": "http", "containerPort": port}]
+    assert container["ports"] == [{"name": "https", "containerPort": port}]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] in _service_routes()
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS" and container[probe]["httpGet"]["port"] == "https"
     config_map = objects[("ConfigMap", "smc-predictor-config")]
     assert container["envFrom"] == [{"configMapRef": {"name": "smc-predictor-config"}}]
     assert int(config_map["data"]["PORT"]) == port
     names = set(config_map["data"]) | {env["name"] for env in container["env"]}
     assert _unread(names) == []
-    assert {"API_KEY", "ADMIN_API_KEY"} <= {env["name"] for env in container["env"] if "secretKeyRef" in
-                                            env.get("valueFrom", {})}
+    _check_secret_files(objects, deployment, container, config_map["data"])
+    assert "secretKeyRef" in next(e for e in container["env"] if e["name"] == "DATABASE_URL")["valueFrom"]
     service = objects[("Service", "smc-predictor")]
-    assert service["spec"]["ports"][0]["targetPort"] == "http" and service["spec"]["ports"][0]["port"] == port
+    assert service["spec"]["ports"][0]["targetPort"] == "https" and service["spec"]["ports"][0]["port"] == port
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     hpa = objects[("HorizontalPodAutoscaler", "smc-predictor")]
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "smc-predictor"}
@@ -294,11 +334,27 @@ def test_service_manifests_name_what_the_code_serves():
     assert claims <= {name for kind, name in objects if kind == "PersistentVolumeClaim"}
 
 
+def _check_secret_files(objects: dict, deployment: dict, container: dict, config: dict) -> None:
+    """The keys and the certificate are files of Secret volumes: each path a variable names lies under
+    a mount of a Secret that has that key (secret.example.yaml shows every Secret)."""
+    env = {**config, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    volumes = {v["name"]: v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"] if m["name"] in volumes}
+    for name in ("API_KEY_FILE", "ADMIN_API_KEY_FILE", "SSL_CERTFILE", "SSL_KEYFILE"):
+        folder, _, key = env[name].rpartition("/")
+        secret = objects[("Secret", mounts[folder])]
+        assert key in secret["stringData"], (name, env[name])
+    assert objects[("Secret", "smc-predictor-tls")]["type"] == "kubernetes.io/tls"
+    assert "API_KEY" not in env and "ADMIN_API_KEY" not in env
+
+
 def test_gpu_overlay_requests_a_gpu_and_cuda():
     patch = yaml.safe_load((K8S / "overlays" / "gpu" / "gpu-patch.yaml").read_text())
     container = patch["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "TORCH_DEVICE", "value": "cuda"} in container["env"]
+    assert {"name": "WORKERS", "value": "1"} in container["env"]  # one process owns the GPU
     assert _unread(env["name"] for env in container["env"]) == []
     assert "cuda" in SOURCES and '"TORCH_DEVICE"' in SOURCES
 

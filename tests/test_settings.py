@@ -55,3 +55,67 @@ def test_the_ui_code_location_offers_exactly_the_demo_days(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "SMC_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}).stdout
     assert out.split() == ["2024-01-11", "2024-01-12"]
+
+
+# --- secrets from files (Docker and Kubernetes secrets) and the server's options ---------------
+
+def test_a_secret_comes_from_its_variable_or_from_the_file_its_FILE_variable_names(tmp_path):
+    from smc_core.serving.runtime import ServiceSettings
+    from smc_core.settings import secret
+
+    key_file = tmp_path / "api_key"
+    key_file.write_text("from-the-file\n")  # `echo key > file`: the newline is not part of the key
+    assert secret({"API_KEY": "from-the-variable"}, "API_KEY") == "from-the-variable"
+    assert secret({"API_KEY_FILE": str(key_file)}, "API_KEY") == "from-the-file"
+    assert secret({}, "API_KEY") is None and secret({"API_KEY": ""}, "API_KEY") is None
+    (tmp_path / "kept").write_text("  spaces kept \n\n")  # only one trailing newline goes
+    assert secret({"X_FILE": str(tmp_path / "kept")}, "X") == "  spaces kept \n"
+
+    url_file = tmp_path / "database_url"
+    url_file.write_text("postgresql://smc:s3cret@db:5432/smc")
+    assert Settings.from_env({"SMC_HOME": str(tmp_path), "DATABASE_URL_FILE": str(url_file)}).database_url == \
+        "postgresql://smc:s3cret@db:5432/smc"
+    admin_file = tmp_path / "admin_key"
+    admin_file.write_text("admin-from-file")
+    service = ServiceSettings.from_env({"SMC_HOME": str(tmp_path), "API_KEY_FILE": str(key_file),
+                                        "ADMIN_API_KEY_FILE": str(admin_file), "REDIS_URL_FILE": str(url_file)})
+    assert (service.api_key, service.admin_api_key) == ("from-the-file", "admin-from-file")
+    assert service.redis_url == "postgresql://smc:s3cret@db:5432/smc"  # whatever the file holds
+
+    with pytest.raises(ConfigError, match=r"both API_KEY and API_KEY_FILE are set: use one"):
+        secret({"API_KEY": "x", "API_KEY_FILE": str(key_file)}, "API_KEY")
+    with pytest.raises(ConfigError, match=r"API_KEY_FILE=.*missing: cannot read the secret file \(No such file"):
+        secret({"API_KEY_FILE": str(tmp_path / "missing")}, "API_KEY")
+    with pytest.raises(ConfigError, match=r"API_KEY_FILE=.*: cannot read the secret file \(Is a directory"):
+        secret({"API_KEY_FILE": str(tmp_path)}, "API_KEY")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"ADMIN_API_KEY_FILE=.*empty: the secret file is empty"):
+        ServiceSettings.from_env({"API_KEY": "k", "ADMIN_API_KEY_FILE": str(tmp_path / "empty")})
+
+
+def test_workers_and_tls_options_are_checked_before_bentoml_starts(tmp_path):
+    from serving_setup import self_signed_certificate
+
+    from smc_core.serving.runtime import DEFAULT_WORKERS, ServerOptions
+
+    assert ServerOptions.from_env({}).bentoml_config() == {"workers": DEFAULT_WORKERS}
+    assert ServerOptions.from_env({"WORKERS": "2"}).workers == 2
+    for bad in ("0", "two", "65"):
+        with pytest.raises(ConfigError, match="WORKERS="):
+            ServerOptions.from_env({"WORKERS": bad})
+
+    cert, key = self_signed_certificate(tmp_path)
+    tls = ServerOptions.from_env({"SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(key), "WORKERS": "1"})
+    assert tls.bentoml_config() == {"workers": 1, "ssl": {"enabled": True, "certfile": str(cert),
+                                                          "keyfile": str(key), "keyfile_password": None}}
+    with pytest.raises(ConfigError, match="SSL_CERTFILE and SSL_KEYFILE go together"):
+        ServerOptions.from_env({"SSL_CERTFILE": str(cert)})
+    with pytest.raises(ConfigError, match=r"SSL_KEYFILE=.*nope: not a readable file"):
+        ServerOptions.from_env({"SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(tmp_path / "nope")})
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_key = self_signed_certificate(other_dir)
+    with pytest.raises(ConfigError, match="not a PEM certificate and its private key"):
+        ServerOptions.from_env({"SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(other_key)})  # a key of another cert
+    with pytest.raises(ConfigError, match="not a PEM certificate and its private key"):
+        ServerOptions.from_env({"SSL_CERTFILE": str(key), "SSL_KEYFILE": str(key)})  # a key is no certificate

@@ -229,4 +229,8 @@ class Health(BaseModel):
         description="`spooling`: the database is away and rows wait on disk; `losing rows`: the spool was full.")
     prediction_log: Optional[dict[str, Any]] = Field(description="The prediction log's writer (null when off).")
     bar_capture: Optional[dict[str, Any]] = Field(description="The bar capture's writer (null when off).")
+    worker: Optional[int] = Field(description="Which of the service's worker processes answered (WORKERS).")
+    rate_limit: Literal["shared", "per worker", "per worker, Redis unavailable"] = Field(
+        description="`shared`: one bucket per key for every worker, in Redis (REDIS_URL); otherwise each worker "
+                    "limits on its own.")
     uptime_s: float

@@ -138,13 +138,18 @@ class AliasFollower(threading.Thread):
     """Polls the registry alias and swaps in its version when it changes (rollback included)."""
 
     def __init__(self, slot: ModelSlot, resolve: Callable[[], str | None], load: Callable[[str], LoadedModel],
-                 interval: float = 2.0, clear_when_unset: bool = False):
+                 interval: float = 2.0, clear_when_unset: bool = False,
+                 on_swap: Callable[[bool], None] | None = None):
         super().__init__(name="alias-follower", daemon=True)
         self.slot, self.resolve, self.load, self.interval = slot, resolve, load, interval
         self.clear_when_unset = clear_when_unset
         """Shadow: an alias that was removed means stop. Champion: keep serving what we have."""
+        self.on_swap = on_swap
+        """Told whether each attempted swap succeeded (the reload metrics)."""
         self._stop = threading.Event()
         self._refused: str | None = None
+        self._loaded: str | None = None
+        """The registered version in the slot (the slot's own says ``<name>/<version>``)."""
 
     def check(self) -> None:
         try:
@@ -152,16 +157,17 @@ class AliasFollower(threading.Thread):
         except Exception as error:  # registry down: keep serving, say so in /health
             self.slot.last_error = f"registry unreachable: {error}"
             return
-        current = self.slot.current.version if self.slot.current else None
         if version is None and self.clear_when_unset:
             self.slot.clear()
+            self._loaded = None
             return
-        if version is None or version == current or version == self._refused:
+        if version is None or version == self._loaded or version == self._refused:
             return
-        if not self.slot.replace_with(lambda: self.load(version)):
-            self._refused = version  # do not retry a broken version every tick
-        else:
-            self._refused = None
+        swapped = self.slot.replace_with(lambda: self.load(version))
+        self._refused = None if swapped else version  # do not retry a broken version every tick
+        self._loaded = version if swapped else self._loaded
+        if self.on_swap is not None:
+            self.on_swap(swapped)
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):

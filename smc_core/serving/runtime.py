@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -33,12 +34,72 @@ from smc_core.serving.halts import HaltSwitch, halted_answer
 from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, prediction_writer
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
                                       too_few_bars)
-from smc_core.serving.spool import DurableWriter, Spool
-from smc_core.settings import Settings, env_flag, env_number
+from smc_core.serving.rate_limit import rate_limiter
+from smc_core.serving.spool import DurableWriter, claim_spool
+from smc_core.settings import Settings, env_flag, env_number, secret
 from smc_core.timeframe import format_timeframe, parse_timeframe
 
 log = logging.getLogger("smc.serving")
 CHAMPION_URI = "models:/smc-lora@champion"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How BentoML runs the service: worker processes and TLS. Read when ``bento/service.py`` is
+    imported (BentoML takes them from the service's decorator), so they need no key to be read."""
+
+    workers: int | str
+    """WORKERS: processes serving requests, or ``cpu_count`` (the cores the container may use)."""
+    ssl_certfile: Path | None
+    ssl_keyfile: Path | None
+    ssl_keyfile_password: str | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ServerOptions":
+        env = os.environ if env is None else env
+        workers = env.get("WORKERS", "").strip() or DEFAULT_WORKERS
+        if workers != "cpu_count":
+            workers = env_number({"WORKERS": workers}, "WORKERS", None, int, 1, 64)
+        certfile, keyfile = (Path(env[name]).expanduser().resolve() if env.get(name) else None
+                             for name in ("SSL_CERTFILE", "SSL_KEYFILE"))
+        options = cls(workers, certfile, keyfile, secret(env, "SSL_KEYFILE_PASSWORD"))
+        options.check_tls()
+        return options
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+    def check_tls(self) -> None:
+        """A certificate without its key, an unreadable file or a key that does not match: a ConfigError
+        now, naming the variable, rather than workers that die one after the other."""
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("SSL_CERTFILE and SSL_KEYFILE go together: set both (HTTPS) or neither (HTTP)")
+        if not self.tls:
+            return
+        for name, path in (("SSL_CERTFILE", self.ssl_certfile), ("SSL_KEYFILE", self.ssl_keyfile)):
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}={path}: not a readable file")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.ssl_certfile, self.ssl_keyfile,
+                                                                     self.ssl_keyfile_password)
+        except ssl.SSLError as error:
+            raise ConfigError(f"SSL_CERTFILE={self.ssl_certfile} with SSL_KEYFILE={self.ssl_keyfile}: not a PEM "
+                              f"certificate and its private key ({error.reason or error})") from None
+
+    def bentoml_config(self) -> dict:
+        """The ``@bentoml.service`` options these settings stand for."""
+        config: dict = {"workers": self.workers}
+        if self.tls:
+            config["ssl"] = {"enabled": True, "certfile": str(self.ssl_certfile), "keyfile": str(self.ssl_keyfile),
+                             "keyfile_password": self.ssl_keyfile_password}
+        return config
+
+
+DEFAULT_WORKERS = "cpu_count"
+"""One worker per core: on the 2-core machine, under wrk, two workers answered 1.17x / 1.23x / 1.33x
+the requests per second of one at concurrency 1 / 8 / 32 (README, Benchmarks; bench/serve_workers.py
+repeats the comparison). Each worker computes on one thread, so more workers than cores only contend."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +139,9 @@ class ServiceSettings:
     """The last known halts, kept across restarts while the database is away."""
     ab_alias: str | None
     """Registry alias of an A/B test's challenger (None: no A/B split)."""
+    redis_url: str | None
+    """REDIS_URL: the rate limit is shared by every worker through it; None: each worker limits alone."""
+    server: ServerOptions
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServiceSettings":
@@ -88,8 +152,8 @@ class ServiceSettings:
             model_uri=env.get("MODEL_URI", CHAMPION_URI),
             host=env.get("HOST", "127.0.0.1"),
             port=env_number(env, "PORT", 8000, int, 1, 65535),
-            api_key=env.get("API_KEY") or None,
-            admin_api_key=env.get("ADMIN_API_KEY") or None,
+            api_key=secret(env, "API_KEY"),
+            admin_api_key=secret(env, "ADMIN_API_KEY"),
             dev_mode=dev,
             confidence_threshold=(env_number(env, "CONFIDENCE_THRESHOLD", 0.55, float, 0.0, 1.0)
                                   if env.get("CONFIDENCE_THRESHOLD") else None),
@@ -114,6 +178,8 @@ class ServiceSettings:
             halt_file=Path(env.get("HALT_STATE_FILE") or Settings.from_env(env).smc_home / "halts.json")
             .expanduser().resolve(),
             ab_alias=None if env.get("AB_ALIAS", "ab").lower() in {"", "off", "none"} else env.get("AB_ALIAS", "ab"),
+            redis_url=secret(env, "REDIS_URL"),
+            server=ServerOptions.from_env(env),
         )
         if not dev and not (settings.api_key and settings.admin_api_key):
             raise ConfigError("API_KEY and ADMIN_API_KEY must be set (or SMC_DEV_MODE=1 for a keyless local service)")
@@ -122,28 +188,12 @@ class ServiceSettings:
         return settings
 
 
-class RateLimiter:
-    """A token bucket per API key: ``rate`` requests per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1
-            self._buckets[key] = (tokens - 1 if allowed else tokens, now)
-        return allowed
-
-
 class Runtime:
-    def __init__(self, settings: ServiceSettings, metrics=None, database=None):
+    def __init__(self, settings: ServiceSettings, metrics=None, database=None, worker: int | None = None):
+        """``worker``: this process's index among the service's workers (BentoML's), which keeps its spool."""
         self.settings = settings
         self.metrics = metrics
+        self.worker = worker
         self.slot = ModelSlot()
         self.shadow = ModelSlot()
         self.ab = ModelSlot()
@@ -151,7 +201,7 @@ class Runtime:
         self.ab_follower: AliasFollower | None = None
         self._ab_shares: dict[str, float] = {}
         self.halts = HaltSwitch(self._db, settings.halt_file, settings.halt_poll_seconds, on_change=self._halts_changed)
-        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.limiter = rate_limiter(settings.rate_limit_per_second, settings.rate_limit_burst, settings.redis_url)
         self._database = database
         self._migrated = database is not None
         self._db_lock = threading.Lock()
@@ -174,10 +224,11 @@ class Runtime:
         _warm_up_features()
         self.halts.start()
         spool, limit = self.settings.spool_dir, self.settings.spool_max_bytes
-        if self.settings.log_predictions:
-            self.log = prediction_writer(self._db, Spool(spool / "predictions", limit), on_drop=self._lost).start()
+        if self.settings.log_predictions:  # each worker its own spool: see claim_spool
+            self.log = prediction_writer(self._db, claim_spool(spool / "predictions", limit, self.worker),
+                                         on_drop=self._lost).start()
         if self.settings.capture_bars:
-            self.capture = bar_writer(self._db, Spool(spool / "bars", limit), self.capture_stats,
+            self.capture = bar_writer(self._db, claim_spool(spool / "bars", limit, self.worker), self.capture_stats,
                                       on_conflict=self._conflicts, on_drop=self._lost).start()
         if self.settings.model_path is not None:
             self.slot.replace_with(lambda: self._load_path(self.settings.model_path))
@@ -186,7 +237,7 @@ class Runtime:
 
             configure(TrackingConfig.from_settings(Settings.from_env()))
             name, alias = _parse_alias_uri(self.settings.model_uri)
-            self.follower = self._follow(self.slot, name, alias)
+            self.follower = self._follow(self.slot, name, alias, on_swap=lambda ok: self._record_model(reloaded=ok))
             if self.settings.shadow_alias:
                 self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
             if self.settings.ab_alias:
@@ -374,7 +425,8 @@ class Runtime:
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
                 "ab_version": self.ab.current.version if self.ab.current else None, "halts": self.halts.health(),
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
-                **storage, "uptime_s": round(time.time() - self.started_at, 1)}
+                **storage, "worker": self.worker, "rate_limit": self._rate_limit_scope(),
+                "uptime_s": round(time.time() - self.started_at, 1)}
 
     def model_info(self) -> dict:
         model = self.model()
@@ -443,7 +495,7 @@ class Runtime:
                           allowed_symbols=self.settings.allowed_symbols)
 
     def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False,
-                load=None) -> AliasFollower:
+                load=None, on_swap=None) -> AliasFollower:
         """Load ``name@alias`` into ``slot`` now, then keep following the alias in the background."""
         load = load or (lambda version: self._load_registered(name, version))
 
@@ -454,6 +506,7 @@ class Runtime:
         follower = AliasFollower(slot, resolve, lambda served: load(served.rsplit("/", 1)[1]),
                                  self.settings.poll_seconds, clear_when_unset)
         follower.check()
+        follower.on_swap = on_swap  # swaps after the first load count as reloads
         follower.start()
         return follower
 
@@ -563,6 +616,11 @@ class Runtime:
                     f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database was unavailable",
                     {"rows": lost, "spool_dir": str(self.settings.spool_dir)}, severity="error")
         self._lost_unreported -= lost
+
+    def _rate_limit_scope(self) -> str:
+        if self.settings.redis_url is None:
+            return "per worker"
+        return "per worker, Redis unavailable" if self.limiter.outage else "shared"
 
     def _record_model(self, reloaded: bool | None = None) -> None:
         if self.metrics is not None:

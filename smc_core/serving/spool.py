@@ -7,10 +7,17 @@ database up and nothing spooled it writes them directly; otherwise it appends th
 to the spool (one fsynced file per batch, named in order) and replays the spool oldest
 first once the database answers again, so rows reach the database in the order they
 arrived. Only a full queue or a full spool loses rows, and those are counted.
+
+Several worker processes: each writes a spool directory of its own (``claim_spool``), held
+with an exclusive lock for as long as it runs, so two processes never write or replay the
+same files; a worker that starts takes over the batches of directories no live process holds
+(a worker that is gone, a lower worker count than before).
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -37,12 +44,45 @@ class Spool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.directory)  # SpoolBusy when another process (or spool) holds it
         for leftover in self.directory.glob("*.tmp"):  # a batch a crash interrupted was never acknowledged
             leftover.unlink()
         segments = self.segments()
         self._next = int(segments[-1].stem) + 1 if segments else 1
         self.bytes = sum(segment.stat().st_size for segment in segments)
         self.rows = sum(_line_count(segment) for segment in segments)
+
+    def release(self) -> None:
+        """Let another process take this directory over (the spool is not written after this)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def adopt(self, directory: Path) -> int:
+        """Move the batches of a spool no process holds behind this one's; returns the rows taken over."""
+        directory = Path(directory)
+        if not directory.is_dir() or directory.resolve() == self.directory.resolve():
+            return 0
+        try:
+            handle = _lock(directory)
+        except SpoolBusy:  # a live worker's own
+            return 0
+        moved = 0
+        try:
+            for leftover in directory.glob("*.tmp"):
+                leftover.unlink()
+            for segment in sorted(directory.glob(f"*{_SEGMENT_SUFFIX}")):
+                rows, size = _line_count(segment), segment.stat().st_size
+                segment.rename(self.directory / f"{self._next:012d}{_SEGMENT_SUFFIX}")
+                self._next += 1
+                self.bytes += size
+                self.rows += rows
+                moved += rows
+        finally:
+            handle.close()
+        if moved:
+            log.warning("spool %s: took over %d row(s) left in %s", self.directory, moved, directory)
+        return moved
 
     def segments(self) -> list[Path]:
         """Spooled batches, oldest first."""
@@ -85,6 +125,39 @@ class Spool:
         self.bytes -= size
         self.rows -= rows
         return target
+
+
+class SpoolBusy(Exception):
+    """Another process (or another spool of this one) holds the directory."""
+
+
+def _lock(directory: Path):
+    """An exclusive lock on ``directory`` that lasts as long as the returned handle is open
+    (the kernel drops it when the process dies, however it dies)."""
+    handle = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpoolBusy(str(directory)) from None
+    return handle
+
+
+def claim_spool(base: Path, max_bytes: int, worker: int | None = None) -> Spool:
+    """A spool of this process's own under ``base``: ``worker-<n>``, ``n`` the worker's index when that
+    one is free (a restarted worker finds its batches), else the first free one; then it takes over
+    the batches of every directory under ``base`` no live process holds (and of ``base`` itself, where
+    a single-process service kept them before)."""
+    preferred = worker or 1
+    for n in itertools.chain([preferred], (i for i in itertools.count(1) if i != preferred)):
+        try:
+            spool = Spool(Path(base) / f"worker-{n}", max_bytes)
+            break
+        except SpoolBusy:
+            continue
+    for other in [Path(base), *sorted(Path(base).glob("worker-*"))]:
+        spool.adopt(other)
+    return spool
 
 
 def _line_count(path: Path) -> int:
@@ -162,6 +235,7 @@ class DurableWriter:
             self._to_spool(rows)
             self._done(rows)
             rows = self._take(block=False)
+        self.spool.release()
 
     def health(self) -> dict:
         return {"written": self.stats.written, "spooled": self.stats.spooled, "dropped": self.stats.dropped,

@@ -1,0 +1,69 @@
+"""Each serving worker spools to a directory of its own: two processes never write or replay the same
+files, and what a worker that is gone left behind is taken over by one that starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from smc_core.serving.spool import Spool, SpoolBusy, claim_spool
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT = 1 << 20
+
+
+def test_workers_get_their_own_directories_and_a_held_one_is_never_shared(tmp_path):
+    first = claim_spool(tmp_path, LIMIT, worker=1)
+    second = claim_spool(tmp_path, LIMIT, worker=2)
+    assert (first.directory.name, second.directory.name) == ("worker-1", "worker-2")
+    clash = claim_spool(tmp_path, LIMIT, worker=1)  # index 1 is held: the first free one instead
+    assert clash.directory.name == "worker-3"
+    try:
+        Spool(first.directory, LIMIT)
+        raise AssertionError("a held spool was opened a second time")
+    except SpoolBusy:
+        pass
+    first.release()
+    assert claim_spool(tmp_path, LIMIT, worker=1).directory.name == "worker-1"  # a restarted worker: its own again
+
+
+def test_another_process_holding_a_spool_keeps_it(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from smc_core.serving.spool import claim_spool; "
+                               f"s = claim_spool({str(tmp_path)!r}, {LIMIT}, worker=1); s.append([[1]]); "
+                               "print(s.directory.name, flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "worker-1"
+        mine = claim_spool(tmp_path, LIMIT, worker=1)
+        assert mine.directory.name == "worker-2" and mine.rows == 0  # its batch stays with it, not adopted
+        assert len(list((tmp_path / "worker-1").glob("*.jsonl"))) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    mine.release()
+    taken = claim_spool(tmp_path, LIMIT, worker=2)  # the holder is gone: its batch is taken over
+    assert taken.rows == 1 and taken.read(taken.segments()[0]) == [[1]]
+    assert list((tmp_path / "worker-1").glob("*.jsonl")) == []
+
+
+def test_a_starting_worker_takes_over_batches_no_live_worker_holds_in_order(tmp_path):
+    # batches of a single-process service (directly under the base) and of a worker no longer run
+    legacy = tmp_path / "000000000001.jsonl"
+    legacy.write_text('["legacy", 1]\n["legacy", 2]\n')
+    gone = claim_spool(tmp_path, LIMIT, worker=3)
+    gone.append([["gone", 1]])
+    gone.append([["gone", 2]])
+    gone.release()
+    alive = claim_spool(tmp_path, LIMIT, worker=2)
+    assert alive.rows == 4  # it took over what the gone worker held (the legacy batch included) when it started
+    alive.append([["alive", 1]])
+
+    own = claim_spool(tmp_path, LIMIT, worker=1)
+    own_batches = [own.read(segment) for segment in own.segments()]
+    assert own_batches == []  # the live worker's batches are its own; nothing was left elsewhere
+    batches = [alive.read(segment) for segment in alive.segments()]
+    assert batches == [[["legacy", 1], ["legacy", 2]], [["gone", 1]], [["gone", 2]], [["alive", 1]]]
+    assert alive.bytes == sum(segment.stat().st_size for segment in alive.segments())
+    assert not legacy.exists() and list((tmp_path / "worker-3").glob("*.jsonl")) == []
