@@ -22,6 +22,7 @@ import queue
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import bentoml
@@ -56,6 +57,7 @@ app.dependency_overrides[bentoml.get_current_service] = _service_instance
 app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
 json_log = logging.getLogger("smc.requests")
 UPLOAD_DEADLINE_S = 120.0
+GIL_SWITCH_INTERVAL_S = 0.0005
 _REF = "#/components/schemas/{}"
 
 
@@ -163,6 +165,8 @@ class SmcPredictor:
             # a built Bento serves the package packed with it (its label model_tag; bento_artifact's metadata)
             os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path_of("package")
         settings = ServiceSettings.from_env()
+        if SERVER.workers > 1:  # a spool is one writer's: each worker process keeps its own
+            settings = replace(settings, spool_dir=settings.spool_dir / f"worker-{bentoml.server_context.worker_index}")
         self.runtime = Runtime(settings, metrics=Metrics()).start()
         # Predictions run on one compute thread, the requests waiting for it as one micro-batch
         # (smc_core/serving/batcher.py): a second compute thread only contends for the cores.
@@ -175,6 +179,11 @@ class SmcPredictor:
         # the collector's sight, so a full collection never walks it in the middle of a request
         gc.collect()
         gc.freeze()
+        # The event loop and the compute thread share the GIL. Each time the compute thread lets go of
+        # it (a numpy or ONNX Runtime call), the loop may hold it for a whole switch interval before
+        # the compute thread gets it back, and an answer set by the compute thread waits as long for
+        # the loop: 5 ms by default, longer than a request's work. 0.5 ms bounds both waits.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     def __is_ready__(self) -> bool:
         """/readyz: ready only once a verified, warmed-up model is in the slot."""
