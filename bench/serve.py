@@ -19,8 +19,10 @@ Servers, one after the other, each with as many workers as the service (SERVICE_
 
 Before the servers, the service's own code path is timed in this process, stage by stage
 over the same requests (parse, validation, features, encoding, forward, policy,
-serialisation); ``framework`` is the service's c1 p50 minus their sum: what HTTP, BentoML
-and the hand-off to the compute thread add. Progress on stderr; last line of stdout: one
+serialisation), in CPU time of the thread, so that a shared host's other work does not count;
+``framework`` is the service's c1 p50 minus their sum: what HTTP, BentoML and the hand-off to
+the compute thread add. Each run also reports the server's CPU per request (its process
+tree, from /proc), which is what bounds throughput on a dedicated host whatever else runs. Progress on stderr; last line of stdout: one
 JSON object, with one ratio per target of issue 15 and ``targets_met``.
 
 Install wrk: ``apt-get install wrk`` (Debian/Ubuntu) or ``brew install wrk``.
@@ -88,14 +90,32 @@ def start(command: list[str], env: dict, url: str, ready_path: str) -> tuple[sub
     raise SystemExit(f"{command} not ready in {START_TIMEOUT_S:g} s")
 
 
-def wrk(url: str, bodies: Path, connections: int, seconds: float, key: str | None) -> dict:
-    """One wrk run (one thread: it needs far less than a core) → p50/p99 ms, requests/s, errors."""
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its descendants so far."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            todo += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, bodies: Path, connections: int, seconds: float, key: str | None, server: int) -> dict:
+    """One wrk run (one thread: it needs far less than a core) → p50/p99 ms, requests/s, errors,
+    and the server's CPU ms per request."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency", "-s", str(LUA),
                url, "--", str(bodies)] + ([key] if key else [])
+    before = cpu_seconds(server)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(server) - before
     summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
     return {"p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
-            "rps": summary["requests"] / summary["duration_s"], "errors": summary["errors"]}
+            "rps": summary["requests"] / summary["duration_s"], "errors": summary["errors"],
+            "cpu_ms_per_request": used * 1000 / max(summary["requests"], 1)}
 
 
 def profile(model_path: Path, bodies: list[bytes], repeats: int) -> dict:
@@ -110,23 +130,24 @@ def profile(model_path: Path, bodies: list[bytes], repeats: int) -> dict:
     samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "in_process")}
     for i in range(repeats + 20):
         raw = bodies[i % len(bodies)]
-        t0 = time.perf_counter()
+        clock = time.thread_time  # CPU of this thread: the model runs on it (one intra-op thread)
+        t0 = clock()
         payload = parse_json(raw, settings.max_body_bytes)
-        t1 = time.perf_counter()
+        t1 = clock()
         request, columns, from_store = runtime.validate(payload, model)
-        t2 = time.perf_counter()
+        t2 = clock()
         prepared = prepare(request, columns, length, from_store)
-        t3 = time.perf_counter()
+        t3 = clock()
         numeric, categorical = model.predictor.encode_windows([prepared.window])
-        t4 = time.perf_counter()
+        t4 = clock()
         probabilities = model.predictor.predict_proba(numeric, categorical)[0]
-        t5 = time.perf_counter()
-        body = answer(prepared, model, policy, probabilities, t0).body
-        t6 = time.perf_counter()
+        t5 = clock()
+        body = answer(prepared, model, policy, probabilities, time.perf_counter()).body
+        t6 = clock()
         dump_json(body)
-        t7 = time.perf_counter()
+        t7 = clock()
         dump_json(runtime.predict_many([(parse_json(raw, settings.max_body_bytes), time.perf_counter())])[0])
-        t8 = time.perf_counter()
+        t8 = clock()
         if i >= 20:  # the first calls warm caches
             for stage, took in zip((*STAGES, "in_process"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5,
                                                             t7 - t6, t8 - t7)):
@@ -195,10 +216,10 @@ def main() -> None:
                 cold_start = seconds
             log(f"{name} ready in {seconds:.1f} s")
             try:
-                wrk(url, bodies, 4, 2.0, key)  # warm-up
+                wrk(url, bodies, 4, 2.0, key, process.pid)  # warm-up
                 results[name] = {}
                 for level in levels:
-                    results[name][f"c{level}"] = wrk(url, bodies, level, args.duration, key)
+                    results[name][f"c{level}"] = wrk(url, bodies, level, args.duration, key, process.pid)
                     log(f"{name} c{level}: {results[name][f'c{level}']}")
             finally:
                 process.terminate()
@@ -212,6 +233,7 @@ def summarise(results: dict, profiled: dict, cold_start: float | None, load_befo
     stages = dict(profiled["stages_p50_ms"])
     if "c1" in service:
         stages["framework"] = service["c1"]["p50_ms"] - sum(stages.values())
+        stages["framework_cpu"] = service["c1"]["cpu_ms_per_request"] - profiled["in_process_p50_ms"]
     out = {**results, "where_time_goes_c1_p50_ms": stages, "in_process_p50_ms": profiled["in_process_p50_ms"],
            "model_work_p50_ms": profiled["model_work_p50_ms"], "forward_p50_ms": stages["forward"],
            "backend": profiled["backend"], "cold_start_s": cold_start, "workers": int(workers),
