@@ -1,20 +1,39 @@
-"""/predict under load: the BentoML service vs a plain FastAPI app serving the same model with
-the same preprocessing, at concurrency 1, 8 and 32, with realistic 49-bar requests.
+"""/predict under load, measured with wrk: the service against the bare-HTTP floor and a FastAPI
+peer, on the same realistic 49-bar requests, at 1, 8 and 32 connections.
 
-Both servers run as separate processes on this machine with one torch thread; an asyncio
-load generator (httpx, keep-alive) sends closed-bar requests for --duration seconds per level.
-The service runs as deployed (keys, limits, metrics) with bar capture and the prediction log
-off, as the peer has none; a third run, ``service_capture``, turns both on (DATABASE_URL, else
-an embedded PostgreSQL) to measure what keeping every bar and answer costs:
-``capture_p99_ratio_c8`` (target ≤ 1.1). Progress on stderr; last line of stdout: one JSON object.
+Why wrk: a native load generator needs a fraction of a core, so on this 2-core host the
+client does not compete with the Python servers it measures (an asyncio client saturated
+near 1,400 requests/s and measured itself as much as the server). ``bench/serve.lua``
+cycles through the request bodies and reports p50/p99, requests and errors (non-2xx and
+socket errors) as one JSON line.
+
+Servers, one after the other, each with as many workers as the service (WORKERS):
+- ``floor``: a bare ASGI app that parses the body and answers a fixed body, on the same
+  uvicorn (bench/serve_floor.py): what HTTP and parsing alone cost on this host;
+- ``fastapi``: a plain FastAPI app serving the same model with the same preprocessing
+  (bench/serve_peer.py);
+- ``service``: the BentoML service as deployed (keys, limits, metrics, request log), bar
+  capture and the prediction log off, as the peer has none;
+- ``service_capture``: the same with both on (DATABASE_URL, else an embedded PostgreSQL):
+  ``capture_p99_ratio_c8`` (target ≤ 1.1).
+
+Before the servers, the service's own code path is timed in this process, stage by stage
+over the same requests (parse, validation, features, encoding, forward, policy,
+serialisation), in CPU time of the thread, so that a shared host's other work does not count;
+``framework`` is the service's c1 p50 minus their sum: what HTTP, BentoML and the hand-off to
+the compute thread add. Each run also reports the server's CPU per request (its process
+tree, from /proc), which is what bounds throughput on a dedicated host whatever else runs. Progress on stderr; last line of stdout: one
+JSON object, with one ratio per target of issue 15 and ``targets_met``.
+
+Install wrk: ``apt-get install wrk`` (Debian/Ubuntu) or ``brew install wrk``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,12 +47,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smc_core.model import Predictor  # noqa: E402
 from smc_core.model.pipeline import train_small_package  # noqa: E402
+from smc_core.serving.engine import answer, load_model, prepare  # noqa: E402
 from smc_core.serving.replay import request_payload  # noqa: E402
+from smc_core.serving.runtime import Runtime, ServiceSettings, dump_json, parse_json  # noqa: E402
 from smc_core.synthetic import SyntheticConfig, generate_bars  # noqa: E402
 
 KEY = "bench-key"
+START_TIMEOUT_S = 600  # a loaded host can take minutes; cold_start_s reports what it took
+LUA = Path(__file__).with_name("serve.lua")
+TARGETS = {"c8_p99_ms": 15.0, "c32_p99_ms": 50.0, "c8_rps_of_floor": 0.1, "c1_p99_over_p50": 3.0,
+           "c1_p50_over_model_work": 2.0, "cold_start_s": 10.0}
+STAGES = ("parse", "validation", "features", "encoding", "forward", "policy", "serialisation")
+MODEL_WORK = ("parse", "validation", "features", "encoding", "forward")
+"""The model's own work: the request read into bars, the features, the model's input and its forward pass."""
 
 
 def log(message: str) -> None:
@@ -50,7 +77,7 @@ def start(command: list[str], env: dict, url: str, ready_path: str) -> tuple[sub
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    while time.perf_counter() - started < 120:
+    while time.perf_counter() - started < START_TIMEOUT_S:
         if process.poll() is not None:
             raise SystemExit(f"{command[0]} exited with {process.returncode}")
         try:
@@ -58,34 +85,77 @@ def start(command: list[str], env: dict, url: str, ready_path: str) -> tuple[sub
                 return process, time.perf_counter() - started
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     process.kill()
-    raise SystemExit(f"{command} not ready in 120 s")
+    raise SystemExit(f"{command} not ready in {START_TIMEOUT_S:g} s")
 
 
-async def load(url: str, payloads: list[dict], concurrency: int, duration: float, headers: dict) -> dict:
-    latencies, errors = [], 0
-    deadline = time.perf_counter() + duration
-    async with httpx.AsyncClient(base_url=url, timeout=10, headers=headers,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker(offset: int) -> None:
-            nonlocal errors
-            i = offset
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    response = await client.post("/predict", json=payloads[i % len(payloads)])
-                    ok = response.status_code == 200
-                except httpx.TransportError:
-                    ok = False
-                latencies.append((time.perf_counter() - started) * 1000)
-                errors += 0 if ok else 1
-                i += concurrency
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its descendants so far."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            todo += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    samples = np.array(latencies)
-    return {"p50_ms": float(np.percentile(samples, 50)), "p95_ms": float(np.percentile(samples, 95)),
-            "p99_ms": float(np.percentile(samples, 99)), "rps": len(samples) / duration, "errors": errors}
+
+def wrk(url: str, bodies: Path, connections: int, seconds: float, key: str | None, server: int) -> dict:
+    """One wrk run (one thread: it needs far less than a core) → p50/p99 ms, requests/s, errors,
+    and the server's CPU ms per request."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency", "-s", str(LUA),
+               url, "--", str(bodies)] + ([key] if key else [])
+    before = cpu_seconds(server)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(server) - before
+    summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    return {"p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
+            "rps": summary["requests"] / summary["duration_s"], "errors": summary["errors"],
+            "cpu_ms_per_request": used * 1000 / max(summary["requests"], 1)}
+
+
+def profile(model_path: Path, bodies: list[bytes], repeats: int) -> dict:
+    """p50 ms of each stage of the service's code path (smc_core.serving.runtime.Runtime.predict_many
+    and the service's JSON encoding), over ``repeats`` requests, timed around each call."""
+    settings = ServiceSettings.from_env({"SMC_DEV_MODE": "1", "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false",
+                                         "SMC_HOME": tempfile.gettempdir()})
+    runtime = Runtime(settings)
+    model = load_model(model_path, "bench", threads=settings.torch_threads, backend=settings.inference_backend)
+    runtime.slot.swap(model)
+    policy, length = runtime.policy(model), model.predictor.spec.sequence_length
+    samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "in_process")}
+    for i in range(repeats + 20):
+        raw = bodies[i % len(bodies)]
+        clock = time.thread_time  # CPU of this thread: the model runs on it (one intra-op thread)
+        t0 = clock()
+        payload = parse_json(raw, settings.max_body_bytes)
+        t1 = clock()
+        request, columns, from_store = runtime.validate(payload, model)
+        t2 = clock()
+        prepared = prepare(request, columns, length, from_store)
+        t3 = clock()
+        numeric, categorical = model.predictor.encode_windows([prepared.window])
+        t4 = clock()
+        probabilities = model.predictor.predict_proba(numeric, categorical)[0]
+        t5 = clock()
+        body = answer(prepared, model, policy, probabilities, time.perf_counter()).body
+        t6 = clock()
+        dump_json(body)
+        t7 = clock()
+        dump_json(runtime.predict_many([(parse_json(raw, settings.max_body_bytes), time.perf_counter())])[0])
+        t8 = clock()
+        if i >= 20:  # the first calls warm caches
+            for stage, took in zip((*STAGES, "in_process"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5,
+                                                            t7 - t6, t8 - t7)):
+                samples[stage].append(took * 1000)
+    stages = {stage: float(np.median(values)) for stage, values in samples.items()}
+    return {"stages_p50_ms": {stage: stages[stage] for stage in STAGES}, "in_process_p50_ms": stages["in_process"],
+            "model_work_p50_ms": float(np.median(np.sum([samples[s] for s in MODEL_WORK], axis=0))),
+            "backend": model.inference.backend, "backend_reason": model.inference.reason}
 
 
 def bench_package(model: Path | None, scratch: str) -> Path:
@@ -102,72 +172,108 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--model", type=Path, help="a model package (default: train a small one)")
+    parser.add_argument("--profile-requests", type=int, default=500)
+    parser.add_argument("--servers", default="floor,fastapi,service,service_capture")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk`")
     levels = [int(x) for x in args.levels.split(",")]
+    wanted = args.servers.split(",")
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as scratch:
         model = bench_package(args.model, scratch)
         bars = generate_bars(SyntheticConfig(days=2, edge="smc", seed=9))
         payloads = [request_payload(bars.iloc[end - 48: end + 1], "ES", "1m") for end in range(100, 1300, 7)]
+        raw = [json.dumps(p, separators=(",", ":")).encode() for p in payloads]
+        bodies = Path(scratch) / "bodies.jsonl"
+        bodies.write_bytes(b"\n".join(raw) + b"\n")
 
-        predictor = Predictor.load(model, threads=1)
-        rows = predictor.package.reference[:predictor.spec.sequence_length].astype(np.float64)
-        from smc_core.model.encoding import encode, windows
-        numeric, categorical = encode(rows, predictor.spec)
-        window = windows(numeric, categorical, np.array([len(rows) - 1]), predictor.spec.sequence_length)
-        for _ in range(20):
-            predictor.predict_proba(*window)
-        forward = []
-        for _ in range(300):
-            started = time.perf_counter()
-            predictor.predict_proba(*window)
-            forward.append((time.perf_counter() - started) * 1000)
-        forward_p50 = float(np.median(forward))
-        log(f"bare forward p50 {forward_p50:.2f} ms")
+        profiled = profile(model, raw, args.profile_requests)
+        log(f"in-process stages (p50 ms, {profiled['backend']}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in profiled["stages_p50_ms"].items()))
 
-        results, cold_start = {}, None
+        workers = os.environ.get("WORKERS", "1")
+        uvicorn = [str(Path(sys.executable).parent / "uvicorn"), "--host", "127.0.0.1", "--log-level", "warning",
+                   "--no-access-log", "--workers", workers]
         bentoml = [str(Path(sys.executable).parent / "bentoml"), "serve", "bento.service:SmcPredictor",
                    "--host", "127.0.0.1"]
         service_env = {"API_KEY": KEY, "ADMIN_API_KEY": KEY + "-admin", "TIMEOUT_MS": "5000",
                        "WORKERS": "1",  # one process, as the peer (bench/serve_workers.py compares worker counts)
-                       "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
+                       "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000",
+                       "BENTOML_HOME": str(Path(scratch) / "bentoml")}
         servers = {
-            "service": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"},
-                        "/readyz", {"X-API-Key": KEY}),
+            "floor": (uvicorn + ["bench.serve_floor:app"], {}, "/", None),
+            "fastapi": (uvicorn + ["bench.serve_peer:app"], {}, "/health", None),
+            "service": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, "/readyz", KEY),
             "service_capture": (bentoml, {**service_env, "LOG_PREDICTIONS": "true", "CAPTURE_BARS": "true",
                                           "DATABASE_URL": ""},  # an embedded database in the scratch home
-                                "/readyz", {"X-API-Key": KEY}),
-            "fastapi": ([str(Path(sys.executable).parent / "uvicorn"), "bench.serve_peer:app", "--host", "127.0.0.1",
-                         "--log-level", "warning"], {}, "/health", {}),
+                                "/readyz", KEY),
         }
-        for name, (command, env, ready, headers) in servers.items():
+        results, cold_start = {}, None
+        for name in wanted:
+            command, env, ready, key = servers[name]
             port = free_port()
+            url = f"http://127.0.0.1:{port}"
             process, seconds = start(command + ["--port", str(port)],
-                                     {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch}, f"http://127.0.0.1:{port}",
-                                     ready)
+                                     {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch}, url,
+                                     ready if name != "floor" else "/")
             if name == "service":
                 cold_start = seconds
             log(f"{name} ready in {seconds:.1f} s")
             try:
-                asyncio.run(load(f"http://127.0.0.1:{port}", payloads, 4, 2.0, headers))  # warm-up
+                wrk(url, bodies, 4, 2.0, key, process.pid)  # warm-up
                 results[name] = {}
                 for level in levels:
-                    results[name][f"c{level}"] = asyncio.run(load(f"http://127.0.0.1:{port}", payloads, level,
-                                                                  args.duration, headers))
+                    results[name][f"c{level}"] = wrk(url, bodies, level, args.duration, key, process.pid)
                     log(f"{name} c{level}: {results[name][f'c{level}']}")
             finally:
                 process.terminate()
-                process.wait(timeout=20)
+                process.wait(timeout=30)
 
-    c8 = "c8" if "c8" in results["service"] else f"c{levels[0]}"
-    c1 = "c1" if "c1" in results["service"] else f"c{levels[0]}"
-    print(json.dumps({
-        "service": results["service"], "fastapi": results["fastapi"], "service_capture": results["service_capture"],
-        "forward_p50_ms": forward_p50,
-        "p99_ratio_c8": results["service"][c8]["p99_ms"] / results["fastapi"][c8]["p99_ms"],
-        "capture_p99_ratio_c8": results["service_capture"][c8]["p99_ms"] / results["service"][c8]["p99_ms"],
-        "overhead_ratio": results["service"][c1]["p50_ms"] / forward_p50, "cold_start_s": cold_start,
-    }))
+    print(json.dumps(summarise(results, profiled, cold_start, load_before, os.getloadavg(), workers)))
+
+
+def summarise(results: dict, profiled: dict, cold_start: float | None, load_before, load_after, workers: str) -> dict:
+    service = results.get("service", {})
+    stages = dict(profiled["stages_p50_ms"])
+    if "c1" in service:
+        stages["framework"] = service["c1"]["p50_ms"] - sum(stages.values())
+        stages["framework_cpu"] = service["c1"]["cpu_ms_per_request"] - profiled["in_process_p50_ms"]
+    out = {**results, "where_time_goes_c1_p50_ms": stages, "in_process_p50_ms": profiled["in_process_p50_ms"],
+           "model_work_p50_ms": profiled["model_work_p50_ms"], "forward_p50_ms": stages["forward"],
+           "backend": profiled["backend"], "cold_start_s": cold_start, "workers": int(workers),
+           "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)]}
+
+    def ratio(top: float, bottom: float) -> float:
+        return top / bottom if bottom else float("inf")
+
+    if {"c1", "c8"} <= service.keys():
+        out["overhead_ratio"] = ratio(service["c1"]["p50_ms"], stages["forward"])
+        out["c1_p99_over_p50"] = ratio(service["c1"]["p99_ms"], service["c1"]["p50_ms"])
+        out["c1_p50_over_model_work"] = ratio(service["c1"]["p50_ms"], profiled["model_work_p50_ms"])
+        out["c8_p99_ms_over_target"] = ratio(service["c8"]["p99_ms"], TARGETS["c8_p99_ms"])
+        if "c32" in service:
+            out["c32_p99_ms_over_target"] = ratio(service["c32"]["p99_ms"], TARGETS["c32_p99_ms"])
+        if "fastapi" in results:
+            out["p99_ratio_c8"] = ratio(service["c8"]["p99_ms"], results["fastapi"]["c8"]["p99_ms"])
+        if "floor" in results:
+            out["c8_rps_of_floor"] = ratio(service["c8"]["rps"], results["floor"]["c8"]["rps"])
+        if "service_capture" in results:
+            out["capture_p99_ratio_c8"] = ratio(results["service_capture"]["c8"]["p99_ms"], service["c8"]["p99_ms"])
+        out["service_errors"] = sum(level["errors"] for level in service.values())
+        if cold_start is not None:
+            out["cold_start_over_target"] = cold_start / TARGETS["cold_start_s"]
+        met = {"c8_p99_ms": out["c8_p99_ms_over_target"] <= 1, "c1_p99_over_p50": out["c1_p99_over_p50"] <= 3,
+               "c1_p50_over_model_work": out["c1_p50_over_model_work"] <= 2, "errors": out["service_errors"] == 0}
+        if "c32_p99_ms_over_target" in out:
+            met["c32_p99_ms"] = out["c32_p99_ms_over_target"] <= 1
+        if "c8_rps_of_floor" in out:
+            met["c8_rps_of_floor"] = out["c8_rps_of_floor"] >= TARGETS["c8_rps_of_floor"]
+        if cold_start is not None:
+            met["cold_start_s"] = cold_start <= TARGETS["cold_start_s"]
+        out["targets_met"] = met
+    return out
 
 
 if __name__ == "__main__":

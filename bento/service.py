@@ -14,7 +14,7 @@ Run: ``bentoml serve bento.service:SmcPredictor --port 8000`` (see bento/README.
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 import logging
 import logging.handlers
 import os
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for `bentoml serve`
@@ -35,16 +35,28 @@ from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document
                            project, redoc_page, request_body, responses, swagger_page)
 from smc_core.serving.answers import (BarsAnswer, BatchAnswer, HaltAnswer, Health, ModelInfo,  # noqa: E402
                                       PredictAnswer, ReloadAnswer)
+from smc_core.serving.batcher import MicroBatcher  # noqa: E402
 from smc_core.serving.request import RequestError  # noqa: E402
-from smc_core.serving.runtime import (Runtime, ServerOptions, ServiceSettings, error_body,  # noqa: E402
+from smc_core.serving.runtime import (Runtime, ServerOptions, ServiceSettings, dump_json, error_body,  # noqa: E402
                                       parse_json)
 
 PROJECT = project()
 EXAMPLE = example_request()
+SERVER = ServerOptions.from_env()
 app = FastAPI(title=PROJECT.title, version=PROJECT.version, docs_url=None, redoc_url=None, openapi_url=None)
+
+
+async def _service_instance():
+    """The service instance as an async dependency: BentoML binds ``self`` of each route with a
+    plain function, which FastAPI runs in a worker thread: a thread hop on every request."""
+    return bentoml.get_current_service()
+
+
+app.dependency_overrides[bentoml.get_current_service] = _service_instance
 app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
 json_log = logging.getLogger("smc.requests")
 UPLOAD_DEADLINE_S = 120.0
+GIL_SWITCH_INTERVAL_S = 0.0005
 _REF = "#/components/schemas/{}"
 
 
@@ -150,7 +162,8 @@ class RequestLog:
 
 # WORKERS and TLS (SSL_CERTFILE, SSL_KEYFILE) become BentoML's own options: each worker process
 # runs one SmcPredictor; the rate limit (REDIS_URL), spools and metrics are made for several.
-@bentoml.service(name="smc_predictor", traffic={"timeout": 30}, **ServerOptions.from_env().bentoml_config())
+# ACCESS_LOG and TRACING are off unless asked for (the JSON request log carries the same facts).
+@bentoml.service(name="smc_predictor", traffic={"timeout": 30}, **SERVER.bentoml_config())
 @bentoml.asgi_app(app, path="/")
 class SmcPredictor:
     """Loads the champion (or MODEL_PATH), follows the registry alias, serves the mounted app."""
@@ -165,13 +178,23 @@ class SmcPredictor:
             # a built Bento serves the package packed with it (its label model_tag; bento_artifact's metadata)
             os.environ["MODEL_PATH"] = bentoml.models.get(os.environ["MODEL_TAG"]).path_of("package")
         settings = ServiceSettings.from_env()
-        # Predictions run one at a time on one thread: the model is a few ms of single-threaded
-        # torch, and a second compute thread only contends (measured: ~10x slower with 2 threads).
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-        # Uploads wait for the database: they must never hold up the compute thread.
-        self.uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
         self.runtime = Runtime(settings, metrics=Metrics(), worker=bentoml.server_context.worker_index).start()
+        # Predictions run on one compute thread, the requests waiting for it as one micro-batch
+        # (smc_core/serving/batcher.py): a second compute thread only contends for the cores.
+        self.compute = MicroBatcher(self.runtime.predict_many, settings.micro_batch_size,
+                                    settings.micro_batch_wait_ms / 1000)
+        # Uploads wait for the database and reloads load a model: neither may hold up the compute thread.
+        self.uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
         self._documents: dict = {}
+        # What start-up allocated (torch, pandas, the model) lives as long as the process: out of
+        # the collector's sight, so a full collection never walks it in the middle of a request
+        gc.collect()
+        gc.freeze()
+        # The event loop and the compute thread share the GIL. Each time the compute thread lets go of
+        # it (a numpy or ONNX Runtime call), the loop may hold it for a whole switch interval before
+        # the compute thread gets it back, and an answer set by the compute thread waits as long for
+        # the loop: 5 ms by default, longer than a request's work. 0.5 ms bounds both waits.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     def __is_ready__(self) -> bool:
         """/readyz: ready only once a verified, warmed-up model is in the slot."""
@@ -179,6 +202,7 @@ class SmcPredictor:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
+        self.compute.stop()
         self.runtime.stop()
         self.request_log.stop()
 
@@ -189,11 +213,12 @@ class SmcPredictor:
               responses={200: {"model": PredictAnswer, "description": "The answer, with the risk block to trade."},
                          **responses(400, 401, 413, 422, 429, 500, 503, 504, e422=PREDICT_422)},
               openapi_extra=request_body({"$ref": _REF.format("PredictRequest")}, EXAMPLE))
-    async def predict(self, request: Request) -> JSONResponse:
+    async def predict(self, request: Request) -> Response:
         """Features are computed from the request's bars by the training code; client-sent
         indicators are compared and counted, never used. `label` is `skip` below the entry
         threshold (probabilities are still returned); `position_size` is the tier."""
-        return await self._respond(request, "predict", False, self.runtime.predict_payload)
+        return await self._respond(request, "predict", False,
+                                   lambda payload, started: self.compute.submit((payload, started)))
 
     @app.post("/predict_batch", operation_id="predict_batch", tags=["predict"],
               summary="Several /predict requests in one call",
@@ -207,8 +232,9 @@ class SmcPredictor:
                                      "refused item (anything but a servable request) is an error in `results`, "
                                      "with its `index`, and the others are answered."}}}},
                   {"requests": [EXAMPLE]}))
-    async def predict_batch(self, request: Request) -> JSONResponse:
-        """Each item is answered like `POST /predict` (the same checks), within one time budget."""
+    async def predict_batch(self, request: Request) -> Response:
+        """Each item is answered like `POST /predict` (the same checks, one forward pass for all),
+        within one time budget."""
         runtime = self.runtime
 
         def work(payload, started):
@@ -219,15 +245,13 @@ class SmcPredictor:
             if len(items) > runtime.settings.max_batch_size:
                 raise RequestError(413, "batch too large", {"max_batch_size": runtime.settings.max_batch_size,
                                                             "received": len(items)})
-            results = []
-            for index, item in enumerate(items):
-                try:
-                    results.append(runtime.predict_payload(item, time.perf_counter()))
-                except RequestError as error:
-                    results.append({**error_body(error), "index": index})
+            now = time.perf_counter()
+            results = [{**error_body(outcome), "index": index} if isinstance(outcome, RequestError) else outcome
+                       for index, outcome in enumerate(runtime.predict_many([(item, now) for item in items]))]
             return {"results": results, "processing_time_ms": (time.perf_counter() - started) * 1000}
 
-        return await self._respond(request, "predict_batch", False, work)
+        return await self._respond(request, "predict_batch", False,
+                                   lambda payload, started: self.compute.call(lambda: work(payload, started)))
 
     @app.post("/bars", operation_id="upload_bars", tags=["bars"],
               summary="Store bars of one series (a strategy's history at start-up)",
@@ -238,10 +262,11 @@ class SmcPredictor:
                                      e503="The database is unavailable; nothing was stored: send the bars again.")},
               openapi_extra=request_body({"$ref": _REF.format("BarsUpload")},
                                          {"symbol": "ES", "timeframe": "1m", "bars": EXAMPLE["context_bars"][:3]}))
-    async def upload_bars(self, request: Request) -> JSONResponse:
+    async def upload_bars(self, request: Request) -> Response:
         """Validated like a file ingest, stored in one transaction, idempotent, never written
         over a stored bar (a differing bar is kept in `bar_revisions` and counted)."""
-        return await self._respond(request, "bars", False, lambda payload, started: self.runtime.upload_bars(payload),
+        return await self._respond(request, "bars", False,
+                                   lambda payload, started: self.uploads.submit(self.runtime.upload_bars, payload),
                                    upload=True)
 
     @app.get("/model", operation_id="model_info", tags=["operations"],
@@ -249,15 +274,16 @@ class SmcPredictor:
              responses={200: {"model": ModelInfo, "description": "The served model."},
                         **responses(401, 413, 429, 500, 503, 504)},
              openapi_extra={"security": [{"ApiKey": []}]})
-    async def model_info(self, request: Request) -> JSONResponse:
-        return await self._respond(request, "model", False, lambda payload, started: self.runtime.model_info(),
+    async def model_info(self, request: Request) -> Response:
+        return await self._respond(request, "model", False,
+                                   lambda payload, started: self.compute.call(self.runtime.model_info),
                                    needs_body=False)
 
     @app.get("/health", operation_id="health", tags=["operations"],
              summary="Status, served version, storage (no key)",
              responses={200: {"model": Health, "description": "Always 200; /readyz is the readiness probe."}})
-    async def health(self) -> JSONResponse:
-        return JSONResponse(self.runtime.health())
+    async def health(self) -> Response:
+        return Response(dump_json(self.runtime.health()), media_type="application/json")
 
     @app.post("/admin/reload", operation_id="admin_reload", tags=["operations"],
               summary="Load the configured model again, then swap",
@@ -265,10 +291,11 @@ class SmcPredictor:
                          **responses(401, 409, 413, 429, 500, 504,
                                      e504=ERRORS[504] + " The reload goes on; /health shows its outcome.")},
               openapi_extra={"security": [{"AdminKey": []}]})
-    async def admin_reload(self, request: Request) -> JSONResponse:
+    async def admin_reload(self, request: Request) -> Response:
         """MODEL_PATH again, or the registry alias's current version: loaded, verified and warmed
         up before one swap; requests in flight finish on the model they started with."""
-        return await self._respond(request, "admin_reload", True, lambda payload, started: self.runtime.reload(),
+        return await self._respond(request, "admin_reload", True,
+                                   lambda payload, started: self.uploads.submit(self.runtime.reload),
                                    needs_body=False)
 
     # --- the kill switch (README "Safety") ----------------------------------------------
@@ -328,11 +355,12 @@ class SmcPredictor:
 
     # --- one request -------------------------------------------------------------------
 
-    async def _respond(self, request: Request, endpoint: str, admin: bool, work, needs_body: bool = True,
-                       upload: bool = False) -> JSONResponse:
+    async def _respond(self, request: Request, endpoint: str, admin: bool, submit, needs_body: bool = True,
+                       upload: bool = False) -> Response:
         """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
 
-        ``upload``: bulk bars, with their own size limit and deadline, on the upload threads."""
+        ``submit(payload, started)`` starts the work on a thread and returns its concurrent future.
+        ``upload``: bulk bars, with their own size limit and deadline."""
         started = time.perf_counter()
         runtime = self.runtime
         settings = runtime.settings
@@ -346,8 +374,7 @@ class SmcPredictor:
                 raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": int(length)})
             raw = await request.body()
             payload = parse_json(raw, limit) if needs_body else None
-            pool = self.uploads if upload else self.compute
-            future = asyncio.get_running_loop().run_in_executor(pool, work, payload, started)
+            future = asyncio.wrap_future(submit(payload, started))
             budget = UPLOAD_DEADLINE_S if upload else settings.timeout_ms / 1000
             try:
                 body = await asyncio.wait_for(future, timeout=max(budget - (time.perf_counter() - started), 0))
@@ -367,10 +394,10 @@ class SmcPredictor:
         if runtime.metrics is not None:
             runtime.metrics.request(endpoint, status, seconds)
         if json_log.isEnabledFor(logging.INFO):
-            json_log.info(json.dumps({"ts": time.time(), "endpoint": endpoint, "status": status,
-                                      "request_id": body.get("request_id"), "label": body.get("label"),
-                                      "confidence": body.get("confidence"),
-                                      "model_version": body.get("model_version"),
-                                      "latency_ms": round(seconds * 1000, 3),
-                                      "error_type": body.get("error") if status != 200 else None}))
-        return JSONResponse(body, status_code=status)
+            json_log.info(dump_json({"ts": time.time(), "endpoint": endpoint, "status": status,
+                                     "request_id": body.get("request_id"), "label": body.get("label"),
+                                     "confidence": body.get("confidence"),
+                                     "model_version": body.get("model_version"),
+                                     "latency_ms": round(seconds * 1000, 3),
+                                     "error_type": body.get("error") if status != 200 else None}).decode())
+        return Response(dump_json(body), status_code=status, media_type="application/json")

@@ -22,6 +22,8 @@ _MICROSECOND_NS = 1_000
 SECOND_NS = 1_000_000_000
 MINUTE_NS = 60 * SECOND_NS
 DAY_NS = 86_400 * SECOND_NS
+_SHORT_SPAN_NS = 7 * DAY_NS
+"""Shorter than the time between any two UTC-offset changes of a real time zone (months)."""
 
 
 def zone(name: str) -> ZoneInfo:
@@ -70,8 +72,20 @@ class SessionCalendar:
     # One time-zone conversion to exchange wall-clock nanoseconds, then integer arithmetic:
     # the service computes these for every request, and pandas' per-call overhead dominated.
     def wall_clock_ns(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
-        """Exchange-local wall-clock time of each UTC stamp, as int64 nanoseconds since 1970."""
-        return pd.DatetimeIndex(ts_utc).tz_convert(self.tz).tz_localize(None).asi8
+        """Exchange-local wall-clock time of each UTC stamp, as int64 nanoseconds since 1970.
+
+        A few days of stamps whose first and last have the same UTC offset have it throughout
+        (offsets change months apart): one addition then gives exactly what the time-zone
+        conversion gives, at a fraction of its cost for the service's one-request series."""
+        stamps = ts_utc if isinstance(ts_utc, pd.DatetimeIndex) else pd.DatetimeIndex(ts_utc)  # no copy: ~0.1 ms
+        if stamps.tz is not None and len(stamps):
+            utc = stamps.asi8
+            first, last = int(utc.min()), int(utc.max())
+            if last - first < _SHORT_SPAN_NS:
+                offset = _utc_offset_ns(self.tz, first)
+                if offset == _utc_offset_ns(self.tz, last):
+                    return utc + offset
+        return stamps.tz_convert(self.tz).tz_localize(None).asi8
 
     def trading_day_of(self, ts_utc: pd.DatetimeIndex | pd.Series) -> np.ndarray:
         """Trading day (``datetime64[D]``) each bar close belongs to, by the (open, close] rule."""
@@ -110,6 +124,11 @@ class SessionCalendar:
         open_min = self.rth_open.hour * 60 + self.rth_open.minute
         close_min = self.rth_close.hour * 60 + self.rth_close.minute
         return (minutes >= open_min) & (minutes < close_min) & self.in_session_at(wall)
+
+
+def _utc_offset_ns(tz: str, utc_ns: int) -> int:
+    offset = datetime.fromtimestamp(utc_ns // SECOND_NS, zone(tz)).utcoffset()
+    return (offset // timedelta(seconds=1)) * SECOND_NS
 
 
 def _minutes_into_day(wall: np.ndarray) -> np.ndarray:

@@ -261,7 +261,7 @@ def test_package_round_trip_gives_identical_probabilities(data, package):
     assert {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} == {
         "manifest.json", "model.safetensors", "base.safetensors", "adapter/adapter_model.safetensors",
         "adapter/adapter_config.json", "backbone_config.json", "encoder.json", "calibration.json",
-        "labels.json", "lineage.json", "reference.safetensors"}
+        "labels.json", "lineage.json", "reference.safetensors", "model.onnx"}
     assert json.loads((path / "labels.json").read_text()) == list(LABELS)
     numeric, categorical, _ = data.split_windows(data.valid_ends[:300])
     expected = Predictor(in_memory).predict_proba(numeric, categorical)

@@ -105,6 +105,27 @@ def test_model_endpoint_describes_what_is_served(server):
     info = server.client.get("/model", headers={"X-API-Key": KEY}).json()
     assert info["required_bars"] == 49 and info["features"] == list(CATALOGUE.names)
     assert info["thresholds"] == {"half_size": 0.55, "full_size": 0.7}
+    # the runtime serving it, and why: the package's ONNX graph, chosen only when it answers like torch
+    inference = info["inference"]
+    assert inference["backend"] in ("torch", "onnxruntime") and inference["threads"] == 1
+    assert inference["max_probability_difference"] <= 1e-5
+    assert server.client.get("/health").json()["inference_backend"] == inference["backend"]
+
+
+def test_concurrent_requests_answer_as_they_do_one_at_a_time(server, market):
+    """Requests arriving together run as one micro-batch on the compute thread; each answer is
+    the one it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ends = list(range(600, 1400, 50))
+    alone = [server.predict(request_for(market, end)).json() for end in ends]
+    with ThreadPoolExecutor(len(ends)) as pool:
+        together = list(pool.map(lambda end: server.predict(request_for(market, end)), ends))
+    for one, response in zip(alone, together):
+        assert response.status_code == 200, response.text
+        batched = response.json()
+        assert batched["label"] == one["label"] and batched["risk"] == one["risk"]
+        assert max(abs(batched["probabilities"][k] - one["probabilities"][k]) for k in one["probabilities"]) <= 1e-6
 
 
 def test_predict_batch_answers_each_item(server, market):

@@ -98,7 +98,10 @@ def test_workers_and_tls_options_are_checked_before_bentoml_starts(tmp_path):
 
     from smc_core.serving.runtime import DEFAULT_WORKERS, ServerOptions
 
-    assert ServerOptions.from_env({}).bentoml_config() == {"workers": DEFAULT_WORKERS}
+    assert ServerOptions.from_env({}).bentoml_config() == {"workers": DEFAULT_WORKERS,
+                                                           "logging": {"access": {"enabled": False}},
+                                                           "tracing": {"excluded_urls": [".*"]}}
+    assert "tracing" not in ServerOptions.from_env({"TRACING": "1"}).bentoml_config()
     assert ServerOptions.from_env({"WORKERS": "2"}).workers == 2
     for bad in ("0", "two", "65"):
         with pytest.raises(ConfigError, match="WORKERS="):

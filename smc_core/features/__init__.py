@@ -48,7 +48,7 @@ def feature_matrix(bars: pd.DataFrame | Mapping[str, object], *, catalogue: Feat
     missing = [c for c in ("ts", *_OHLCV) if c not in bars]
     if missing:
         raise FeatureInputError(f"bars lack column(s) {', '.join(missing)}")
-    stamps = pd.DatetimeIndex(bars["ts"])
+    stamps = bars["ts"] if isinstance(bars["ts"], pd.DatetimeIndex) else pd.DatetimeIndex(bars["ts"])  # no copy
     o, h, l, c, v = (np.asarray(bars[k], dtype="float64") for k in _OHLCV)
     _validate(stamps, np.column_stack((o, h, l, c, v)), catalogue)
     params = catalogue.params

@@ -2,7 +2,11 @@
 
 Why threads=1 by default: this model is so small that thread hand-off dominates; measured
 on 2 cores, one window takes ~2 ms with 1 intra-op thread and ~30 ms with 2. The setting
-is process-wide, so it is made once, deliberately, when the predictor is created.
+is process-wide, so it is made once, deliberately, when the predictor is created; an ONNX
+Runtime session gets the same number of intra-op threads.
+
+Two runtimes, one model: PyTorch always, and ONNX Runtime on the package's exported graph
+when ``use_onnx`` was called (the service does when it measures it faster).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from smc_core.model.backbone import BarClassifier, batched_logits
 from smc_core.model.calibration import softmax
 from smc_core.model.encoding import encode, windows
+from smc_core.model.onnx_graph import onnx_logits, onnx_session
 from smc_core.model.package import ModelPackage, adapter_model, load_package
 
 
@@ -36,6 +41,22 @@ class Predictor:
         self.temperature = package.temperature
         self.labels = package.labels
         self.batch_size = batch_size
+        self.threads = threads or torch.get_num_threads()
+        self.session = None
+        """An ONNX Runtime session on the package's graph once ``use_onnx`` is called; torch otherwise."""
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.session is None else "onnxruntime"
+
+    def onnx(self):
+        """A new ONNX Runtime session on the package's graph (None when the package has none)."""
+        path = self.package.onnx_path
+        return None if path is None else onnx_session(path, self.threads)
+
+    def use_onnx(self, session) -> None:
+        """Serve through ``session`` (from ``onnx()``), or through torch again with None."""
+        self.session = session
 
     @classmethod
     def load(cls, path: Path, threads: int = 1) -> "Predictor":
@@ -58,6 +79,11 @@ class Predictor:
             raise ValueError(f"windows must be [N, {expected[0]}, {expected[1]}] numeric and "
                              f"[N, {expected[0]}, {expected[2]}] categorical, got {list(numeric.shape)} "
                              f"and {list(categorical.shape)}")
+        if self.session is not None:
+            chunks = [onnx_logits(self.session, numeric[i:i + self.batch_size].numpy(),
+                                  categorical[i:i + self.batch_size].numpy())
+                      for i in range(0, len(numeric), self.batch_size)]
+            return np.concatenate(chunks) if chunks else np.empty((0, len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             return batched_logits(self.model, numeric, categorical, self.batch_size).numpy()
 
@@ -90,12 +116,26 @@ class Predictor:
         A DataFrame must have the model's feature columns in order: a reordered frame would
         otherwise be scored silently with every feature in the wrong slot.
         """
-        columns = getattr(feature_rows, "columns", None)
-        if columns is not None and list(columns) != list(self.spec.feature_names):
-            raise ValueError("feature columns differ from the model's (encoder.json feature_names, in order)")
-        rows = np.asarray(feature_rows, dtype=np.float64)
+        return self.predict_windows([feature_rows])[0]
+
+    def predict_windows(self, row_windows) -> np.ndarray:
+        """Probabilities [N, n_labels] for N windows of raw feature rows, in one forward pass
+        (the service's micro-batches); each window is scored on its last ``sequence_length`` rows."""
+        return self.predict_proba(*self.encode_windows(row_windows))
+
+    def encode_windows(self, row_windows) -> tuple[torch.Tensor, torch.Tensor]:
+        """N windows of raw feature rows -> (float32 [N, L, n_num], int64 [N, L, n_cat]), encoded together."""
         length = self.spec.sequence_length
-        if rows.ndim != 2 or len(rows) < length:
-            raise ValueError(f"need at least {length} feature rows (the window length), got shape {list(rows.shape)}")
-        numeric, categorical = encode(rows[-length:], self.spec)
-        return self.predict_proba(*windows(numeric, categorical, np.array([length - 1]), length))[0]
+        tails = []
+        for feature_rows in row_windows:
+            columns = getattr(feature_rows, "columns", None)
+            if columns is not None and list(columns) != list(self.spec.feature_names):
+                raise ValueError("feature columns differ from the model's (encoder.json feature_names, in order)")
+            rows = np.asarray(feature_rows, dtype=np.float64)
+            if rows.ndim != 2 or len(rows) < length:
+                raise ValueError(f"need at least {length} feature rows (the window length), got shape "
+                                 f"{list(rows.shape)}")
+            tails.append(rows[-length:])
+        numeric, categorical = encode(np.concatenate(tails), self.spec)
+        return (torch.from_numpy(numeric.reshape(len(tails), length, -1)),
+                torch.from_numpy(categorical.reshape(len(tails), length, -1)))

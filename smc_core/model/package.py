@@ -21,6 +21,10 @@ Layout::
                                the peft adapter, kept for lineage      } LoRA models only
     base.safetensors           the pretrained backbone the adapter sits on, so the
                                unmerged model can be rebuilt from base + adapter }
+    model.onnx                 the merged model as an ONNX graph (protobuf, no code), checked
+                               against the merged weights when written; the service runs it
+                               with ONNX Runtime when that is faster (optional: older
+                               packages have none and are served by PyTorch)
     manifest.json              {"files": {relative path: {"sha256", "bytes"}}}
 """
 
@@ -43,7 +47,9 @@ from safetensors.torch import load_file, save_file
 from smc_core.labels import LABELS
 from smc_core.model.backbone import BackboneConfig, BarClassifier, build_backbone
 from smc_core.model.encoding import EncoderSpec
+from smc_core.model.encoding import encode, windows
 from smc_core.model.errors import ModelError
+from smc_core.model.onnx_graph import ONNX_FILE, checked_export
 
 MANIFEST = "manifest.json"
 MODEL_WEIGHTS = "model.safetensors"
@@ -76,6 +82,11 @@ class ModelPackage:
     @property
     def has_adapter(self) -> bool:
         return f"{ADAPTER_DIR}/{ADAPTER_FILES[0]}" in self.files
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The merged model's ONNX graph, verified by the manifest; None in packages written before it."""
+        return self.path / ONNX_FILE if ONNX_FILE in self.files else None
 
 
 def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_config: BackboneConfig,
@@ -113,6 +124,7 @@ def save_package(path: Path, model: BarClassifier, spec: EncoderSpec, backbone_c
 
     def write(staging: Path) -> None:
         written["merged"] = _write_weights(staging, model)
+        (staging / ONNX_FILE).write_bytes(checked_export(written["merged"], spec, *reference_windows(reference, spec)))
         _write_json(staging / "backbone_config.json", json.loads(backbone_config.to_json()))
         (staging / "encoder.json").write_text(spec.to_json())
         _write_json(staging / "calibration.json", {"temperature": float(temperature)})
@@ -238,6 +250,18 @@ def load_base(path: Path) -> BasePackage:
                        spec=EncoderSpec.from_json((path / "encoder.json").read_text()),
                        backbone_config=BackboneConfig.from_json((path / "backbone_config.json").read_text()),
                        info=json.loads((path / "base.json").read_text()))
+
+
+def reference_windows(reference: np.ndarray, spec: EncoderSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Up to 16 windows of a package's reference sample, encoded: what the ONNX graph is checked
+    on against the merged weights (when written, and again by the service when it loads it)."""
+    length = spec.sequence_length
+    numeric, categorical = encode(reference[: length + 15], spec)
+    if len(numeric) < length:  # a tiny reference sample: repeat its rows into one window
+        repeat = -(-length // len(numeric))
+        numeric, categorical = np.tile(numeric, (repeat, 1))[:length], np.tile(categorical, (repeat, 1))[:length]
+    ends = np.arange(length - 1, len(numeric))
+    return tuple(t.numpy() for t in windows(numeric, categorical, ends, length))
 
 
 # --- internals -------------------------------------------------------------------------

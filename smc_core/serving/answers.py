@@ -158,6 +158,19 @@ class AbTestInfo(BaseModel):
     assignment: str = Field(description="How a request's arm is decided (deterministic per bar).")
 
 
+class InferenceInfo(BaseModel):
+    """Which runtime serves the model, and why."""
+
+    backend: Literal["torch", "onnxruntime"]
+    reason: str = Field(description="INFERENCE_BACKEND, a package without an ONNX graph, or the measurement at load.")
+    threads: int = Field(ge=1, description="Intra-op threads of the runtime, per worker (TORCH_THREADS).")
+    torch_ms: Optional[float] = Field(description="CPU ms of one window through PyTorch, measured at load (auto).")
+    onnxruntime_ms: Optional[float] = Field(description="The same through ONNX Runtime.")
+    max_probability_difference: Optional[float] = Field(
+        description="Largest difference between the two runtimes' probabilities on the package's reference "
+                    "windows (ONNX Runtime serves only within 1e-5).")
+
+
 class ModelInfo(BaseModel):
     """``GET /model``: what is served, and what a request must carry for it."""
 
@@ -175,6 +188,7 @@ class ModelInfo(BaseModel):
     symbols: list[str] = Field(description="The `metadata.symbol` values accepted.")
     risk_terms: RiskTermsInfo
     thresholds: Thresholds
+    inference: InferenceInfo
     loaded_at: str
     ab_test: Optional[AbTestInfo] = Field(default=None, description="The A/B split in force, or null.")
 
@@ -220,6 +234,8 @@ class Health(BaseModel):
     status: Literal["ok", "loading"]
     model_loaded: bool
     model_version: Optional[str]
+    inference_backend: Optional[Literal["torch", "onnxruntime"]] = Field(
+        description="The runtime serving the model (GET /model → inference says why).")
     last_reload_error: Optional[str]
     shadow_version: Optional[str]
     ab_version: Optional[str] = Field(default=None, description="An A/B test's challenger, when one runs.")

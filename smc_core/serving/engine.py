@@ -1,5 +1,6 @@
 """Serving without a web framework: the model slot with atomic swaps, the registry follower,
-one prediction from a validated request, and the client-indicator comparison.
+the runtime a model is served through, predictions from validated requests (one forward
+pass for a micro-batch), and the client-indicator comparison.
 
 Why a slot: a request takes one reference to the loaded model at its start and uses only
 that, so a swap (one attribute assignment) never mixes two models within a request and
@@ -22,6 +23,8 @@ import numpy as np
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE, feature_matrix
 from smc_core.model import Predictor, load_package
+from smc_core.model.onnx_graph import PARITY_TOLERANCE, time_backends
+from smc_core.model.package import reference_windows
 from smc_core.policy import PolicyConfig
 from smc_core.risk import RiskTerms
 from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest, RequestError
@@ -31,6 +34,8 @@ log = logging.getLogger("smc.serving")
 
 ATR_TOLERANCE = 1e-6
 _ATR = CATALOGUE.names.index("atr")
+BACKENDS = ("auto", "torch", "onnxruntime")
+_COMPARED = frozenset(CLIENT_INDICATORS).intersection(CATALOGUE.names)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,62 @@ class ModelTerms:
         return cls(timeframe, parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000, symbols, risk)
 
 
+@dataclass(frozen=True)
+class Inference:
+    """Which runtime serves a model, and why: shown in /model and /health."""
+
+    backend: str
+    """``torch`` or ``onnxruntime``."""
+    reason: str
+    threads: int
+    """Intra-op threads of the runtime (TORCH_THREADS)."""
+    torch_ms: float | None = None
+    """CPU ms of one window through each runtime, measured when the model was loaded (``auto``)."""
+    onnxruntime_ms: float | None = None
+    max_probability_difference: float | None = None
+    """Largest difference between the runtimes' probabilities on the package's reference windows."""
+
+
+def choose_backend(predictor: Predictor, wanted: str = "auto") -> Inference:
+    """Serve through ONNX Runtime when the package has a graph that answers like torch (within
+    1e-5 on its reference windows) and, for ``auto``, when it is faster on this host; else torch.
+
+    A package written before ONNX export has no graph and is served by torch."""
+    if wanted not in BACKENDS:
+        raise ConfigError(f"INFERENCE_BACKEND {wanted!r} is not one of {', '.join(BACKENDS)}")
+    threads = predictor.threads
+    if wanted == "torch":
+        return Inference("torch", "INFERENCE_BACKEND=torch", threads)
+    if predictor.package.onnx_path is None:
+        return Inference("torch", "the package has no ONNX graph (written before model.onnx)", threads)
+    try:
+        session = predictor.onnx()
+    except ImportError as error:
+        return Inference("torch", f"onnxruntime is not installed ({error})", threads)
+    numeric, categorical = reference_windows(predictor.package.reference, predictor.spec)
+    expected = predictor.predict_proba(numeric, categorical)
+    predictor.use_onnx(session)
+    difference = float(np.abs(predictor.predict_proba(numeric, categorical) - expected).max())
+    if not difference <= PARITY_TOLERANCE:
+        predictor.use_onnx(None)
+        return Inference("torch", f"the ONNX graph's probabilities differ from torch's by {difference:.2e}", threads,
+                         max_probability_difference=difference)
+    if wanted == "onnxruntime":
+        return Inference("onnxruntime", "INFERENCE_BACKEND=onnxruntime", threads,
+                         max_probability_difference=difference)
+    def one_window(through):
+        def run():
+            predictor.use_onnx(through)
+            predictor.predict_proba(numeric[:1], categorical[:1])
+        return run
+
+    timing = time_backends(one_window(None), one_window(session))
+    faster = timing.onnxruntime_ms < timing.torch_ms
+    predictor.use_onnx(session if faster else None)
+    return Inference("onnxruntime" if faster else "torch", "measured faster on this host at load", threads,
+                     timing.torch_ms, timing.onnxruntime_ms, difference)
+
+
 @dataclass
 class LoadedModel:
     predictor: Predictor
@@ -66,6 +127,7 @@ class LoadedModel:
     entry_threshold: float | None
     """The threshold the version was promoted with (registry tag), if any."""
     terms: ModelTerms
+    inference: Inference
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -74,8 +136,9 @@ class LoadedModel:
 
 
 def load_model(path: Path, version: str, entry_threshold: float | None = None, threads: int = 1,
-               allowed_symbols: frozenset[str] | None = None, risk: RiskTerms | None = None) -> LoadedModel:
-    """Load, verify and warm up a package; anything wrong raises before it could serve.
+               allowed_symbols: frozenset[str] | None = None, risk: RiskTerms | None = None,
+               backend: str = "auto") -> LoadedModel:
+    """Load, verify, choose its runtime and warm up a package; anything wrong raises before it could serve.
 
     ``risk``: the terms recorded when the version was promoted; a package served by path
     (not promoted) trades the project's default terms."""
@@ -85,12 +148,14 @@ def load_model(path: Path, version: str, entry_threshold: float | None = None, t
     if spec.feature_set_version != CATALOGUE.version or tuple(spec.feature_names) != tuple(CATALOGUE.names):
         raise SmcError(f"model {version} was trained on feature set {spec.feature_set_version}; this service "
                        f"computes {CATALOGUE.version}: it cannot be served")
+    inference = choose_backend(predictor, backend)
     rows = predictor.package.reference[: spec.sequence_length].astype(np.float64)
     for _ in range(3):  # warm-up: first calls allocate and pick kernels
         probabilities = predictor.predict_rows(rows)
     if not (np.isfinite(probabilities).all() and abs(probabilities.sum() - 1) < 1e-6):
         raise SmcError(f"model {version} returned invalid probabilities on its own reference sample")
-    return LoadedModel(predictor, version, Path(path), entry_threshold, terms)
+    log.info("model %s served by %s (%s)", version, inference.backend, inference.reason)
+    return LoadedModel(predictor, version, Path(path), entry_threshold, terms, inference)
 
 
 class ModelSlot:
@@ -185,25 +250,55 @@ class Prediction:
     mismatches: dict[str, int]
 
 
-def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, started: float,
-            request_id: str | None = None, columns: dict | None = None) -> Prediction:
-    """Features from the request's bars (the training code), calibrated probabilities, the tier,
-    and the risk block from the server's own ATR."""
-    columns = request.columns() if columns is None else columns
+@dataclass
+class Prepared:
+    """A checked request with its features, ready for the forward pass."""
+
+    request: PredictRequest
+    columns: dict
+    rows: np.ndarray
+    """Feature rows of every bar: the stored bars completing the request first, then the request's."""
+    window: np.ndarray
+    """The last ``sequence_length`` rows: what the model reads."""
+    from_store: int
+
+
+def prepare(request: PredictRequest, columns: dict, sequence_length: int, from_store: int = 0) -> Prepared:
+    """Features from the request's bars (the training code); 422 naming the bar when the
+    window the model reads has an undefined feature."""
     rows = feature_matrix(columns)
     stored = len(rows) - len(request.bars)  # bars completed from the store come first
-    length = model.predictor.spec.sequence_length
-    window = rows[-length:]
+    window = rows[-sequence_length:]
     bad = np.argwhere(~np.isfinite(window))
     if len(bad):  # degenerate bars (e.g. a flat, zero-range stretch) leave a feature undefined
         row, column = (int(i) for i in bad[0])
-        position = len(rows) - length + row - stored
+        position = len(rows) - sequence_length + row - stored
         where = ("current_bar" if position == len(request.bars) - 1 else f"context_bars[{position}]" if position >= 0
                  else "context_bars (the stored bars completing the request)")
         raise RequestError(422, "bars cannot be used", {"errors": [{
             "path": where,
             "message": f"feature {CATALOGUE.names[column]!r} is undefined at this bar; the model needs it finite"}]})
-    probabilities = model.predictor.predict_rows(window)
+    return Prepared(request, columns, rows, window, from_store)
+
+
+def forward(model: LoadedModel, batch: list[Prepared]) -> np.ndarray:
+    """Calibrated probabilities [N, n_labels] of N prepared requests in one forward pass."""
+    return model.predictor.predict_windows([prepared.window for prepared in batch])
+
+
+def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, started: float,
+            request_id: str | None = None, columns: dict | None = None) -> Prediction:
+    """One request on its own: features, calibrated probabilities, the tier, and the risk block."""
+    columns = request.columns() if columns is None else columns
+    prepared = prepare(request, columns, model.predictor.spec.sequence_length)
+    return answer(prepared, model, policy, forward(model, [prepared])[0], started, request_id)
+
+
+def answer(prepared: Prepared, model: LoadedModel, policy: PolicyConfig, probabilities: np.ndarray, started: float,
+           request_id: str | None = None) -> Prediction:
+    """The body from the model's probabilities: the tier, and the risk block from the server's own ATR."""
+    request, columns, rows = prepared.request, prepared.columns, prepared.rows
+    stored = len(rows) - len(request.bars)
     labels = model.predictor.labels
     best = int(np.argmax(probabilities))
     confidence = float(probabilities[best])
@@ -229,9 +324,9 @@ def compare_indicators(request: PredictRequest, rows: np.ndarray) -> dict[str, i
     names = CATALOGUE.names
     mismatches: dict[str, int] = {}
     for position, bar in enumerate(request.bars):
-        for name in CLIENT_INDICATORS:
+        for name in _COMPARED.intersection(bar.model_fields_set):  # most clients send none
             sent = getattr(bar, name)
-            if sent is None or name not in names:
+            if sent is None:
                 continue
             ours = rows[position, names.index(name)]
             if np.isfinite(ours) and not _same(float(sent), ours, name):

@@ -28,6 +28,7 @@ CLIENT_INDICATORS = ("ext_dir", "int_dir", "has_fvg_bull", "has_fvg_bear", "has_
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MICROSECOND = timedelta(microseconds=1)
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 
 
 # Types are strict (a number is a JSON number, a flag a JSON boolean, a time an ISO 8601
@@ -149,9 +150,9 @@ class PredictRequest(BaseModel):
     def columns(self) -> dict[str, np.ndarray | pd.DatetimeIndex]:
         """The bars as the feature code takes them (ts, open, high, low, close, volume, delta)."""
         bars = self.bars
-        return {
-            "ts": pd.to_datetime(np.array([(b.time_utc - _EPOCH) // _ONE_MICROSECOND for b in bars], dtype="int64"),
-                                 unit="us", utc=True).as_unit("ns"),
+        micros = np.array([(b.time_utc - _EPOCH) // _ONE_MICROSECOND for b in bars], dtype="int64")
+        return {  # the index built from its nanosecond values: pd.to_datetime costs ~5x more per request
+            "ts": pd.DatetimeIndex((micros * 1000).view("datetime64[ns]"), dtype=_UTC_NS),
             "open": np.array([b.o for b in bars], dtype="float64"),
             "high": np.array([b.h for b in bars], dtype="float64"),
             "low": np.array([b.l for b in bars], dtype="float64"),
@@ -241,7 +242,7 @@ def check_against_model(request: PredictRequest, stamps_ns: np.ndarray, timefram
             i = int(uneven[0]) + 1
             raise _mismatch(_bar_path(i, len(stamps_ns)), f"is {steps[i - 1] / 60e9:g} min after the bar before it: "
                                                           f"not a whole number of {timeframe} bars")
-        typical = int(np.median(steps))
+        typical = width_ns if (steps == width_ns).all() else int(np.median(steps))  # the common case, at no cost
         if typical != width_ns:
             raise _mismatch("context_bars", f"the bars are {typical / 60e9:g} min apart (median): this is not a "
                                             f"{timeframe} series")

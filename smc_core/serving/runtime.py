@@ -16,11 +16,13 @@ import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from smc_core.ab_test import CHALLENGER_ARM, CHAMPION_ARM, SHADOW_ARM, arm_bucket
@@ -29,7 +31,8 @@ from smc_core.features import CATALOGUE
 from smc_core.ingest import check_symbol, write_live_bars
 from smc_core.policy import PolicyConfig
 from smc_core.serving.bar_capture import BarBook, CaptureStats, LiveBar, bar_values, bar_writer, load_recent
-from smc_core.serving.engine import AliasFollower, LoadedModel, ModelSlot, load_model, predict
+from smc_core.serving.engine import (BACKENDS, AliasFollower, LoadedModel, ModelSlot, Prepared, answer, forward,
+                                     load_model, prepare)
 from smc_core.serving.halts import HaltSwitch, halted_answer
 from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, prediction_writer
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
@@ -53,6 +56,12 @@ class ServerOptions:
     ssl_certfile: Path | None
     ssl_keyfile: Path | None
     ssl_keyfile_password: str | None
+    access_log: bool = False
+    """ACCESS_LOG: BentoML's own access line per request, beside the service's JSON request log
+    (which carries the same facts and more); off by default: a synchronous write per request."""
+    tracing: bool = False
+    """TRACING: BentoML's OpenTelemetry span per request (exported where BentoML's tracing options
+    say); off by default: building spans that go nowhere cost ~15 % of the event loop's time."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "ServerOptions":
@@ -62,7 +71,8 @@ class ServerOptions:
             workers = env_number({"WORKERS": workers}, "WORKERS", None, int, 1, 64)
         certfile, keyfile = (Path(env[name]).expanduser().resolve() if env.get(name) else None
                              for name in ("SSL_CERTFILE", "SSL_KEYFILE"))
-        options = cls(workers, certfile, keyfile, secret(env, "SSL_KEYFILE_PASSWORD"))
+        options = cls(workers, certfile, keyfile, secret(env, "SSL_KEYFILE_PASSWORD"),
+                      env_flag(env, "ACCESS_LOG", False), env_flag(env, "TRACING", False))
         options.check_tls()
         return options
 
@@ -89,17 +99,21 @@ class ServerOptions:
 
     def bentoml_config(self) -> dict:
         """The ``@bentoml.service`` options these settings stand for."""
-        config: dict = {"workers": self.workers}
+        config: dict = {"workers": self.workers, "logging": {"access": {"enabled": self.access_log}}}
+        if not self.tracing:  # no span at all
+            config["tracing"] = {"excluded_urls": [".*"]}
         if self.tls:
             config["ssl"] = {"enabled": True, "certfile": str(self.ssl_certfile), "keyfile": str(self.ssl_keyfile),
                              "keyfile_password": self.ssl_keyfile_password}
         return config
 
 
-DEFAULT_WORKERS = "cpu_count"
-"""One worker per core: on the 2-core machine, under wrk, two workers answered 1.17x / 1.23x / 1.33x
-the requests per second of one at concurrency 1 / 8 / 32 (README, Benchmarks; bench/serve_workers.py
-repeats the comparison). Each worker computes on one thread, so more workers than cores only contend."""
+DEFAULT_WORKERS = 1
+"""One worker unless told otherwise. Two workers answered 1.17x / 1.23x / 1.33x the requests per
+second of one at concurrency 1 / 8 / 32 on the 2-core machine (README, Benchmarks), but each
+worker keeps its own bar book: a short request is completed from stored bars only by a worker
+that saw (or has since loaded) the bars before it. Set WORKERS=cpu_count when requests carry
+all the bars the model needs and REDIS_URL shares the rate limit."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,13 @@ class ServiceSettings:
     rate_limit_burst: int
     poll_seconds: float
     torch_threads: int
+    """Intra-op threads of the model's runtime (torch or ONNX Runtime), per worker."""
+    inference_backend: str
+    """auto (the faster on this host, measured at load), torch or onnxruntime."""
+    micro_batch_size: int
+    """Most /predict requests run together in one forward pass."""
+    micro_batch_wait_ms: float
+    """How long a batch that already has company waits for more (a lone request never waits)."""
     log_predictions: bool
     shadow_alias: str | None
     capture_bars: bool
@@ -165,6 +186,9 @@ class ServiceSettings:
             rate_limit_burst=env_number(env, "RATE_LIMIT_BURST", 200, int, 1, 10**6),
             poll_seconds=env_number(env, "MODEL_POLL_SECONDS", 2.0, float, 0.1, 3600.0),
             torch_threads=env_number(env, "TORCH_THREADS", 1, int, 1, 256),
+            inference_backend=_choice(env, "INFERENCE_BACKEND", "auto", BACKENDS),
+            micro_batch_size=env_number(env, "MICRO_BATCH_SIZE", 16, int, 1, 1024),
+            micro_batch_wait_ms=env_number(env, "MICRO_BATCH_WAIT_MS", 0.0, float, 0.0, 1000.0),
             log_predictions=env.get("LOG_PREDICTIONS", "true").lower() not in {"0", "false", "no"},
             shadow_alias=None if env.get("SHADOW_ALIAS", "shadow").lower() in {"", "off", "none"}
             else env.get("SHADOW_ALIAS", "shadow"),
@@ -284,42 +308,94 @@ class Runtime:
         return model
 
     def predict_payload(self, payload: object, started: float) -> dict:
-        model = self.model()
-        request = parse_request(payload)
-        sent = request.columns()
-        stamps = sent["ts"].asi8
-        terms = model.terms
-        check_against_model(request, stamps, terms.timeframe, terms.width_ns, terms.symbols)
-        symbol = request.metadata.symbol
-        self._keep_bars(symbol, terms.timeframe, sent, "live:predict")  # kept even when the request cannot be served
-        model, arm = self._route(request, model)
-        columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
-        request_id = str(uuid.uuid4())
+        """One /predict request: its answer, or RequestError."""
+        outcome = self.predict_many([(payload, started)])[0]
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
+
+    def predict_many(self, requests: Sequence[tuple[object, float]]) -> list[dict | RequestError]:
+        """Several /predict requests (payload, start time) with one forward pass per model: a
+        micro-batch. Each is checked, routed (A/B arm), its bars kept and its answer logged on its
+        own, and a refused one never fails the others; the outcomes come back in order."""
+        champion = self.slot.current
+        if champion is None:
+            return [RequestError(503, "no model loaded yet", {"last_error": self.slot.last_error})] * len(requests)
+        outcomes: list[dict | RequestError | None] = [None] * len(requests)
+        groups: dict[str, tuple[LoadedModel, list[tuple[int, Prepared, float, str | None]]]] = {}
+        for index, (payload, started) in enumerate(requests):
+            try:
+                prepared, model, arm = self._prepare(payload, champion)
+            except RequestError as error:
+                outcomes[index] = error
+                continue
+            groups.setdefault(model.version, (model, []))[1].append((index, prepared, started, arm))
+        served: list[tuple[Prepared, str]] = []
+        for model, items in groups.values():
+            policy = self.policy(model)
+            for (index, prepared, started, arm), probabilities in zip(
+                    items, _forward(model, [item[1] for item in items])):
+                if isinstance(probabilities, RequestError):
+                    outcomes[index] = probabilities
+                    continue
+                request_id = str(uuid.uuid4())
+                prediction = answer(prepared, model, policy, probabilities, started, request_id)
+                body = prediction.body
+                body["bars_from_store"] = prepared.from_store
+                if arm is not None:
+                    body["arm"] = arm
+                halt = self.halts.applying_to(prepared.request.metadata.symbol)
+                if halt is not None:
+                    halted_answer(body, halt)
+                self._observe(prepared.request, model, prediction, shadow=False, arm=arm or CHAMPION_ARM,
+                              halted=halt is not None)
+                outcomes[index] = body
+                served.append((prepared, request_id))
+        self._shadow_predict(champion, served)
+        return outcomes
+
+    def _prepare(self, payload: object, champion: LoadedModel) -> tuple[Prepared, LoadedModel, str | None]:
+        """Validate a /predict payload against the champion, keep its bars, route it (A/B), complete
+        it from the store when short, and compute its features."""
+        request, columns, from_store, model, arm = self.validate(payload, champion)
         try:
-            prediction = predict(request, model, self.policy(model), started, request_id, columns)
+            return prepare(request, columns, model.predictor.spec.sequence_length, from_store), model, arm
         except RequestError:
             raise
         except SmcError as error:  # bars the feature code refuses (it names the row)
             raise RequestError(422, "bars cannot be used", {"errors": [{"path": "context_bars",
                                                                         "message": str(error)}]}) from None
         except Exception as error:
-            log.exception("prediction failed")
+            log.exception("feature computation failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
-        prediction.body["bars_from_store"] = from_store
-        if arm is not None:
-            prediction.body["arm"] = arm
-        halt = self.halts.applying_to(symbol)
-        if halt is not None:
-            halted_answer(prediction.body, halt)
-        self._observe(request, model, prediction, shadow=False, arm=arm or CHAMPION_ARM, halted=halt is not None)
+
+    def validate(self, payload: object, champion: LoadedModel) -> tuple[PredictRequest, dict, int, LoadedModel,
+                                                                        str | None]:
+        """The request, its bar columns (completed from stored bars when short), how many were
+        stored, and the model and A/B arm it is routed to; its bars are kept even when it cannot
+        be served."""
+        request = parse_request(payload)
+        sent = request.columns()
+        terms = champion.terms
+        check_against_model(request, sent["ts"].asi8, terms.timeframe, terms.width_ns, terms.symbols)
+        symbol = request.metadata.symbol
+        self._keep_bars(symbol, terms.timeframe, sent, "live:predict")
+        model, arm = self._route(request, champion)
+        columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
+        return request, columns, from_store, model, arm
+
+    def _shadow_predict(self, model: LoadedModel, served: list[tuple[Prepared, str]]) -> None:
+        """The shadow model on the served requests, in one forward pass; logged, never answered."""
         shadow = self.shadow.current
-        if shadow is not None and shadow.version != model.version:
-            try:
-                self._observe(request, shadow, predict(request, shadow, self.policy(shadow), time.perf_counter(),
-                                                       request_id, columns), shadow=True)
-            except Exception:  # the shadow never affects the answer
-                log.exception("shadow prediction failed")
-        return prediction.body
+        if shadow is None or shadow.version == model.version or not served:
+            return
+        try:
+            policy, started = self.policy(shadow), time.perf_counter()
+            for (prepared, request_id), probabilities in zip(served, forward(shadow, [p for p, _ in served])):
+                self._observe(prepared.request, shadow, answer(prepared, shadow, policy, probabilities, started,
+                                                               request_id), shadow=True)
+        except Exception:  # the shadow never affects the answer
+            log.exception("shadow prediction failed")
 
     def upload_bars(self, payload: object) -> dict:
         """POST /bars: many bars of one series, validated like a file, stored in one transaction."""
@@ -421,7 +497,9 @@ class Runtime:
         lost = sum(w.stats.dropped for w in writers.values() if w)
         spooled = sum(w.spool.rows for w in writers.values() if w)
         return {"status": "ok" if current else "loading", "model_loaded": current is not None,
-                "model_version": current.version if current else None, "last_reload_error": self.slot.last_error,
+                "model_version": current.version if current else None,
+                "inference_backend": current.inference.backend if current else None,
+                "last_reload_error": self.slot.last_error,
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
                 "ab_version": self.ab.current.version if self.ab.current else None, "halts": self.halts.health(),
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
@@ -442,6 +520,7 @@ class Runtime:
                 "risk_terms": {"stop_atr": terms.risk.stop_atr, "target_atr": terms.risk.target_atr,
                                "max_holding_bars": terms.risk.max_holding_bars, "tick_size": terms.risk.tick_size},
                 "thresholds": {"half_size": policy.half_threshold, "full_size": policy.full_threshold},
+                "inference": asdict(model.inference),
                 "loaded_at": datetime.fromtimestamp(model.loaded_at, timezone.utc).isoformat(),
                 "ab_test": self._ab_info(model)}
 
@@ -492,7 +571,7 @@ class Runtime:
 
     def _load_path(self, path: Path) -> LoadedModel:
         return load_model(path, f"local/{path.name}", threads=self.settings.torch_threads,
-                          allowed_symbols=self.settings.allowed_symbols)
+                          allowed_symbols=self.settings.allowed_symbols, backend=self.settings.inference_backend)
 
     def _follow(self, slot: ModelSlot, name: str, alias: str, clear_when_unset: bool = False,
                 load=None, on_swap=None) -> AliasFollower:
@@ -516,7 +595,7 @@ class Runtime:
 
         return load_model(package_path(version, name=name), f"{name}/{version}", entry_threshold_of(version, name),
                           threads=self.settings.torch_threads, allowed_symbols=self.settings.allowed_symbols,
-                          risk=risk_terms_of(version, name))
+                          risk=risk_terms_of(version, name), backend=self.settings.inference_backend)
 
     def _observe(self, request: PredictRequest, model: LoadedModel, prediction, shadow: bool,
                  arm: str = CHAMPION_ARM, halted: bool = False) -> None:
@@ -627,6 +706,27 @@ class Runtime:
             self.metrics.model(self.slot.current.version if self.slot.current else None, reloaded)
 
 
+def _forward(model: LoadedModel, batch: list[Prepared]) -> list:
+    """Probabilities per prepared request, one forward pass for all; when it fails, each is tried
+    alone, so a request that breaks the model gets its 500 and the others their answers."""
+    if not batch:
+        return []
+    try:
+        return list(forward(model, batch))
+    except Exception:
+        if len(batch) == 1:
+            log.exception("prediction failed")
+            return [RequestError(500, "model failure", {"type": "forward"})]
+    return [outcome for prepared in batch for outcome in _forward(model, [prepared])]
+
+
+def _choice(env, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
 def _invalid(path: str, message: str) -> RequestError:
     return RequestError(422, "request validation failed", {"errors": [{"path": path, "message": message}]})
 
@@ -673,12 +773,24 @@ def error_body(error: RequestError) -> dict:
 
 
 def parse_json(body: bytes, limit: int) -> object:
+    """orjson first (several times faster on bar lists); the standard parser for what orjson
+    refuses but JSON as Python reads it accepts (NaN, huge integers), so that such a body gets
+    the 422 naming its field rather than a 400, and for the error message of a malformed one."""
     if len(body) > limit:
         raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": len(body)})
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(400, "malformed JSON", {"message": str(error)}) from None
+
+
+def dump_json(body: object) -> bytes:
+    """A response body as JSON bytes (orjson: numpy-free, a few µs for an answer)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _parse_alias_uri(uri: str) -> tuple[str, str]:
