@@ -152,6 +152,8 @@ def _outcome(home: str, run_id: str) -> dict:
         run = instance.get_run_by_id(run_id)
         logs = instance.all_logs(run_id)
     events = [entry.dagster_event for entry in logs if entry.dagster_event is not None]
+    times = {(entry.dagster_event.event_type, entry.dagster_event.step_key): entry.timestamp
+             for entry in logs if entry.dagster_event is not None}
     materialized = {e.asset_key.to_user_string(): {k: v.value for k, v in e.step_materialization_data
                                                    .materialization.metadata.items()}
                     for e in events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION}
@@ -173,6 +175,8 @@ def _outcome(home: str, run_id: str) -> dict:
         "decision": observed[-1]["decision"] if observed else materialized.get("champion", {}).get("decision"),
         "steps": {e.step_key for e in events if e.event_type == DagsterEventType.STEP_SUCCESS},
         "on_workers": on_workers,
+        "fold_seconds": {step: times[(DagsterEventType.STEP_SUCCESS, step)] - times[(DagsterEventType.STEP_START, step)]
+                         for step in FOLD_STEPS},
     }
 
 
@@ -185,6 +189,9 @@ def test_promotion_job_on_two_celery_workers_equals_the_in_process_run(deploymen
     celery_id, celery_seconds = _execute(env, folder, "celery")
     print(f"promotion_job: in-process {local_seconds:.1f} s, two Celery workers {celery_seconds:.1f} s")
     local, distributed = _outcome(str(home), local_id), _outcome(str(home), celery_id)
+    for fold in distributed["folds"]:  # the sizing figure README's Deployment section quotes
+        seconds = distributed["fold_seconds"][f"challenger_evaluation.evaluate_fold[fold_{fold['fold']}]"]
+        print(f"fold {fold['fold']} on a Celery worker: {fold['train_windows']} training windows in {seconds:.1f} s")
 
     # every step of the Celery run ran on a worker; the two folds were separate steps, on both workers
     assert local["on_workers"] == {} and local["steps"] == distributed["steps"] >= FOLD_STEPS
