@@ -279,19 +279,29 @@ def _load_body(model: BarClassifier, state: dict[str, torch.Tensor]) -> None:
                          f"unexpected {result.unexpected_keys[:5]}")
 
 
+def _data_parallel(model: BarClassifier) -> DistributedDataParallel:
+    """DDP around the model. Bars arrive as embeddings, so the backbone's token table never gets a
+    gradient (AdamW skips it on one process too); DDP must not wait for one, so it is left out."""
+    table = dict(model.named_parameters()).get(BarClassifier.TOKEN_TABLE)
+    if table is None:  # under peft: frozen already
+        return DistributedDataParallel(model)
+    table.requires_grad_(False)
+    try:
+        return DistributedDataParallel(model)
+    finally:
+        table.requires_grad_(True)
+
+
 def _fit(model: BarClassifier, train: Split, valid: Split | None, config: TrainConfig,
          progress: Progress | None, lora: bool) -> TrainResult:
     device = _device()
     model.to(device)
     n_classes = model.head.out_features
     weights = class_weights(train[2], n_classes).to(device)
-    token_table = dict(model.named_parameters()).get(BarClassifier.TOKEN_TABLE)
-    if token_table is not None:  # bars arrive as embeddings: never used, so never trained (DDP insists)
-        token_table.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     world = current_world()  # torchrun's processes: each takes its part of every batch (smc_core.model.distributed)
-    trained = DistributedDataParallel(model) if world.distributed else model
+    trained = _data_parallel(model) if world.distributed else model
     shuffle = np.random.default_rng(config.seed)
     history, best_loss, best_epoch, best_state, stale = [], float("inf"), 0, None, 0
     started, seen = time.perf_counter(), 0
