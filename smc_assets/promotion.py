@@ -7,6 +7,10 @@ why, and ``champion`` records the refusal (``model_promotions``, the registry ve
 description, MLflow tags, an ``info`` alert, an observation on the ``champion`` asset) without
 materializing, so the alias stays and ``bento_artifact`` downstream is skipped. The gates stay
 blocking for the alias: ``champion`` moves it only when every gate ran and passed.
+
+``challenger_evaluation`` is a graph of steps, one asset in the UI: ``plan_evaluation`` fixes
+the data and the folds, one ``evaluate_fold[fold_N]`` step trains each fold (so the Celery or
+Kubernetes executor spreads them over workers), ``judge_challenger`` trades and gates them.
 """
 
 import json
