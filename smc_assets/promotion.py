@@ -9,8 +9,8 @@ materializing, so the alias stays and ``bento_artifact`` downstream is skipped. 
 blocking for the alias: ``champion`` moves it only when every gate ran and passed.
 
 ``challenger_evaluation`` is a graph of steps, one asset in the UI: ``plan_evaluation`` fixes
-the data and the folds, one ``evaluate_fold[fold_N]`` step trains each fold (so the Celery or
-Kubernetes executor spreads them over workers), ``judge_challenger`` trades and gates them.
+the data and the folds, one ``evaluate_fold[fold_N]`` step trains each fold (so an executor with
+workers, SMC_EXECUTOR=celery, spreads them), ``judge_challenger`` trades and gates them.
 """
 
 import json
