@@ -259,7 +259,7 @@ def judge_challenger(context: OpExecutionContext, plan: EvaluationPlan, folds: l
     group_name="promotion",
     kinds={"pytorch", "mlflow"},
     description="Walk-forward backtest of the challenger with costs, retrained per fold (one step per fold, spread "
-                "over workers by the Celery or Kubernetes executor); every gate an asset check that champion "
+                "over workers by the Celery executor); every gate an asset check that champion "
                 "requires to pass.",
 )
 def challenger_evaluation(lora_model):
