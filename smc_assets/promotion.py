@@ -7,33 +7,40 @@ why, and ``champion`` records the refusal (``model_promotions``, the registry ve
 description, MLflow tags, an ``info`` alert, an observation on the ``champion`` asset) without
 materializing, so the alias stays and ``bento_artifact`` downstream is skipped. The gates stay
 blocking for the alias: ``champion`` moves it only when every gate ran and passed.
+
+``challenger_evaluation`` is a graph of steps, one asset in the UI: ``plan_evaluation`` fixes
+the data and the folds, one ``evaluate_fold[fold_N]`` step trains each fold (so an executor with
+workers, SMC_EXECUTOR=celery, spreads them), ``judge_challenger`` trades and gates them.
 """
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
-                     AssetObservation, Config, Failure, MaterializeResult, MetadataValue, OpExecutionContext, asset,
+from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetIn, AssetKey,
+                     AssetObservation, Config, ConfigMapping, DynamicOut, DynamicOutput, Failure, In,
+                     MaterializeResult, MetadataValue, Nothing, OpExecutionContext, Out, Output, asset, graph_asset,
                      op)
 from pydantic import Field
 
 from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason
 from smc_assets.model import LoraModelConfig, lora_model
-from smc_core.dataset import load_training_data
+from smc_core.dataset import TrainingData, load_training_data
 from smc_core.evaluation.backtest import InstrumentSpec, equity_chart, undefined_metrics
 from smc_core.evaluation.gates import GateConfig
-from smc_core.evaluation.walk_forward import ChampionModel, WalkForwardConfig, evaluate_challenger
+from smc_core.evaluation.splits import Split
+from smc_core.evaluation.walk_forward import (ChampionModel, FoldResult, WalkForwardConfig, assemble, fold_splits,
+                                             judge_walk_forward, train_fold)
 from smc_core.features import CATALOGUE
 from smc_core.jsonable import plain
 from smc_core.model import Predictor, TrainConfig, load_package
 from smc_core.model.package import package_horizon
-from smc_core.model.pipeline import BaseConfig
+from smc_core.model.pipeline import BaseConfig, RunConfig
 from smc_core.policy import PolicyConfig
 from smc_core.monitoring import MonitoringSettings, prediction_times
 from smc_core.outcomes import live_summary, resolve_outcomes
@@ -109,20 +116,31 @@ def _matching(config: Config, target) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclass_fields(target) if f.name in names}
 
 
-@asset(
-    deps=[lora_model],
-    required_resource_keys={"database", "landing", "model_store", "tracking"},
-    # not Dagster-blocking (that would fail the run): `champion` is what blocks the alias on them
-    check_specs=[AssetCheckSpec(name, asset="challenger_evaluation", description=text)
-                 for name, text in GATE_DESCRIPTIONS.items()],
-    group_name="promotion",
-    kinds={"pytorch", "mlflow"},
-    description="Walk-forward backtest of the challenger with costs, retrained per fold; every gate an asset check "
-                "that champion requires to pass.",
-)
-def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfig) -> MaterializeResult:
+@dataclass
+class EvaluationPlan:
+    """What every step of ``challenger_evaluation`` works from, fixed once by its first step and
+    handed on through the IO manager, so each fold step (on any worker) sees the same inputs."""
+
+    version: str
+    mlflow_run_id: str
+    data: TrainingData
+    bars: dict[str, pd.DataFrame]
+    splits: list[Split]
+    base_config: BaseConfig
+    run_config: RunConfig
+    walk_config: WalkForwardConfig
+    gate_config: GateConfig
+    latency_ms: float
+
+
+@op(ins={"challenger": In(Nothing)},
+    out={"plan": Out(EvaluationPlan, description="The data, bars, folds and configs of the evaluation."),
+         "folds": DynamicOut(int, description="One fold number per walk-forward fold: each a step of its own.")},
+    required_resource_keys={"database", "landing", "tracking"},
+    description="Loads the challenger's package and its own data window, splits the walk-forward folds.")
+def plan_evaluation(context: OpExecutionContext, config: PromotionConfig):
     db = context.resources.database.database()
-    client = context.resources.tracking.client()
+    context.resources.tracking.client()  # sets the tracking URI for this step
     version = alias_version(CHALLENGER)
     if version is None:
         raise Failure(description="no model version has the alias 'challenger': materialize lora_model first")
@@ -137,23 +155,47 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
     data = checked(lambda: load_training_data(db, data_facts["symbols"], data_facts["timeframe"], start, end,
                                                CATALOGUE, data_facts["horizon"], training.sequence_length))
     bars = {symbol: _traded_bars(context, symbol, data_facts["timeframe"], start, end) for symbol in data.symbols}
-    walk_config, gate_config = config.walk_forward(), config.gates()
+    walk_config = config.walk_forward()
     base_config = BaseConfig(backbone=package.backbone_config, checkpoint=lineage["base"].get("checkpoint"),
                              sequence_length=training.sequence_length,
                              train=TrainConfig(epochs=0 if lineage["base"].get("checkpoint") else config.base_epochs,
                                                patience=2, seed=training.seed, threads=training.threads))
-    latency = Predictor(package).single_window_latency_ms()
-    champion = _champion(version, walk_config.policy.half_threshold)
-    context.log.info(f"evaluating {MODEL_NAME}/{version}: {len(data)} windows, {config.folds} walk-forward folds, "
-                     f"champion {champion.version if isinstance(champion, ChampionModel) else champion or 'none'}")
+    splits = checked(lambda: fold_splits(data, walk_config))
+    plan = EvaluationPlan(version, lineage["mlflow_run_id"], data, bars, splits, base_config, training.run_config(),
+                          walk_config, config.gates(), Predictor(package).single_window_latency_ms())
+    context.log.info(f"evaluating {MODEL_NAME}/{version}: {len(data)} windows, {len(splits)} walk-forward folds")
+    yield Output(plan, "plan")
+    for number in range(1, len(splits) + 1):
+        yield DynamicOutput(number, output_name="folds", mapping_key=f"fold_{number}")
 
+
+@op(description="One walk-forward fold: a base pretrained on the fold's past, LoRA and LightGBM on it, its test "
+                "windows scored. Folds are independent steps, so an executor with workers runs them in parallel.")
+def evaluate_fold(context: OpExecutionContext, plan: EvaluationPlan, number: int) -> FoldResult:
     def progress(event: dict) -> None:
         if "epoch" in event:
             context.log.info(f"{event['stage']} epoch {event['epoch']}: valid loss {event['valid_loss']:.4f}")
 
-    evaluation = checked(lambda: evaluate_challenger(
-        data, bars, CATALOGUE, base_config, training.run_config(), walk_config, gate_config, latency_ms=latency,
-        champion=champion, trial_history=trial_sharpes(db), progress=progress))
+    return checked(lambda: train_fold(plan.data, plan.splits[number - 1], number, len(plan.splits), CATALOGUE,
+                                      plan.base_config, plan.run_config, progress))
+
+
+@op(out={"result": Out(description="challenger_evaluation (its figures are the materialization's metadata)"),
+         **{AssetCheckSpec(name, asset=EVALUATION_KEY).get_python_identifier(): Out(is_required=False)
+            for name in GATES}},
+    required_resource_keys={"database", "model_store", "tracking"},
+    description="Trades the folds' out-of-sample probabilities under every candidate policy, backtests the "
+                "champion on the same bars, evaluates every gate and records them.")
+def judge_challenger(context: OpExecutionContext, plan: EvaluationPlan, folds: list[FoldResult]):
+    db = context.resources.database.database()
+    client = context.resources.tracking.client()
+    version, walk_config = plan.version, plan.walk_config
+    champion = _champion(version, walk_config.policy.half_threshold)
+    context.log.info(f"{MODEL_NAME}/{version} against champion "
+                     f"{champion.version if isinstance(champion, ChampionModel) else champion or 'none'}")
+    evaluation = checked(lambda: judge_walk_forward(
+        plan.data, plan.bars, CATALOGUE, assemble(plan.data, folds), walk_config, plan.gate_config,
+        latency_ms=plan.latency_ms, champion=champion, trial_history=trial_sharpes(db)))
     record_trials(db, version, evaluation.trial_sharpes, len(evaluation.challenger.returns), context.run.run_id)
 
     gates = [gate.as_dict() for gate in evaluation.gates]
@@ -173,42 +215,57 @@ def challenger_evaluation(context: AssetExecutionContext, config: PromotionConfi
     chart = equity_chart(evaluation.challenger, folder / "equity.png",
                          f"{MODEL_NAME}/{version} walk-forward (threshold {evaluation.selected_threshold})",
                          evaluation.champion.result if evaluation.champion else None)
-    _log_to_training_run(client, lineage["mlflow_run_id"], evaluation, metrics, folder)
+    _log_to_training_run(client, plan.mlflow_run_id, evaluation, metrics, folder)
 
     verdict = judge(gates, GATES)
     if not verdict.passed:
         context.log.warning(f"{MODEL_NAME}/{version} fails its gates ({verdict.reason}); champion will refuse it")
 
-    return MaterializeResult(
-        metadata={
-            "model_version": f"{MODEL_NAME}/{version}",
-            "version": version,
-            "verdict": "passed" if verdict.passed else "refused",
-            "failed_gates": ", ".join(verdict.failed) or "none",
-            "selected_threshold": evaluation.selected_threshold,
-            "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, walk_config.instrument))),
-            "equity": MetadataValue.md(_equity_inline(evaluation)),
-            "gates": MetadataValue.md(gate_markdown(gates)),
-            "backtest": MetadataValue.md(_backtest_markdown(metrics, rival, evaluation)),
-            "equity_chart": MetadataValue.md(image_markdown(chart)),
-            "folds": MetadataValue.json(plain(evaluation.walk.folds)),
-            "returns_path": MetadataValue.path(str(folder / "returns.parquet")),
-            # JSON has no NaN: an undefined figure is null, and undefined_metrics says why
-            "gate_results": MetadataValue.json(plain(gates)),
-            "metrics": MetadataValue.json(plain(metrics)),
-            "undefined_metrics": MetadataValue.json(undefined_metrics(metrics)),
-            **({"champion_metrics": MetadataValue.json(plain(rival))} if rival else {}),
-        },
-        check_results=[
-            AssetCheckResult(check_name=gate.name, passed=gate.passed,
-                             severity=AssetCheckSeverity.WARN,  # a refused challenger, not broken data
-                             description=("pass: " if gate.passed else "FAIL: ") + gate.reason,
-                             metadata={"statistic": number_or_reason(gate.statistic, "undefined: see reason"),
-                                       "threshold": gate.threshold,
-                                       "reason": gate.reason})
-            for gate in evaluation.gates
-        ],
-    )
+    yield Output(None, "result", metadata={
+        "model_version": f"{MODEL_NAME}/{version}",
+        "version": version,
+        "verdict": "passed" if verdict.passed else "refused",
+        "failed_gates": ", ".join(verdict.failed) or "none",
+        "selected_threshold": evaluation.selected_threshold,
+        "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, walk_config.instrument))),
+        "equity": MetadataValue.md(_equity_inline(evaluation)),
+        "gates": MetadataValue.md(gate_markdown(gates)),
+        "backtest": MetadataValue.md(_backtest_markdown(metrics, rival, evaluation)),
+        "equity_chart": MetadataValue.md(image_markdown(chart)),
+        "folds": MetadataValue.json(plain(evaluation.walk.folds)),
+        "returns_path": MetadataValue.path(str(folder / "returns.parquet")),
+        # JSON has no NaN: an undefined figure is null, and undefined_metrics says why
+        "gate_results": MetadataValue.json(plain(gates)),
+        "metrics": MetadataValue.json(plain(metrics)),
+        "undefined_metrics": MetadataValue.json(undefined_metrics(metrics)),
+        **({"champion_metrics": MetadataValue.json(plain(rival))} if rival else {}),
+    })
+    for gate in evaluation.gates:
+        yield AssetCheckResult(check_name=gate.name, passed=gate.passed,
+                               severity=AssetCheckSeverity.WARN,  # a refused challenger, not broken data
+                               description=("pass: " if gate.passed else "FAIL: ") + gate.reason,
+                               metadata={"statistic": number_or_reason(gate.statistic, "undefined: see reason"),
+                                         "threshold": gate.threshold,
+                                         "reason": gate.reason})
+
+
+@graph_asset(
+    ins={"lora_model": AssetIn(dagster_type=Nothing)},
+    # not Dagster-blocking (that would fail the run): `champion` is what blocks the alias on them
+    check_specs=[AssetCheckSpec(name, asset="challenger_evaluation", description=text)
+                 for name, text in GATE_DESCRIPTIONS.items()],
+    # the launchpad and run configs keep one config block for the asset: PromotionConfig, given to the first step
+    config=ConfigMapping(config_fn=lambda config: {"plan_evaluation": {"config": config}},
+                         config_schema=PromotionConfig.to_config_schema()),
+    group_name="promotion",
+    kinds={"pytorch", "mlflow"},
+    description="Walk-forward backtest of the challenger with costs, retrained per fold (one step per fold, spread "
+                "over workers by the Celery executor); every gate an asset check that champion "
+                "requires to pass.",
+)
+def challenger_evaluation(lora_model):
+    plan, folds = plan_evaluation(lora_model)
+    return judge_challenger(plan, folds.map(lambda number: evaluate_fold(plan, number)).collect())
 
 
 def _risk_terms(evaluation_metadata: dict) -> RiskTerms | None:

@@ -23,6 +23,7 @@ import click
 from smc_core.errors import ConfigError, RejectedRowsError, SmcError
 from smc_core.settings import Settings
 from smc_jobs import progress as bars
+from smc_jobs.train import TrainRequest
 
 _MAX_LISTED = 50
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -251,6 +252,46 @@ def synth(days: int, out_dir: Path, symbol: str, start: str, seed: int, edge: st
                              instrument=Instrument(symbol=symbol))
     paths = write_synthetic(config, out_dir, fmt=fmt, tz=_settings().exchange_tz)
     click.echo(f"wrote {len(paths)} files for {symbol} to {out_dir / symbol}")
+
+
+# --- training ------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  smc train --out models/local                    # one process
+  smc train --out models/ddp --nproc 2            # two processes with torchrun (gloo on CPU, NCCL on GPUs)
+  smc train --out models/es --symbols ES --epochs 5 --base-epochs 2""")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the package (OUT/package) and its training summary (OUT/training.json).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Processes that share every batch (torchrun; DistributedDataParallel).")
+@click.option("--timeframe", default=TrainRequest.timeframe, show_default=True, callback=_check_timeframe)
+@click.option("--symbols", default="", help="Comma-separated symbols [default: all with stored features].")
+@click.option("--horizon", default=None, help="Stored labels to learn, e.g. h15_u1.5_d1.5 [default: the default horizon].")
+@click.option("--epochs", default=TrainRequest.epochs, show_default=True, type=click.IntRange(1, 10_000),
+              help="Maximum LoRA epochs (early stopping on validation loss).")
+@click.option("--base-epochs", default=TrainRequest.base_epochs, show_default=True, type=click.IntRange(0, 10_000))
+@click.option("--batch-size", default=TrainRequest.batch_size, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Global batch, split across the processes.")
+@click.option("--seed", default=TrainRequest.seed, show_default=True, type=int)
+@click.option("--lora-dropout", default=TrainRequest.lora_dropout, show_default=True, type=click.FloatRange(0, 0.9),
+              help="0 makes N processes compute what one does (each process draws its own dropout masks).")
+@_debug_option
+def train(out_dir: Path, nproc: int, timeframe: str, symbols: str, horizon: str | None, epochs: int, base_epochs: int,
+          batch_size: int, seed: int, lora_dropout: float) -> None:
+    """Pretrain a base and fine-tune LoRA on the stored features and labels; write the package."""
+    from smc_jobs.train import launch
+
+    if (out_dir / "package").exists() and any((out_dir / "package").iterdir()):
+        raise SmcError(f"{out_dir / 'package'} already holds a package: choose another --out")
+    names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+    request = TrainRequest(out=str(out_dir.resolve()), database_url=_database().url, timeframe=timeframe,
+                           symbols=names, horizon=horizon, base_epochs=base_epochs, epochs=epochs, batch_size=batch_size, seed=seed,
+                           lora_dropout=lora_dropout)
+    summary = launch(request, nproc)
+    click.echo(f"trained on {summary['processes']} process(es) in {summary['seconds']:.1f}s: best epoch "
+               f"{summary['best_epoch']}, {summary['windows_per_second']:.0f} windows/s, temperature "
+               f"{summary['temperature']:.3f}; package {out_dir / 'package'}")
 
 
 # --- demo --------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from smc_assets.safety import ab_review, halt_trading, resume_trading
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
 from smc_assets.serving import bento_artifact
+from smc_core.execution import ExecutionSettings
 from smc_core.monitoring import MonitoringSettings
 from smc_core.registry import TrackingConfig
 from smc_core.safety import SafetySettings
 from smc_core.settings import Settings
+from smc_jobs.executors import build_executor, step_io_manager
 from smc_jobs.schedules import build_schedules
 
 market_data_job = define_asset_job(
@@ -100,10 +102,11 @@ ab_review_job = define_asset_job(
 
 
 def build_definitions(settings: Settings | None = None, monitoring: MonitoringSettings | None = None,
-                      safety: SafetySettings | None = None) -> Definitions:
+                      safety: SafetySettings | None = None, execution: ExecutionSettings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     monitoring = monitoring or MonitoringSettings.from_env()
     safety = safety or SafetySettings.from_env()
+    execution = execution or ExecutionSettings.from_env()
     tracking = TrackingConfig.from_settings(settings)
     model_root = str(settings.smc_home / "models")
     return Definitions(
@@ -126,7 +129,9 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
             "model_store": ModelStoreResource(root=model_root),
             "mlflow": mlflow_resource(tracking),
             "tracking": TrackingResource(tracking_uri=tracking.tracking_uri, artifact_root=tracking.artifact_root),
+            "io_manager": step_io_manager(settings.smc_home),
         },
+        executor=build_executor(execution),
     )
 
 

@@ -19,6 +19,7 @@ fitted there.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -29,7 +30,7 @@ import torch
 from smc_core.dataset import TrainingData
 from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec, backtest
 from smc_core.evaluation.gates import Champion, GateConfig, GateResult, evaluate_gates, trial_sharpes_of
-from smc_core.evaluation.splits import walk_forward_splits
+from smc_core.evaluation.splits import Split, walk_forward_splits
 from smc_core.errors import SmcError
 from smc_core.features import FeatureCatalogue
 from smc_core.model.backbone import batched_logits
@@ -81,33 +82,79 @@ class WalkForward:
     the calibration gate's statistic."""
 
 
-def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: BaseConfig, run_config: RunConfig,
-                 config: WalkForwardConfig = WalkForwardConfig(), progress: Progress | None = None) -> WalkForward:
+@dataclass
+class FoldResult:
+    """One fold's out-of-sample output: what a separate worker (a Dagster step) hands back."""
+
+    number: int
+    test: np.ndarray
+    """Positions of the fold's test samples in the data."""
+    probabilities: np.ndarray
+    baseline_probabilities: np.ndarray
+    facts: dict
+    sets: FoldSets
+
+
+def fold_splits(data: TrainingData, config: WalkForwardConfig) -> list[Split]:
+    """The walk-forward folds of ``data``: each trains only on its purged, embargoed past."""
+    return walk_forward_splits(data.ts, data.t1, config.folds, config.min_train_fraction, config.expanding,
+                               config.embargo)
+
+
+def train_fold(data: TrainingData, split: Split, number: int, folds: int, catalogue: FeatureCatalogue,
+               base_config: BaseConfig, run_config: RunConfig, progress: Progress | None = None) -> FoldResult:
+    """One fold from scratch: a base pretrained on its past, LoRA and LightGBM on it, its test windows scored.
+
+    Folds share nothing, so they run in any order or on any worker with the same result."""
+    past = _subset(data, split.train)
+    report = _staged(progress, number, folds)
+    base = pretrain_base(past, catalogue, base_config, progress=report)
+    run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
+    probabilities = predict_samples(run.model, run.spec, run.calibration.temperature, data, split.test,
+                                    threads=run_config.train.threads)
+    baseline = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])
+    ts = pd.DatetimeIndex(data.ts)
+    facts = {"fold": number, "train_windows": int(len(split.train)), "test_windows": int(len(split.test)),
+             "purged": split.purged, "embargoed": split.embargoed,
+             "train_end": ts[split.train].max().isoformat(), "test_start": ts[split.test].min().isoformat(),
+             "test_end": ts[split.test].max().isoformat(), "best_epoch": run.result.best_epoch,
+             "valid_log_loss": run.reports["lora"]["log_loss"], "temperature": run.calibration.temperature,
+             "valid_ece": run.calibration.ece,
+             "check_ece": expected_calibration_error(probabilities, data.y[split.test]),
+             "weights_sha256": weights_sha256(run.model)}
+    sets = FoldSets(train=split.train[run.split.train], valid=split.train[run.split.test], check=split.test)
+    return FoldResult(number, split.test, probabilities, baseline, facts, sets)
+
+
+def assemble(data: TrainingData, folds: list[FoldResult]) -> WalkForward:
+    """The folds' outputs in one walk-forward, in fold order whatever order they finished in."""
     probabilities = np.full((len(data), 3), np.nan)
     baseline = np.full((len(data), 3), np.nan)
-    folds, sets = [], []
-    splits = walk_forward_splits(data.ts, data.t1, config.folds, config.min_train_fraction, config.expanding,
-                                 config.embargo)
-    for number, split in enumerate(splits, start=1):
-        past = _subset(data, split.train)
-        report = _staged(progress, number, len(splits))
-        base = pretrain_base(past, catalogue, base_config, progress=report)
-        run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
-        probabilities[split.test] = predict_samples(run.model, run.spec, run.calibration.temperature, data,
-                                                    split.test, threads=run_config.train.threads)
-        baseline[split.test] = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])
-        sets.append(FoldSets(train=split.train[run.split.train], valid=split.train[run.split.test], check=split.test))
-        ts = pd.DatetimeIndex(data.ts)
-        folds.append({"fold": number, "train_windows": int(len(split.train)), "test_windows": int(len(split.test)),
-                      "purged": split.purged, "embargoed": split.embargoed,
-                      "train_end": ts[split.train].max().isoformat(), "test_start": ts[split.test].min().isoformat(),
-                      "test_end": ts[split.test].max().isoformat(), "best_epoch": run.result.best_epoch,
-                      "valid_log_loss": run.reports["lora"]["log_loss"], "temperature": run.calibration.temperature,
-                      "valid_ece": run.calibration.ece,
-                      "check_ece": expected_calibration_error(probabilities[split.test], data.y[split.test])})
+    ordered = sorted(folds, key=lambda fold: fold.number)
+    for fold in ordered:
+        probabilities[fold.test] = fold.probabilities
+        baseline[fold.test] = fold.baseline_probabilities
     tested = np.flatnonzero(np.isfinite(probabilities).all(axis=1))
     ece = expected_calibration_error(probabilities[tested], data.y[tested]) if len(tested) else float("nan")
-    return WalkForward(probabilities, baseline, folds, sets, ece)
+    return WalkForward(probabilities, baseline, [fold.facts for fold in ordered], [fold.sets for fold in ordered],
+                       ece)
+
+
+def walk_forward(data: TrainingData, catalogue: FeatureCatalogue, base_config: BaseConfig, run_config: RunConfig,
+                 config: WalkForwardConfig = WalkForwardConfig(), progress: Progress | None = None) -> WalkForward:
+    splits = fold_splits(data, config)
+    return assemble(data, [train_fold(data, split, number, len(splits), catalogue, base_config, run_config, progress)
+                           for number, split in enumerate(splits, start=1)])
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Digest of a model's weights (names, dtypes, shapes and bytes): equal digests, equal models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def predict_samples(model, spec, temperature: float, data: TrainingData, positions: np.ndarray,
@@ -220,6 +267,15 @@ def evaluate_challenger(data: TrainingData, bars: dict[str, pd.DataFrame], catal
     same bars, then every gate (calibration: the out-of-sample ECE, ``WalkForward.ece``).
     ``champion`` is None (first model) or a reason it cannot be used."""
     walk = walk_forward(data, catalogue, base_config, run_config, config, progress)
+    return judge_walk_forward(data, bars, catalogue, walk, config, gate_config, latency_ms=latency_ms,
+                              champion=champion, trial_history=trial_history)
+
+
+def judge_walk_forward(data: TrainingData, bars: dict[str, pd.DataFrame], catalogue: FeatureCatalogue,
+                       walk: WalkForward, config: WalkForwardConfig, gate_config: GateConfig, *,
+                       latency_ms: float, champion: ChampionModel | str | None,
+                       trial_history: np.ndarray) -> Evaluation:
+    """The out-of-sample probabilities of a finished walk-forward traded and gated (see evaluate_challenger)."""
 
     def trade(probabilities: np.ndarray) -> dict[float, BacktestResult]:
         by_bar = bar_probabilities(data, probabilities)

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from torch.nn.parallel import DistributedDataParallel
 
 from smc_core.evaluation.baselines import inverse_frequency_weights
 from smc_core.features import FeatureCatalogue
 from smc_core.labels import LABELS
 from smc_core.model.backbone import BackboneConfig, BarClassifier, batched_logits
+from smc_core.model.distributed import current_world, gather_rows, shard, summed
 from smc_core.model.encoding import EncoderSpec
 from smc_core.model.errors import ModelError
 
@@ -277,6 +279,19 @@ def _load_body(model: BarClassifier, state: dict[str, torch.Tensor]) -> None:
                          f"unexpected {result.unexpected_keys[:5]}")
 
 
+def _data_parallel(model: BarClassifier) -> DistributedDataParallel:
+    """DDP around the model. Bars arrive as embeddings, so the backbone's token table never gets a
+    gradient (AdamW skips it on one process too); DDP must not wait for one, so it is left out."""
+    table = dict(model.named_parameters()).get(BarClassifier.TOKEN_TABLE)
+    if table is None:  # under peft: frozen already
+        return DistributedDataParallel(model)
+    table.requires_grad_(False)
+    try:
+        return DistributedDataParallel(model)
+    finally:
+        table.requires_grad_(True)
+
+
 def _fit(model: BarClassifier, train: Split, valid: Split | None, config: TrainConfig,
          progress: Progress | None, lora: bool) -> TrainResult:
     device = _device()
@@ -285,6 +300,8 @@ def _fit(model: BarClassifier, train: Split, valid: Split | None, config: TrainC
     weights = class_weights(train[2], n_classes).to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    world = current_world()  # torchrun's processes: each takes its part of every batch (smc_core.model.distributed)
+    trained = _data_parallel(model) if world.distributed else model
     shuffle = np.random.default_rng(config.seed)
     history, best_loss, best_epoch, best_state, stale = [], float("inf"), 0, None, 0
     started, seen = time.perf_counter(), 0
@@ -294,20 +311,27 @@ def _fit(model: BarClassifier, train: Split, valid: Split | None, config: TrainC
         order = torch.from_numpy(shuffle.permutation(len(train[2])))
         total = 0.0
         for batch in order.split(config.batch_size):
-            numeric, categorical, y = (part[batch].to(device) for part in train)
+            numeric, categorical, y = (part[shard(batch, world)].to(device) for part in train)
             with _autocast(device):
-                logits = model(numeric, categorical)
-            loss = F.cross_entropy(logits.float(), y, weight=weights)
+                logits = trained(numeric, categorical)
+            if world.distributed:  # the global batch's weighted mean once DDP has averaged over ranks
+                loss = F.cross_entropy(logits.float(), y, weight=weights, reduction="sum") * (
+                    world.size / weights[train[2][batch].to(device)].sum())
+            else:
+                loss = F.cross_entropy(logits.float(), y, weight=weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += loss.item() * len(batch)
+            total += loss.item() * len(batch) / world.size
+        total = summed(total, world)
         seen += len(order)
         model.eval()
         valid_loss = None
         if valid is not None:
+            mine = shard(torch.arange(len(valid[2])), world)
             with torch.no_grad(), _autocast(device):
-                logits = batched_logits(model, valid[0], valid[1], config.eval_batch_size)
+                logits = gather_rows(batched_logits(model, valid[0][mine], valid[1][mine], config.eval_batch_size),
+                                     len(valid[2]), world)
             valid_loss = weighted_nll(logits, valid[2], weights.cpu())
         history.append({"epoch": epoch, "train_loss": total / len(order), "valid_loss": valid_loss,
                         "seconds": time.perf_counter() - epoch_start})
