@@ -6,7 +6,9 @@ load generator (httpx, keep-alive) sends closed-bar requests for --duration seco
 The service runs as deployed (keys, limits, metrics) with bar capture and the prediction log
 off, as the peer has none; a third run, ``service_capture``, turns both on (DATABASE_URL, else
 an embedded PostgreSQL) to measure what keeping every bar and answer costs:
-``capture_p99_ratio_c8`` (target ≤ 1.1). Progress on stderr; last line of stdout: one JSON object.
+``capture_p99_ratio_c8`` (target ≤ 1.1). A fourth, ``service_publish``, publishes every signal to
+a Redis Stream (a redis-server of its own on a free port) to measure that the same way:
+``publish_p99_ratio_c8`` (target ≤ 1.1). Progress on stderr; last line of stdout: one JSON object.
 """
 
 from __future__ import annotations
@@ -125,11 +127,17 @@ def main() -> None:
                    "--host", "127.0.0.1"]
         service_env = {"API_KEY": KEY, "ADMIN_API_KEY": KEY + "-admin", "TIMEOUT_MS": "5000",
                        "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000"}
+        redis_port = free_port()
+        redis_server = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", scratch], stdout=subprocess.DEVNULL)
         servers = {
             "service": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"},
                         "/readyz", {"X-API-Key": KEY}),
             "service_capture": (bentoml, {**service_env, "LOG_PREDICTIONS": "true", "CAPTURE_BARS": "true",
                                           "DATABASE_URL": ""},  # an embedded database in the scratch home
+                                "/readyz", {"X-API-Key": KEY}),
+            "service_publish": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false",
+                                          "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
                                 "/readyz", {"X-API-Key": KEY}),
             "fastapi": ([str(Path(sys.executable).parent / "uvicorn"), "bench.serve_peer:app", "--host", "127.0.0.1",
                          "--log-level", "warning"], {}, "/health", {}),
@@ -152,6 +160,7 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(timeout=20)
+        redis_server.terminate()
 
     c8 = "c8" if "c8" in results["service"] else f"c{levels[0]}"
     c1 = "c1" if "c1" in results["service"] else f"c{levels[0]}"
@@ -160,6 +169,8 @@ def main() -> None:
         "forward_p50_ms": forward_p50,
         "p99_ratio_c8": results["service"][c8]["p99_ms"] / results["fastapi"][c8]["p99_ms"],
         "capture_p99_ratio_c8": results["service_capture"][c8]["p99_ms"] / results["service"][c8]["p99_ms"],
+        "service_publish": results["service_publish"],
+        "publish_p99_ratio_c8": results["service_publish"][c8]["p99_ms"] / results["service"][c8]["p99_ms"],
         "overhead_ratio": results["service"][c1]["p50_ms"] / forward_p50, "cold_start_s": cold_start,
     }))
 
