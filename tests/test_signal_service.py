@@ -134,7 +134,7 @@ def test_ten_thousand_signals_reach_a_consumer_killed_twice_exactly_once(package
     env = {"REDIS_URL": SHARED_REDIS, "SIGNALS_STREAM": stream, "DATABASE_URL": database.url,
            "SIGNALS_CLAIM_IDLE_MS": "1000", "LOG_LEVEL": "INFO"}
     server = Server({**env, "MODEL_PATH": str(package), "RATE_LIMIT_PER_SECOND": "100000",
-                     "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, tmp_path).wait()
+                     "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, tmp_path).wait(timeout=300)
     consumers = [Consumer(env, group, "first", tmp_path)]
     watcher = FeedClient(server.url)
     payloads = requests_of(market, 10_000)
@@ -182,7 +182,7 @@ def test_a_30_second_redis_outage_fails_no_request_and_loses_no_signal(package, 
     env = {"REDIS_URL": redis_server.url, "SIGNALS_STREAM": "signals", "DATABASE_URL": database.url,
            "SIGNALS_CLAIM_IDLE_MS": "1000"}
     server = Server({**env, "MODEL_PATH": str(package), "RATE_LIMIT_PER_SECOND": "100000",
-                     "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, tmp_path).wait()
+                     "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, tmp_path).wait(timeout=300)
     consumer = Consumer(env, group, "steady", tmp_path)
     payloads = requests_of(market, 1_500)
     pace = len(payloads) / (OUTAGE_S * 1.6)
@@ -301,7 +301,7 @@ class Load:
 def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, market, tmp_path):
     server = Server({"MODEL_PATH": str(package), "RATE_LIMIT_PER_SECOND": "100000", "LOG_PREDICTIONS": "false",
                      "CAPTURE_BARS": "false", "SIGNALS_WS_BUFFER": "64", "TIMEOUT_MS": "60000"},
-                    tmp_path).wait()
+                    tmp_path).wait(timeout=300)
     clients: list[FeedClient] = []
     try:
         health = server.client.get("/health").json()["signals"]
@@ -347,7 +347,7 @@ def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, ma
 
 def test_the_signal_history_of_a_replayed_day(package, market, database, tmp_path):
     server = Server({"MODEL_PATH": str(package), "DATABASE_URL": database.url, "RATE_LIMIT_PER_SECOND": "100000",
-                     "CAPTURE_BARS": "false"}, tmp_path).wait()
+                     "CAPTURE_BARS": "false"}, tmp_path).wait(timeout=300)
     day = market[market["ts"] < market["ts"].iloc[0] + pd.Timedelta(hours=23)]
     answers = {}
     try:
