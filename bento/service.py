@@ -38,7 +38,7 @@ from smc_core.serving.answers import (BarsAnswer, BatchAnswer, Health, ModelInfo
 from smc_core.serving.request import RequestError  # noqa: E402
 from smc_core.serving.runtime import Runtime, ServiceSettings, error_body, parse_json  # noqa: E402
 from smc_core.serving import signal_history  # noqa: E402
-from smc_core.serving.signals import SLOW_CLIENT_CODE, parse_filter, pump  # noqa: E402
+from smc_core.serving.signals import parse_filter, serve_client  # noqa: E402
 
 PROJECT = project()
 EXAMPLE = example_request()
@@ -316,30 +316,22 @@ class SmcPredictor:
     async def signal_stream(self, websocket: WebSocket) -> None:
         """Every signal as it is served, one JSON text message each (the `Signal` schema), in order.
         Key: `X-API-Key` header or `api_key` query parameter; filters `symbol`, `timeframe` (comma lists).
-        A client that leaves SIGNALS_WS_BUFFER signals unread is closed (1008, with the reason)."""
+        A client that stops reading while SIGNALS_WS_BUFFER signals wait is closed (1008, with the reason)."""
         await websocket.accept()
         try:
             self.runtime.authorize(websocket.headers.get("x-api-key") or websocket.query_params.get("api_key"))
         except RequestError as error:
             await websocket.close(code=4401 if error.status == 401 else 4429, reason=error.error)
             return
-        feed = self.runtime.signals.feed
-        subscription = feed.subscribe(parse_filter(websocket.query_params.get("symbol")),
-                                      parse_filter(websocket.query_params.get("timeframe")))
 
         async def client_gone() -> None:
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
 
-        try:
-            if await pump(subscription, websocket.send_text, client_gone):
-                try:  # the close frame waits behind what the client has not read; do not wait long for it
-                    await asyncio.wait_for(websocket.close(code=SLOW_CLIENT_CODE, reason=subscription.close_reason),
-                                           2.0)
-                except Exception:
-                    pass
-        finally:
-            feed.unsubscribe(subscription)
+        await serve_client(self.runtime.signals.feed, parse_filter(websocket.query_params.get("symbol")),
+                           parse_filter(websocket.query_params.get("timeframe")), websocket.send_text, client_gone,
+                           lambda code, reason: websocket.close(code=code, reason=reason),
+                           websocket.scope.get("server"), websocket.scope.get("client"))
 
     # --- documentation -----------------------------------------------------------------
 

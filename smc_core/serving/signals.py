@@ -8,10 +8,12 @@ spool and are published, in order, when it returns. The WebSocket feed then read
 (``StreamTail``), so every worker's clients see every worker's signals. Without ``REDIS_URL``
 the feed is fed by this process directly and ``/health`` says the stream is off.
 
-A WebSocket client gets its own bounded queue on the event loop; one that does not keep up
-(queue full: ``SIGNALS_WS_BUFFER`` signals unread) is disconnected with a close reason, and
-never slows the others or the compute thread (delivery is one ``call_soon_threadsafe`` per
-signal, each signal encoded once for all clients).
+A WebSocket client gets its own queue on the event loop; one that does not keep up (its
+connection takes no more data while ``SIGNALS_WS_BUFFER`` signals wait) is disconnected with a
+close reason, and never slows the others or the compute thread (delivery is one
+``call_soon_threadsafe`` per signal, each signal encoded once for all clients). The
+connection's kernel send buffer is bounded (``FEED_SEND_BUFFER_BYTES``): Linux would otherwise
+let it grow to 4 MiB, thousands of signals a client that stopped reading swallows unnoticed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import threading
 from collections import OrderedDict
 from functools import partial
@@ -33,6 +37,16 @@ log = logging.getLogger("smc.serving.signals")
 SLOW_CLIENT_CODE = 1008
 """WebSocket close code of a client dropped for not reading (policy violation)."""
 
+FEED_SEND_BUFFER_BYTES = 64 * 1024
+"""Kernel send buffer of a WebSocket feed connection (Linux doubles it for its bookkeeping).
+Left alone it grows with the connection up to ``tcp_wmem``'s maximum (4 MiB by default), some
+7,000 signals a client that stopped reading would take in before its queue began to fill;
+64 KiB is still minutes of signals for a client that reads."""
+
+SLOW_CLOSE_GRACE_S = 10.0
+"""A dropped client's close frame waits behind what it has not read; if it has not made room
+for it by then, the connection is cut without one."""
+
 
 class Subscription:
     """One WebSocket client's filter and queue; lives on the event loop that serves it."""
@@ -40,20 +54,26 @@ class Subscription:
     def __init__(self, loop: asyncio.AbstractEventLoop, symbols: frozenset[str], timeframes: frozenset[str],
                  buffer: int):
         self.loop, self.symbols, self.timeframes, self.buffer = loop, symbols, timeframes, buffer
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=buffer)
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.too_slow = asyncio.Event()
+        self.send_waiting = False
+        """True while a send waits for the connection to take data (the client is not reading)."""
 
     def wants(self, symbol: str, timeframe: str) -> bool:
         return (not self.symbols or symbol in self.symbols) and (not self.timeframes or timeframe in self.timeframes)
 
     def offer(self, text: str) -> None:
-        """On the loop: queue the signal, or mark the client too slow (it is then disconnected)."""
+        """On the loop: queue the signal, or mark the client too slow (it is then disconnected).
+
+        Too slow: ``buffer`` signals wait while the connection takes nothing. A burst larger
+        than the buffer (the stream catching up after a Redis outage) is no reason: a client
+        that reads gets it all at the next turn of the loop."""
         if self.too_slow.is_set():
             return
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if self.send_waiting and self.queue.qsize() >= self.buffer:
             self.too_slow.set()
+            return
+        self.queue.put_nowait(text)
 
     @property
     def close_reason(self) -> str:
@@ -82,8 +102,9 @@ class SignalFeed:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
+            present = subscription in self._subscriptions
             self._subscriptions.discard(subscription)
-        if subscription.too_slow.is_set():
+        if present and subscription.too_slow.is_set():
             self.slow_clients_dropped += 1
 
     @property
@@ -113,10 +134,15 @@ async def pump(subscription: Subscription, send_text: Callable[[str], Awaitable[
                client_gone: Callable[[], Awaitable[None]]) -> bool:
     """Send the subscription's signals until the client leaves (False) or falls behind (True).
 
-    A send blocked on a client that stopped reading is abandoned as soon as its queue overflows."""
+    A send blocked on a client that stopped reading is abandoned as soon as it is found too slow."""
     async def send_all() -> None:
         while True:
-            await send_text(await subscription.queue.get())
+            text = await subscription.queue.get()
+            subscription.send_waiting = True
+            try:
+                await send_text(text)
+            finally:
+                subscription.send_waiting = False
 
     tasks = {asyncio.ensure_future(send_all()), asyncio.ensure_future(subscription.too_slow.wait()),
              asyncio.ensure_future(client_gone())}
@@ -127,6 +153,68 @@ async def pump(subscription: Subscription, send_text: Callable[[str], Awaitable[
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return subscription.too_slow.is_set()
+
+
+async def serve_client(feed: SignalFeed, symbols: frozenset[str], timeframes: frozenset[str],
+                       send_text: Callable[[str], Awaitable[None]], client_gone: Callable[[], Awaitable[None]],
+                       close: Callable[[int, str], Awaitable[None]], local: tuple | None, peer: tuple | None) -> None:
+    """One WebSocket client of the feed, from subscription to goodbye.
+
+    A client that falls behind stops receiving at once (and is counted as dropped); it gets the
+    close frame with the reason once it reads again, or is cut off after ``SLOW_CLOSE_GRACE_S``."""
+    connection = connection_socket(local, peer)
+    if connection is not None:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FEED_SEND_BUFFER_BYTES)
+    subscription = feed.subscribe(symbols, timeframes)
+    try:
+        if await pump(subscription, send_text, client_gone):
+            feed.unsubscribe(subscription)
+            try:
+                await asyncio.wait_for(close(SLOW_CLIENT_CODE, subscription.close_reason), SLOW_CLOSE_GRACE_S)
+            except Exception as error:  # it took not even the close frame: cut the connection
+                log.info("signal feed: %s dropped without a close frame (%s)", peer, type(error).__name__)
+                if connection is not None:
+                    connection.shutdown(socket.SHUT_RDWR)
+    finally:
+        feed.unsubscribe(subscription)
+        if connection is not None:
+            connection.close()
+
+
+def connection_socket(local: tuple | None, peer: tuple | None) -> socket.socket | None:
+    """This process's TCP socket from ``local`` to ``peer`` (host, port), as a descriptor of our own.
+
+    ASGI hands an application no socket, yet the feed must bound a connection's kernel send
+    buffer and cut a connection that no longer reads; the socket is found among this process's
+    descriptors by its two addresses. None when not found (the queue still bounds the client)."""
+    if not local or not peer:
+        return None
+    wanted = ((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
+    directory = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    try:
+        descriptors = [int(name) for name in os.listdir(directory)]
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            if directory == "/proc/self/fd" and not os.readlink(f"{directory}/{descriptor}").startswith("socket:"):
+                continue
+            copy = os.dup(descriptor)
+        except OSError:  # closed meanwhile
+            continue
+        try:
+            candidate = socket.socket(fileno=copy)
+        except OSError:  # not a socket
+            os.close(copy)
+            continue
+        try:
+            if candidate.type == socket.SOCK_STREAM and (candidate.getsockname()[:2],
+                                                         candidate.getpeername()[:2]) == wanted:
+                return candidate
+        except OSError:  # a listening or unconnected socket
+            pass
+        candidate.close()
+    return None
 
 
 def parse_filter(text: str | None) -> frozenset[str]:
