@@ -9,6 +9,10 @@
   keys hold, a client that stops reading is disconnected with a close reason, and /predict p99
   with that client stuck is compared with p99 without it in the same run;
 * the REST history on a replayed day: filters, cursor pagination, one signal with its outcome.
+
+The WebSocket and REST tests share one server (``feed_server``): the feed's load is served
+from the market's second day, the replayed day is the first, and the history is read up to its
+end, so neither test sees the other's signals whichever runs first.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 from serving_setup import KEY, ROOT, Server, bars, request_for, tiny_package
 from signal_setup import SHARED_REDIS, OwnRedis, drop_stream, unique_stream
 from websockets.exceptions import ConnectionClosed
@@ -37,6 +42,8 @@ from smc_core.signals import inbox_request_ids
 
 CONTEXT = 49
 OUTAGE_S = 30.0
+DAY_BARS = 1380
+"""1-minute bars of one synthetic trading day (23 hours): the market's second day starts at this row."""
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +56,19 @@ def package(tmp_path_factory):
     return tiny_package(tmp_path_factory.mktemp("pkg") / "model")
 
 
-def requests_of(market: pd.DataFrame, count: int) -> list[dict]:
-    """``count`` /predict requests cycling over the market's bars (each answer is a new signal)."""
-    ends = range(CONTEXT - 1, len(market))
+@pytest.fixture(scope="module")
+def feed_server(package, database, tmp_path_factory):
+    """The service without REDIS_URL (the feed from its own process), logging predictions."""
+    server = Server({"MODEL_PATH": str(package), "DATABASE_URL": database.url, "RATE_LIMIT_PER_SECOND": "100000",
+                     "CAPTURE_BARS": "false", "SIGNALS_WS_BUFFER": "64", "TIMEOUT_MS": "60000"},
+                    tmp_path_factory.mktemp("feed")).wait(timeout=300)
+    yield server
+    server.stop()
+
+
+def requests_of(market: pd.DataFrame, count: int, first: int = 0) -> list[dict]:
+    """``count`` /predict requests cycling over the market's bars from row ``first`` (each answer is a new signal)."""
+    ends = range(first + CONTEXT - 1, len(market))
     distinct = [request_for(market, end, CONTEXT) for end in ends[:count]]
     return [distinct[i % len(distinct)] for i in range(count)]
 
@@ -184,7 +201,7 @@ def test_a_30_second_redis_outage_fails_no_request_and_loses_no_signal(package, 
     server = Server({**env, "MODEL_PATH": str(package), "RATE_LIMIT_PER_SECOND": "100000",
                      "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false"}, tmp_path).wait(timeout=300)
     consumer = Consumer(env, group, "steady", tmp_path)
-    payloads = requests_of(market, 1_500)
+    payloads = requests_of(market, 960)
     pace = len(payloads) / (OUTAGE_S * 1.6)
     statuses, served, window = [], [], {}
     during_outage: list[str] = []
@@ -207,10 +224,9 @@ def test_a_30_second_redis_outage_fails_no_request_and_loses_no_signal(package, 
                     during_outage.append(served[-1])
         publisher = wait_published(server, timeout=180)
         ids = wait_inbox(database, group, len(served), timeout=180)
-        import redis
-
-        in_stream = [fields["request_id"] for _, fields in redis.Redis.from_url(redis_server.url,
-                                                                                decode_responses=True).xrange("signals")]
+        stream = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        in_stream = [fields["request_id"] for _, fields in stream.xrange("signals")]
+        stream.close()
     finally:
         consumer.stop()
         server.stop()
@@ -222,6 +238,9 @@ def test_a_30_second_redis_outage_fails_no_request_and_loses_no_signal(package, 
     assert publisher["dropped"] == 0
     assert set(during_outage) <= set(ids) and sorted(ids) == sorted(served)  # all delivered after, once each
     assert in_stream == served  # published in the order served
+    print(f"\n{len(served)} /predict, all 200; {len(during_outage)} signals served while Redis was down "
+          f"{window['back'] - window['stop']:.1f} s (spool rows then: {window['health']['publisher']['spool_rows']}); "
+          f"{len(ids)} in the consumer's inbox, once each")
 
 
 class StuckClient:
@@ -298,10 +317,8 @@ class Load:
         return latencies
 
 
-def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, market, tmp_path):
-    server = Server({"MODEL_PATH": str(package), "RATE_LIMIT_PER_SECOND": "100000", "LOG_PREDICTIONS": "false",
-                     "CAPTURE_BARS": "false", "SIGNALS_WS_BUFFER": "64", "TIMEOUT_MS": "60000"},
-                    tmp_path).wait(timeout=300)
+def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(feed_server, market):
+    server = feed_server
     clients: list[FeedClient] = []
     try:
         health = server.client.get("/health").json()["signals"]
@@ -314,7 +331,7 @@ def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, ma
         second = FeedClient(server.url, "?symbol=ES,NQ&timeframe=1m")
         other = FeedClient(server.url, "?symbol=NQ")
         clients.extend((first, second, other))
-        load = Load(server, requests_of(market, 300))
+        load = Load(server, requests_of(market, 300, first=DAY_BARS))
         time.sleep(0.5)
         baseline = [ms for _ in range(25) for ms in load.round()]
         stuck = StuckClient(server)
@@ -333,9 +350,8 @@ def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, ma
     finally:
         for client in clients:
             client.close()
-        server.stop()
     assert got_first == load.served and got_second == load.served  # every signal, in order, to both
-    assert dropped["slow_clients_dropped"] == 1 and dropped["websocket_clients"] == 3
+    assert dropped["slow_clients_dropped"] == 1 and dropped["websocket_clients"] == 3  # the readers stay
     assert closing is not None and closing[0] == 1008 and "too slow: 64 signals unread" in closing[1], closing
     p99_base, p99_stuck = np.percentile(baseline, 99), np.percentile(with_stuck, 99)
     print(f"\n/predict p99 without a stuck client {p99_base:.2f} ms, with one {p99_stuck:.2f} ms "
@@ -345,75 +361,80 @@ def test_the_websocket_feed_serves_in_order_and_drops_a_stuck_client(package, ma
     assert p99_stuck <= 1.5 * p99_base + 2.0
 
 
-def test_the_signal_history_of_a_replayed_day(package, market, database, tmp_path):
-    server = Server({"MODEL_PATH": str(package), "DATABASE_URL": database.url, "RATE_LIMIT_PER_SECOND": "100000",
-                     "CAPTURE_BARS": "false"}, tmp_path).wait(timeout=300)
-    day = market[market["ts"] < market["ts"].iloc[0] + pd.Timedelta(hours=23)]
+def test_the_signal_history_of_a_replayed_day(feed_server, market, database):
+    server = feed_server
+    day = market.iloc[:DAY_BARS]
+    assert day["ts"].iloc[-1] - day["ts"].iloc[0] < pd.Timedelta(hours=23)
+    day_end = (day["ts"].iloc[-1] + pd.Timedelta(minutes=1)).isoformat()
     answers = {}
-    try:
-        for end in range(CONTEXT - 1, len(day)):
-            response = server.predict(request_for(day, end, CONTEXT))
-            assert response.status_code == 200
-            answers[response.json()["request_id"]] = (day["ts"].iloc[end], response.json())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            log = server.client.get("/health").json()["prediction_log"]
-            if log["queued"] == 0 and log["spool_rows"] == 0:
-                break
-            time.sleep(0.2)
-        headers = {"X-API-Key": KEY}
+    # the day replayed through /predict_batch, bar by bar in order
+    ends = list(range(CONTEXT - 1, len(day)))
+    for start in range(0, len(ends), 50):
+        chunk = ends[start:start + 50]
+        response = server.client.post("/predict_batch", json={"requests": [request_for(day, end, CONTEXT)
+                                                                           for end in chunk]},
+                                      headers={"X-API-Key": KEY})
+        assert response.status_code == 200
+        for end, answer in zip(chunk, response.json()["results"]):
+            answers[answer["request_id"]] = (day["ts"].iloc[end], answer)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log = server.client.get("/health").json()["prediction_log"]
+        if log["queued"] == 0 and log["spool_rows"] == 0:
+            break
+        time.sleep(0.2)
+    headers = {"X-API-Key": KEY}
 
-        def pages(**params) -> list[dict]:
-            found, cursor = [], None
-            while True:
-                query = {**params, **({"cursor": cursor} if cursor else {})}
-                page = server.client.get("/signals", params=query, headers=headers)
-                assert page.status_code == 200, page.text
-                found.extend(page.json()["signals"])
-                cursor = page.json()["next_cursor"]
-                if cursor is None:
-                    return found
+    def pages(**params) -> list[dict]:
+        found, cursor = [], None
+        while True:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            page = server.client.get("/signals", params=query, headers=headers)
+            assert page.status_code == 200, page.text
+            found.extend(page.json()["signals"])
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                return found
 
-        newest_first = sorted(answers, key=lambda rid: answers[rid][0], reverse=True)
-        everything = pages(limit=137)
-        assert [s["request_id"] for s in everything] == newest_first
-        sample = everything[10]
-        answer = answers[sample["request_id"]][1]
-        assert {k: sample[k] for k in ("label", "confidence", "probabilities", "position_size", "risk",
-                                       "model_version")} == {k: answer[k] for k in ("label", "confidence",
-                                                                                    "probabilities", "position_size",
-                                                                                    "risk", "model_version")}
-        longs = [rid for rid in newest_first if answers[rid][1]["label"] == "long"]
-        assert [s["request_id"] for s in pages(label="long", limit=50)] == longs
-        assert pages(symbol="NQ") == [] and len(pages(symbol="ES", timeframe="1m", limit=1000)) == len(answers)
-        assert len(pages(model_version=answer["model_version"], limit=1000)) == len(answers)
-        assert pages(model_version="other/1") == []
-        since, until = day["ts"].iloc[200], day["ts"].iloc[300]
-        window = pages(since=since.isoformat(), until=until.isoformat())
-        assert [s["request_id"] for s in window] == [rid for rid in newest_first if since <= answers[rid][0] < until]
-        assert len(window) == 100
+    newest_first = sorted(answers, key=lambda rid: answers[rid][0], reverse=True)
+    everything = pages(limit=137, until=day_end)
+    assert [s["request_id"] for s in everything] == newest_first
+    sample = everything[10]
+    answer = answers[sample["request_id"]][1]
+    assert {k: sample[k] for k in ("label", "confidence", "probabilities", "position_size", "risk",
+                                   "model_version")} == {k: answer[k] for k in ("label", "confidence",
+                                                                                "probabilities", "position_size",
+                                                                                "risk", "model_version")}
+    longs = [rid for rid in newest_first if answers[rid][1]["label"] == "long"]
+    assert [s["request_id"] for s in pages(label="long", limit=50, until=day_end)] == longs
+    assert pages(symbol="NQ") == []
+    assert len(pages(symbol="ES", timeframe="1m", limit=1000, until=day_end)) == len(answers)
+    assert len(pages(model_version=answer["model_version"], limit=1000, until=day_end)) == len(answers)
+    assert pages(model_version="other/1") == []
+    since, until = day["ts"].iloc[200], day["ts"].iloc[300]
+    window = pages(since=since.isoformat(), until=until.isoformat())
+    assert [s["request_id"] for s in window] == [rid for rid in newest_first if since <= answers[rid][0] < until]
+    assert len(window) == 100
 
-        rid = newest_first[-1]
-        one = server.client.get(f"/signals/{rid}", headers=headers).json()
-        assert one["request_id"] == rid and one["outcome"] is None
-        with database.connection() as conn:
-            conn.execute("SELECT smc_prepare_time_range('prediction_outcomes', %s, %s)", (answers[rid][0],) * 2)
-            conn.execute(
-                """INSERT INTO prediction_outcomes (ts, request_id, shadow, symbol, timeframe, model_version, horizon,
-                       realised_label, barrier, t1, ret, ambiguous, direction, position_size, realised_return, hit)
-                   VALUES (%s, %s, false, 'ES', '1m', %s, 'h15_u1.5_d1.5', 1, 'down', %s, -0.002, false, 0, 0, 0, NULL)""",
-                (answers[rid][0], rid, answer["model_version"], answers[rid][0] + timedelta(minutes=15)))
-        known = server.client.get(f"/signals/{rid}", headers=headers).json()["outcome"]
-        assert (known["realised_label"], known["barrier"], known["return"]) == ("short", "down", -0.002)
-        assert server.client.get("/signals/no-such-id", headers=headers).status_code == 404
-        assert server.client.get("/signals").status_code == 401
-        bad = server.client.get("/signals", params={"limit": "5000", "label": "buy"}, headers=headers)
-        assert bad.status_code == 422 and {e["path"] for e in bad.json()["details"]["errors"]} == {"query.limit",
-                                                                                                  "query.label"}
-        first_day = str(pd.Timestamp(day["ts"].iloc[-1]).date())
-        analytics = server.client.get("/signals/analytics", params={"since": "2020-01-01", "until": first_day},
-                                      headers=headers).json()
-        assert sum(d["signals"] for d in analytics["days"]) == len(answers)
-        assert sum(d["resolved"] for d in analytics["days"]) == 1
-    finally:
-        server.stop()
+    rid = newest_first[-1]
+    one = server.client.get(f"/signals/{rid}", headers=headers).json()
+    assert one["request_id"] == rid and one["outcome"] is None
+    with database.connection() as conn:
+        conn.execute("SELECT smc_prepare_time_range('prediction_outcomes', %s, %s)", (answers[rid][0],) * 2)
+        conn.execute(
+            """INSERT INTO prediction_outcomes (ts, request_id, shadow, symbol, timeframe, model_version, horizon,
+                   realised_label, barrier, t1, ret, ambiguous, direction, position_size, realised_return, hit)
+               VALUES (%s, %s, false, 'ES', '1m', %s, 'h15_u1.5_d1.5', 1, 'down', %s, -0.002, false, 0, 0, 0, NULL)""",
+            (answers[rid][0], rid, answer["model_version"], answers[rid][0] + timedelta(minutes=15)))
+    known = server.client.get(f"/signals/{rid}", headers=headers).json()["outcome"]
+    assert (known["realised_label"], known["barrier"], known["return"]) == ("short", "down", -0.002)
+    assert server.client.get("/signals/no-such-id", headers=headers).status_code == 404
+    assert server.client.get("/signals").status_code == 401
+    bad = server.client.get("/signals", params={"limit": "5000", "label": "buy"}, headers=headers)
+    assert bad.status_code == 422 and {e["path"] for e in bad.json()["details"]["errors"]} == {"query.limit",
+                                                                                              "query.label"}
+    first_day = str(pd.Timestamp(day["ts"].iloc[-1]).date())
+    analytics = server.client.get("/signals/analytics", params={"since": "2020-01-01", "until": first_day},
+                                  headers=headers).json()
+    assert sum(d["signals"] for d in analytics["days"]) == len(answers)
+    assert sum(d["resolved"] for d in analytics["days"]) == 1
