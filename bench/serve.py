@@ -36,6 +36,8 @@ from smc_core.serving.replay import request_payload  # noqa: E402
 from smc_core.synthetic import SyntheticConfig, generate_bars  # noqa: E402
 
 KEY = "bench-key"
+START_TIMEOUT_S = 300.0
+"""A server start may take minutes on a machine shared with other work; the cold start is reported, not bounded."""
 
 
 def log(message: str) -> None:
@@ -52,7 +54,7 @@ def start(command: list[str], env: dict, url: str, ready_path: str) -> tuple[sub
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    while time.perf_counter() - started < 120:
+    while time.perf_counter() - started < START_TIMEOUT_S:
         if process.poll() is not None:
             raise SystemExit(f"{command[0]} exited with {process.returncode}")
         try:
@@ -62,7 +64,7 @@ def start(command: list[str], env: dict, url: str, ready_path: str) -> tuple[sub
             pass
         time.sleep(0.1)
     process.kill()
-    raise SystemExit(f"{command} not ready in 120 s")
+    raise SystemExit(f"{command} not ready in {START_TIMEOUT_S:.0f} s")
 
 
 async def load(url: str, payloads: list[dict], concurrency: int, duration: float, headers: dict) -> dict:
@@ -142,25 +144,28 @@ def main() -> None:
             "fastapi": ([str(Path(sys.executable).parent / "uvicorn"), "bench.serve_peer:app", "--host", "127.0.0.1",
                          "--log-level", "warning"], {}, "/health", {}),
         }
-        for name, (command, env, ready, headers) in servers.items():
-            port = free_port()
-            process, seconds = start(command + ["--port", str(port)],
-                                     {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch}, f"http://127.0.0.1:{port}",
-                                     ready)
-            if name == "service":
-                cold_start = seconds
-            log(f"{name} ready in {seconds:.1f} s")
-            try:
-                asyncio.run(load(f"http://127.0.0.1:{port}", payloads, 4, 2.0, headers))  # warm-up
-                results[name] = {}
-                for level in levels:
-                    results[name][f"c{level}"] = asyncio.run(load(f"http://127.0.0.1:{port}", payloads, level,
-                                                                  args.duration, headers))
-                    log(f"{name} c{level}: {results[name][f'c{level}']}")
-            finally:
-                process.terminate()
-                process.wait(timeout=20)
-        redis_server.terminate()
+        try:
+            for name, (command, env, ready, headers) in servers.items():
+                port = free_port()
+                process, seconds = start(command + ["--port", str(port)],
+                                         {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch},
+                                         f"http://127.0.0.1:{port}", ready)
+                if name == "service":
+                    cold_start = seconds
+                log(f"{name} ready in {seconds:.1f} s")
+                try:
+                    asyncio.run(load(f"http://127.0.0.1:{port}", payloads, 4, 2.0, headers))  # warm-up
+                    results[name] = {}
+                    for level in levels:
+                        results[name][f"c{level}"] = asyncio.run(load(f"http://127.0.0.1:{port}", payloads, level,
+                                                                      args.duration, headers))
+                        log(f"{name} c{level}: {results[name][f'c{level}']}")
+                finally:
+                    process.terminate()
+                    process.wait(timeout=20)
+        finally:  # the publisher's Redis goes with the run
+            redis_server.terminate()
+            redis_server.wait(timeout=20)
 
     c8 = "c8" if "c8" in results["service"] else f"c{levels[0]}"
     c1 = "c1" if "c1" in results["service"] else f"c{levels[0]}"
