@@ -15,7 +15,9 @@ Servers, one after the other, each with as many workers as the service (WORKERS)
 - ``service``: the BentoML service as deployed (keys, limits, metrics, request log), bar
   capture and the prediction log off, as the peer has none;
 - ``service_capture``: the same with both on (DATABASE_URL, else an embedded PostgreSQL):
-  ``capture_p99_ratio_c8`` (target ≤ 1.1).
+  ``capture_p99_ratio_c8`` (target ≤ 1.1);
+- ``service_publish``: the service publishing every signal to a Redis Stream (a redis-server of
+  its own on a free port): ``publish_p99_ratio_c8`` (target ≤ 1.1).
 
 Before the servers, the service's own code path is timed in this process, stage by stage
 over the same requests (parse, validation, features, encoding, forward, policy,
@@ -173,7 +175,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--model", type=Path, help="a model package (default: train a small one)")
     parser.add_argument("--profile-requests", type=int, default=500)
-    parser.add_argument("--servers", default="floor,fastapi,service,service_capture")
+    parser.add_argument("--servers", default="floor,fastapi,service,service_capture,service_publish")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk`")
@@ -202,6 +204,9 @@ def main() -> None:
                        "WORKERS": "1",  # one process, as the peer (bench/serve_workers.py compares worker counts)
                        "RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000",
                        "BENTOML_HOME": str(Path(scratch) / "bentoml")}
+        redis_port = free_port()
+        redis_server = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", scratch], stdout=subprocess.DEVNULL)
         servers = {
             "floor": (uvicorn + ["bench.serve_floor:app"], {}, "/", None),
             "fastapi": (uvicorn + ["bench.serve_peer:app"], {}, "/health", None),
@@ -209,27 +214,33 @@ def main() -> None:
             "service_capture": (bentoml, {**service_env, "LOG_PREDICTIONS": "true", "CAPTURE_BARS": "true",
                                           "DATABASE_URL": ""},  # an embedded database in the scratch home
                                 "/readyz", KEY),
+            "service_publish": (bentoml, {**service_env, "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false",
+                                          "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}, "/readyz", KEY),
         }
         results, cold_start = {}, None
-        for name in wanted:
-            command, env, ready, key = servers[name]
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            process, seconds = start(command + ["--port", str(port)],
-                                     {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch}, url,
-                                     ready if name != "floor" else "/")
-            if name == "service":
-                cold_start = seconds
-            log(f"{name} ready in {seconds:.1f} s")
-            try:
-                wrk(url, bodies, 4, 2.0, key, process.pid)  # warm-up
-                results[name] = {}
-                for level in levels:
-                    results[name][f"c{level}"] = wrk(url, bodies, level, args.duration, key, process.pid)
-                    log(f"{name} c{level}: {results[name][f'c{level}']}")
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
+        try:
+            for name in wanted:
+                command, env, ready, key = servers[name]
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                process, seconds = start(command + ["--port", str(port)],
+                                         {**env, "MODEL_PATH": str(model), "SMC_HOME": scratch}, url,
+                                         ready if name != "floor" else "/")
+                if name == "service":
+                    cold_start = seconds
+                log(f"{name} ready in {seconds:.1f} s")
+                try:
+                    wrk(url, bodies, 4, 2.0, key, process.pid)  # warm-up
+                    results[name] = {}
+                    for level in levels:
+                        results[name][f"c{level}"] = wrk(url, bodies, level, args.duration, key, process.pid)
+                        log(f"{name} c{level}: {results[name][f'c{level}']}")
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+        finally:  # the publisher's Redis goes with the run
+            redis_server.terminate()
+            redis_server.wait(timeout=20)
 
     print(json.dumps(summarise(results, profiled, cold_start, load_before, os.getloadavg(), workers)))
 
@@ -261,6 +272,8 @@ def summarise(results: dict, profiled: dict, cold_start: float | None, load_befo
             out["c8_rps_of_floor"] = ratio(service["c8"]["rps"], results["floor"]["c8"]["rps"])
         if "service_capture" in results:
             out["capture_p99_ratio_c8"] = ratio(results["service_capture"]["c8"]["p99_ms"], service["c8"]["p99_ms"])
+        if "service_publish" in results:
+            out["publish_p99_ratio_c8"] = ratio(results["service_publish"]["c8"]["p99_ms"], service["c8"]["p99_ms"])
         out["service_errors"] = sum(level["errors"] for level in service.values())
         if cold_start is not None:
             out["cold_start_over_target"] = cold_start / TARGETS["cold_start_s"]

@@ -66,6 +66,7 @@ def example_request() -> dict:
 ERRORS = {
     400: "Malformed JSON: `details.message` is the parser's.",
     401: "Missing or wrong key: `details.header` names the header expected.",
+    404: "No served signal has this request id.",
     409: "Reload refused (a broken or incompatible package, or no registry version under the alias): the previous "
          "model keeps serving; `details.reason`.",
     413: "Body over MAX_BODY_BYTES (UPLOAD_MAX_BYTES for /bars), or more items than MAX_BATCH_SIZE / "
@@ -170,6 +171,8 @@ def document(app, proj: Project, settings, model: dict | None, max_batch: int, m
                       description=DESCRIPTION.format(summary=proj.summary, keys=keys, bars=_served(model)),
                       tags=[{"name": "predict", "description": "What strategies call."},
                             {"name": "bars", "description": "The live bar store."},
+                            {"name": "signals", "description": "Served signals: history, outcomes, analytics. Live: "
+                                                               "the WebSocket `/signals/stream` and the Redis Stream."},
                             {"name": "operations", "description": "Model, health, probes, metrics, admin."}])
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_schemas(PredictRequest, BarsUpload, HaltRequest))

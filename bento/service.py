@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from bento.openapi import (ASSETS_URL, ERRORS, PREDICT_422, assets_dir, document, example_request,  # noqa: E402
                            project, redoc_page, request_body, responses, swagger_page)
+from smc_core.serving import signal_history  # noqa: E402
 from smc_core.serving.answers import (BarsAnswer, BatchAnswer, HaltAnswer, Health, ModelInfo,  # noqa: E402
-                                      PredictAnswer, ReloadAnswer)
+                                      PredictAnswer, ReloadAnswer, SignalAnalytics, SignalDetail, SignalPage)
 from smc_core.serving.batcher import MicroBatcher  # noqa: E402
 from smc_core.serving.request import RequestError  # noqa: E402
 from smc_core.serving.runtime import (Runtime, ServerOptions, ServiceSettings, dump_json, error_body,  # noqa: E402
                                       parse_json)
+from smc_core.serving.signals import parse_filter, serve_client  # noqa: E402
 
 PROJECT = project()
 EXAMPLE = example_request()
@@ -58,6 +60,25 @@ json_log = logging.getLogger("smc.requests")
 UPLOAD_DEADLINE_S = 120.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 _REF = "#/components/schemas/{}"
+
+
+def _query(name: str, description: str, **schema) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+SIGNAL_PARAMETERS = [
+    _query("symbol", "Only this symbol."), _query("timeframe", "Only this timeframe, e.g. `1m`."),
+    _query("label", "Only this label.", enum=["long", "short", "skip"]),
+    _query("model_version", "Only signals of this model version, e.g. `smc-lora/3`."),
+    _query("since", "Bar times at or after this (ISO 8601 with offset).", format="date-time"),
+    _query("until", "Bar times before this (ISO 8601 with offset).", format="date-time"),
+    _query("limit", "Signals per page (default 100).", type="integer", minimum=1, maximum=signal_history.MAX_PAGE),
+    _query("cursor", "`next_cursor` of the previous page.")]
+ANALYTICS_PARAMETERS = [
+    _query("model_version", "Only this model version."),
+    _query("since", "First trading day (default: 30 calendar days before `until`).", format="date"),
+    _query("until", "Last trading day (default: today, UTC).", format="date")]
 
 
 class Metrics:
@@ -323,6 +344,63 @@ class SmcPredictor:
         return await self._respond(request, "admin_resume", True,
                                    lambda payload, started: self.runtime.admin_resume(payload), upload=True)
 
+    # --- signals (DESIGN §11) ----------------------------------------------------------
+
+    @app.get("/signals", operation_id="list_signals", tags=["signals"], summary="Served signals, newest first",
+             responses={200: {"model": SignalPage, "description": "One page; `next_cursor` for the next."},
+                        **responses(401, 422, 429, 503, 504, e503="The database is unavailable.")},
+             openapi_extra={"parameters": SIGNAL_PARAMETERS, "security": [{"ApiKey": []}]})
+    async def list_signals(self, request: Request) -> JSONResponse:
+        """Filters: symbol, timeframe, label, model_version, `since` ≤ bar time < `until`; `limit` per page."""
+        params = dict(request.query_params)
+
+        def work(payload, started):
+            query = signal_history.SignalQuery.from_params(params)
+            return self.runtime.read(lambda conn: signal_history.list_signals(conn, query))
+
+        return await self._respond(request, "signals", False, work, needs_body=False, upload=True)
+
+    @app.get("/signals/analytics", operation_id="signal_analytics", tags=["signals"],
+             summary="Signals, trade rate, hit rate and realised return per model version and trading day",
+             responses={200: {"model": SignalAnalytics, "description": "From the outcomes of the signals."},
+                        **responses(401, 422, 429, 503, 504, e503="The database is unavailable.")},
+             openapi_extra={"parameters": ANALYTICS_PARAMETERS, "security": [{"ApiKey": []}]})
+    async def signal_analytics(self, request: Request) -> JSONResponse:
+        """Trading days `since`..`until` (default: the last 30 calendar days); optional model_version."""
+        params = dict(request.query_params)
+        return await self._respond(request, "signal_analytics", False, lambda payload, started: self.runtime.read(
+            lambda conn: signal_history.analytics(conn, params)), needs_body=False, upload=True)
+
+    @app.get("/signals/{request_id}", operation_id="get_signal", tags=["signals"],
+             summary="One signal, with its outcome once known",
+             responses={200: {"model": SignalDetail, "description": "`outcome` is null until its label is known."},
+                        **responses(401, 404, 429, 503, 504, e503="The database is unavailable.")},
+             openapi_extra={"security": [{"ApiKey": []}]})
+    async def get_signal(self, request: Request, request_id: str) -> JSONResponse:
+        return await self._respond(request, "signal", False, lambda payload, started: self.runtime.read(
+            lambda conn: signal_history.get_signal(conn, request_id)), needs_body=False, upload=True)
+
+    @app.websocket("/signals/stream")
+    async def signal_stream(self, websocket: WebSocket) -> None:
+        """Every signal as it is served, one JSON text message each (the `Signal` schema), in order.
+        Key: `X-API-Key` header or `api_key` query parameter; filters `symbol`, `timeframe` (comma lists).
+        A client that stops reading while SIGNALS_WS_BUFFER signals wait is closed (1008, with the reason)."""
+        await websocket.accept()
+        try:
+            self.runtime.authorize(websocket.headers.get("x-api-key") or websocket.query_params.get("api_key"))
+        except RequestError as error:
+            await websocket.close(code=4401 if error.status == 401 else 4429, reason=error.error)
+            return
+
+        async def client_gone() -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+        await serve_client(self.runtime.signals.feed, parse_filter(websocket.query_params.get("symbol")),
+                           parse_filter(websocket.query_params.get("timeframe")), websocket.send_text, client_gone,
+                           lambda code, reason: websocket.close(code=code, reason=reason),
+                           websocket.scope.get("server"), websocket.scope.get("client"))
+
     # --- documentation -----------------------------------------------------------------
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -360,7 +438,8 @@ class SmcPredictor:
         """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
 
         ``submit(payload, started)`` starts the work on a thread and returns its concurrent future.
-        ``upload``: bulk bars, with their own size limit and deadline."""
+        ``upload``: database work (bulk bars, the signal history), with its own size limit and deadline, on the
+        upload threads."""
         started = time.perf_counter()
         runtime = self.runtime
         settings = runtime.settings

@@ -120,6 +120,7 @@ def cli() -> None:
       smc demo                                  # the whole lineage and the loop
       smc serve --dev --port 8000               # the /predict service, keyless
       smc replay --symbol ES --day 2024-01-03   # a stored day through the service
+      smc signals consume --group desk          # every served signal, exactly once (REDIS_URL)
     """
     level = os.environ.get("LOG_LEVEL", "WARNING").upper()
     if level not in _LOG_LEVELS:
@@ -541,6 +542,56 @@ def _show_halts(state, events: list[dict]) -> None:
     for event in events:
         click.echo(f"  {event['at']:%Y-%m-%d %H:%M:%S} {event['action']:<6} "
                    f"{'all' if event['scope'] == '*' else event['scope']:<6} {event['source']:<8} {event['reason']}")
+
+
+# --- signals ---------------------------------------------------------------------------
+
+@cli.group(epilog="""\b
+Examples:
+  REDIS_URL=redis://127.0.0.1:6379/0 smc signals consume --group desk""")
+def signals() -> None:
+    """The signal stream (REDIS_URL): consumers that handle every served signal exactly once."""
+
+
+@signals.command("consume", epilog="""\b
+Examples:
+  smc signals consume --group desk                     # until Ctrl-C
+  smc signals consume --group audit --echo | jq .      # and print each signal handled
+  smc signals consume --group desk --idle-exit 10      # stop after 10 s without a signal""")
+@click.option("--group", default="inbox", show_default=True, help="Consumer group; each group gets every signal.")
+@click.option("--consumer", default=None, help="This consumer's name in the group [default: host-pid].")
+@click.option("--redis-url", envvar="REDIS_URL", default="", help="Redis holding the stream [env REDIS_URL].")
+@click.option("--limit", type=click.IntRange(1, None), default=None, help="Stop after handling this many signals.")
+@click.option("--idle-exit", type=click.FloatRange(0.1, None), default=None,
+              help="Stop when no signal came for this many seconds.")
+@click.option("--echo", is_flag=True, help="Print each signal handled as one JSON line (at least once: a crash "
+                                           "between the print and the commit prints it again).")
+@_debug_option
+def signals_consume(group: str, consumer: str | None, redis_url: str, limit: int | None, idle_exit: float | None,
+                    echo: bool) -> None:
+    """Read the stream as GROUP and record every signal once in the database's signal_inbox.
+
+    Acknowledged only after the inbox row committed; messages a dead consumer left pending are
+    reclaimed after SIGNALS_CLAIM_IDLE_MS; a signal delivered twice is recognised by its request
+    id and not recorded again. Prints what it did as one JSON line at the end."""
+    import dataclasses
+    import json
+
+    from smc_core.signals import PostgresInbox, SignalConsumer, SignalSettings, connect
+
+    settings = dataclasses.replace(SignalSettings.from_env(), redis_url=redis_url or None)
+    if not settings.redis_url:
+        raise SmcError("no Redis to read from: set REDIS_URL (e.g. redis://127.0.0.1:6379/0) or pass --redis-url")
+    database = _database()
+    handler = (lambda signal, conn: click.echo(json.dumps(signal))) if echo else None
+    consumer_loop = SignalConsumer(connect(settings.redis_url, timeout=10.0), settings, group,
+                                   PostgresInbox(database, group), consumer=consumer, handler=handler)
+    try:
+        stats = consumer_loop.run(limit=limit, idle_exit_s=idle_exit)
+    finally:
+        click.echo(json.dumps({"group": group, "consumer": consumer_loop.consumer,
+                               **dataclasses.asdict(consumer_loop.stats)}), err=echo)
+    return stats
 
 
 def _probe_request(db, symbol, timeframe, load_bars, request_payload) -> dict:

@@ -249,4 +249,71 @@ class Health(BaseModel):
     rate_limit: Literal["shared", "per worker", "per worker, Redis unavailable"] = Field(
         description="`shared`: one bucket per key for every worker, in Redis (REDIS_URL); otherwise each worker "
                     "limits on its own.")
+    signals: Optional[dict[str, Any]] = Field(default=None, description=(
+        "`stream`: `on` (REDIS_URL set; `publisher` is its writer) or `off`; `feed_source` of /signals/stream "
+        "(`redis` or `process`), `websocket_clients`, `slow_clients_dropped`."))
     uptime_s: float
+
+
+class Signal(BaseModel):
+    """A served signal, as the Redis Stream, the WebSocket feed and ``GET /signals`` carry it."""
+
+    request_id: str
+    symbol: str
+    timeframe: str
+    bar_time: str = Field(description="Close time of the decision bar (ISO 8601, UTC).")
+    label: Label
+    raw_label: Label
+    confidence: float = Field(ge=0, le=1)
+    probabilities: Probabilities
+    position_size: float = Field(ge=0, le=1)
+    risk: Optional[Risk] = Field(description="The risk block answered (null for signals logged before it was kept).")
+    model_version: str
+    served_at: str = Field(description="When the service answered (ISO 8601, UTC).")
+
+
+class SignalPage(BaseModel):
+    """``GET /signals``: newest first."""
+
+    signals: list[Signal]
+    next_cursor: Optional[str] = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class SignalOutcome(BaseModel):
+    horizon: str
+    realised_label: Label = Field(description="What the market did (the triple-barrier label).")
+    barrier: str
+    exit_time: str
+    return_: Optional[float] = Field(alias="return", description="The label's long log return; null if ambiguous.")
+    ambiguous: bool
+    realised_return: float = Field(description="direction × position size × return; 0 without a trade.")
+    hit: Optional[bool] = Field(description="The realised label equals the served one; null without a trade.")
+    computed_at: str
+
+
+class SignalDetail(Signal):
+    """``GET /signals/{request_id}``: the signal and, once its label is known, its outcome."""
+
+    outcome: Optional[SignalOutcome]
+
+
+class AnalyticsDay(BaseModel):
+    model_version: str
+    day: str = Field(description="CME trading day of the bar times.")
+    signals: int = Field(ge=0)
+    trades: int = Field(ge=0, description="Signals long or short with a size > 0.")
+    trade_rate: float = Field(ge=0, le=1)
+    resolved: int = Field(ge=0, description="Signals whose outcome is known.")
+    resolved_trades: int = Field(ge=0)
+    hits: int = Field(ge=0)
+    hit_rate: Optional[float] = Field(ge=0, le=1, description="hits / resolved_trades; null without one.")
+    mean_realised_return: Optional[float] = Field(description="Mean realised return of the resolved trades.")
+    total_realised_return: float = Field(description="Sum of realised returns of the resolved signals.")
+
+
+class SignalAnalytics(BaseModel):
+    """``GET /signals/analytics``: per model version and trading day, from the outcomes."""
+
+    since: str
+    until: str
+    days: list[AnalyticsDay]

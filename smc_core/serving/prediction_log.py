@@ -11,16 +11,18 @@ from __future__ import annotations
 from datetime import datetime
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from smc_core.db import DirectConnection
 from smc_core.serving.spool import DurableWriter, Spool
 
 COLUMNS = ("ts", "request_id", "shadow", "logged_at", "symbol", "timeframe", "model_version", "label", "raw_label",
            "confidence", "p_long", "p_short", "p_skip", "position_size", "latency_ms", "features", "feature_set",
-           "arm", "halted")
+           "arm", "halted", "risk")
 _BEFORE_ARMS = 17
 """Columns of a row spooled before the A/B arm and the halt flag were logged (sql/013_safety.sql)."""
 _TIMES = tuple(COLUMNS.index(c) for c in ("ts", "logged_at"))
+_RISK = COLUMNS.index("risk")
 WRITE_TIMEOUT_S = 2.0
 """How long a request-path-adjacent database call (an upload, a warm-up read) waits for a pooled connection."""
 
@@ -59,7 +61,7 @@ def write_predictions(conn: psycopg.Connection, rows: list[tuple]) -> None:
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS predictions_stage (LIKE predictions) ON COMMIT DELETE ROWS")
     with conn.cursor().copy(f"COPY predictions_stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(row)
+            copy.write_row(row[:_RISK] + (None if row[_RISK] is None else Jsonb(row[_RISK]),) + row[_RISK + 1:])
     conn.execute(f"INSERT INTO predictions ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} "
                  f"FROM predictions_stage ON CONFLICT DO NOTHING")
 
@@ -74,6 +76,8 @@ def _encode(row: tuple) -> list:
 def _decode(values: list) -> tuple:
     if len(values) == _BEFORE_ARMS:  # spooled by an earlier version of the service
         values = [*values, "shadow" if values[2] else "champion", False]
+    if len(values) == _RISK:  # spooled before the risk block was logged (sql/014_signals.sql)
+        values.append(None)
     for i in _TIMES:
         values[i] = datetime.fromisoformat(values[i])
     return tuple(values)

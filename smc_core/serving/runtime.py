@@ -38,8 +38,10 @@ from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, pre
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
                                       too_few_bars)
 from smc_core.serving.rate_limit import rate_limiter
+from smc_core.serving.signals import SignalHub
 from smc_core.serving.spool import DurableWriter, claim_spool
 from smc_core.settings import Settings, env_flag, env_number, secret
+from smc_core.signals import SignalSettings, signal_of
 from smc_core.timeframe import format_timeframe, parse_timeframe
 
 log = logging.getLogger("smc.serving")
@@ -213,9 +215,12 @@ class ServiceSettings:
 
 
 class Runtime:
-    def __init__(self, settings: ServiceSettings, metrics=None, database=None, worker: int | None = None):
+    def __init__(self, settings: ServiceSettings, metrics=None, database=None, worker: int | None = None,
+                 signal_settings: SignalSettings | None = None):
         """``worker``: this process's index among the service's workers (BentoML's), which keeps its spool."""
         self.settings = settings
+        self.signal_settings = SignalSettings.from_env() if signal_settings is None else signal_settings
+        self.signals: SignalHub | None = None
         self.metrics = metrics
         self.worker = worker
         self.slot = ModelSlot()
@@ -254,6 +259,7 @@ class Runtime:
         if self.settings.capture_bars:
             self.capture = bar_writer(self._db, claim_spool(spool / "bars", limit, self.worker), self.capture_stats,
                                       on_conflict=self._conflicts, on_drop=self._lost).start()
+        self.signals = SignalHub(self.signal_settings, spool, limit, on_drop=self._lost, worker=self.worker).start()
         if self.settings.model_path is not None:
             self.slot.replace_with(lambda: self._load_path(self.settings.model_path))
         else:
@@ -281,6 +287,8 @@ class Runtime:
         for writer in (self.log, self.capture):
             if writer is not None:
                 writer.stop(5)
+        if self.signals is not None:
+            self.signals.stop(5)
 
     @property
     def ready(self) -> bool:
@@ -462,6 +470,18 @@ class Runtime:
                                {"reason": type(error).__name__}) from None
         return {"status": "resumed", "halts": self.halts.health()}
 
+    def read(self, query):
+        """``query(connection)`` on a pooled connection (the signal history); 503 when the database is away."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._db().connection(timeout=WRITE_TIMEOUT_S) as conn:
+                return query(conn)
+        except (psycopg.OperationalError, PoolTimeout, SmcError) as error:
+            log.warning("signal history: database unavailable: %s", error)
+            raise RequestError(503, "database unavailable", {"reason": type(error).__name__}) from None
+
     def policy(self, model: LoadedModel) -> PolicyConfig:
         threshold = self.settings.confidence_threshold
         if threshold is None:
@@ -494,8 +514,9 @@ class Runtime:
             storage["bar_capture"].update(inserted=self.capture_stats.inserted,
                                           unchanged=self.capture_stats.unchanged,
                                           conflicting=self.capture_stats.conflicting)
-        lost = sum(w.stats.dropped for w in writers.values() if w)
-        spooled = sum(w.spool.rows for w in writers.values() if w)
+        publisher = self.signals.publisher if self.signals is not None else None
+        lost = sum(w.stats.dropped for w in (*writers.values(), publisher) if w)
+        spooled = sum(w.spool.rows for w in (*writers.values(), publisher) if w)
         return {"status": "ok" if current else "loading", "model_loaded": current is not None,
                 "model_version": current.version if current else None,
                 "inference_backend": current.inference.backend if current else None,
@@ -504,6 +525,7 @@ class Runtime:
                 "ab_version": self.ab.current.version if self.ab.current else None, "halts": self.halts.health(),
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
                 **storage, "worker": self.worker, "rate_limit": self._rate_limit_scope(),
+                "signals": self.signals.health() if self.signals is not None else None,
                 "uptime_s": round(time.time() - self.started_at, 1)}
 
     def model_info(self) -> dict:
@@ -525,8 +547,9 @@ class Runtime:
                 "ab_test": self._ab_info(model)}
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every received bar and logged prediction so far is in the database."""
-        return all(writer.flush(timeout) for writer in (self.log, self.capture) if writer is not None)
+        """Wait until every received bar and logged prediction so far is in the database (and every signal in Redis)."""
+        publisher = self.signals.publisher if self.signals is not None else None
+        return all(writer.flush(timeout) for writer in (self.log, self.capture, publisher) if writer is not None)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -602,17 +625,21 @@ class Runtime:
         body = prediction.body
         if self.metrics is not None and not shadow:
             self.metrics.prediction(body, prediction.mismatches)
+        now = datetime.now(timezone.utc)
+        if self.signals is not None and not shadow:
+            self.signals.served(signal_of(body["request_id"], request.metadata.symbol, model.terms.timeframe,
+                                          request.current_bar.time_utc, now, body))
         if self.log is not None:
             probabilities = body["probabilities"]
             self.log.submit(prediction_row({
                 "ts": request.current_bar.time_utc, "request_id": body["request_id"], "shadow": shadow,
-                "logged_at": datetime.now(timezone.utc), "symbol": request.metadata.symbol,
+                "logged_at": now, "symbol": request.metadata.symbol,
                 "timeframe": model.terms.timeframe, "model_version": model.version, "label": body["label"],
                 "raw_label": body["raw_label"], "confidence": body["confidence"], "p_long": probabilities["long"],
                 "p_short": probabilities["short"], "p_skip": probabilities["skip"],
                 "position_size": body["position_size"], "latency_ms": body["processing_time_ms"],
                 "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version,
-                "arm": SHADOW_ARM if shadow else arm, "halted": halted}))
+                "arm": SHADOW_ARM if shadow else arm, "halted": halted, "risk": body["risk"]}))
 
     # --- safety: the kill switch and the A/B split ------------------------------------------
 
@@ -691,8 +718,9 @@ class Runtime:
         from smc_core.alerts import raise_alert
 
         raise_alert(self._db(), "rows_lost", "service storage",
-                    f"{lost} received bar(s) or prediction row(s) were lost: the spool under "
-                    f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database was unavailable",
+                    f"{lost} received bar(s), prediction row(s) or signal(s) were lost: the spool under "
+                    f"{self.settings.spool_dir} was full (SPOOL_MAX_MB) while the database (or Redis) was "
+                    f"unavailable",
                     {"rows": lost, "spool_dir": str(self.settings.spool_dir)}, severity="error")
         self._lost_unreported -= lost
 

@@ -190,8 +190,8 @@ class DurableWriter:
                  encode: Callable[[object], list], decode: Callable[[list], object], capacity: int = 50_000,
                  batch: int = 500, interval: float = 0.2, linger: float = 0.25, retry_seconds: float = 1.0,
                  is_permanent: Callable[[Exception], bool] = lambda error: False,
-                 on_drop: Callable[[int, str], None] | None = None):
-        self.name, self._write, self.spool = name, write, spool
+                 on_drop: Callable[[int, str], None] | None = None, target: str = "database"):
+        self.name, self._write, self.spool, self.target = name, write, spool, target
         self._encode, self._decode, self._is_permanent = encode, decode, is_permanent
         self.batch, self.interval, self.linger = batch, interval, linger
         self.retry_seconds, self.on_drop = retry_seconds, on_drop
@@ -314,22 +314,22 @@ class DurableWriter:
                 if self._is_permanent(error):
                     where = self.spool.quarantine(segment, len(encoded), f"{type(error).__name__}: {error}")
                     self.stats.refused += len(encoded)
-                    log.error("%s: the database refused %d spooled row(s) for good; kept in %s: %s", self.name,
-                              len(encoded), where, error)
+                    log.error("%s: the %s refused %d spooled row(s) for good; kept in %s: %s", self.name,
+                              self.target, len(encoded), where, error)
                     continue
                 self._unavailable(error)
                 return
             self.spool.remove(segment, len(encoded))
             self.stats.written += len(encoded)
             if self.last_error is not None:
-                log.warning("%s: database back; replaying the spool", self.name)
+                log.warning("%s: %s back; replaying the spool", self.name, self.target)
             self.last_error = None
         if not self.spool.rows:
             self._retry_at = 0.0
 
     def _unavailable(self, error: Exception) -> None:
         if self.last_error is None:  # said once per outage, not on every retry
-            log.warning("%s: database unavailable, spooling to %s (%s: %s)", self.name, self.spool.directory,
+            log.warning("%s: %s unavailable, spooling to %s (%s: %s)", self.name, self.target, self.spool.directory,
                         type(error).__name__, str(error).strip()[:300])
         self.last_error = f"{type(error).__name__}: {str(error).strip()}"[:500]
         self._retry_at = time.monotonic() + self.retry_seconds
