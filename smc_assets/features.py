@@ -26,7 +26,8 @@ from smc_assets.bars import bars
 from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE, compute_features
-from smc_core.store import load_bars, write_features
+from smc_assets.common import checked
+from smc_core.store import load_session_bars, no_session_bars, write_features
 
 SPOT_CHECKS = 25
 
@@ -51,19 +52,29 @@ CHECKS = [
 def features(context: AssetExecutionContext, database: DatabaseResource, landing: LandingResource) -> MaterializeResult:
     symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = landing.calendar()
-    start, end = calendar.session_bounds(day)
-    history = CATALOGUE.max_lookback - 1
-    window = load_bars(db, symbol, landing.timeframe, start, end, history=history)
-    in_day = (window["ts"] > start).to_numpy()
+    calendar = checked(lambda: landing.calendar(symbol))
+    first, end = calendar.partition_bounds(day)
+    window, in_day = load_session_bars(db, symbol, landing.timeframe, calendar, day,
+                                       include_outside=landing.include_outside, history=CATALOGUE.max_lookback - 1)
     if not in_day.any():
-        raise Failure(description=f"no bars stored for {symbol} on {day}: materialize the bars partition first")
+        if calendar.is_trading_day(day):
+            raise Failure(description=f"no bars to compute features from for {symbol} on {day}: "
+                                      + no_session_bars(db, symbol, landing.timeframe, day, calendar))
+        no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"), dtype="float64")
+        write_features(db, symbol, landing.timeframe, no_rows, CATALOGUE, first, end)
+        context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
+        return MaterializeResult(
+            metadata={"rows": 0, "features": len(CATALOGUE.names), "feature_set": CATALOGUE.version,
+                      "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
+            check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.ERROR,
+                                            metadata={"rows_checked": 0}) for name in ("no_nan_after_warmup",
+                                                                                       "causality_spot_check")])
     if len(window) < CATALOGUE.max_lookback:
         raise Failure(description=f"{len(window)} bars for {symbol} up to {day}: features need at least "
                                   f"{CATALOGUE.max_lookback} (the longest lookback)")
     computed = compute_features(window, calendar=calendar)
     rows = computed[in_day]
-    written = write_features(db, symbol, landing.timeframe, rows, CATALOGUE, start, end)
+    written = write_features(db, symbol, landing.timeframe, rows, CATALOGUE, first, end)
 
     lookbacks = np.array([s.lookback for s in CATALOGUE.specs])
     position = np.arange(len(window))[in_day][:, None]

@@ -22,7 +22,8 @@ import psycopg
 from smc_core.bars import VALUE_COLUMNS, ParsedBars, Rejection, read_bar_file
 from smc_core.db import Database
 from smc_core.errors import ConfigError, RejectedRowsError
-from smc_core.timeframe import parse_timeframe
+from smc_core.instruments import instrument
+from smc_core.timeframe import is_daily, parse_timeframe
 
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
@@ -79,7 +80,7 @@ class IngestReport:
         )
 
 
-def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, tz: str = "America/Chicago",
+def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, tz: str | None = None,
                 fmt: str = "auto", skip_invalid: bool = False, dagster_run_id: str | None = None,
                 partition_key: str | None = None, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Validate and write one bar file atomically.
@@ -87,13 +88,17 @@ def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, 
     With rejected rows and ``skip_invalid`` False nothing is written and
     RejectedRowsError is raised; with ``skip_invalid`` the valid rows are written and the
     rejected ones recorded in ``ingest_rejects``. ``progress`` hears the phase ("reading",
-    then "writing N bars"): a big file spends seconds in each.
+    then "writing N bars"): a big file spends seconds in each. The symbol's instrument
+    specification gives the zone of naive timestamps (unless ``tz``) and, for daily bars, the
+    session closes they are stamped at.
     """
     check_symbol(symbol)
     width = parse_timeframe(timeframe)
+    spec = instrument(symbol) if tz is None or is_daily(width) else None  # bars of any symbol can be stored
     if progress is not None:
         progress("reading")
-    parsed = read_bar_file(path, fmt=fmt, tz=tz, timeframe=width)
+    parsed = read_bar_file(path, fmt=fmt, tz=tz or spec.zone, timeframe=width,
+                           calendar=spec.calendar() if spec else None)
     if parsed.rejections and not skip_invalid:
         raise RejectedRowsError(parsed.path, parsed.rejections)
     if progress is not None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE, feature_matrix
+from smc_core.instruments import serving_instrument
 from smc_core.model import Predictor, load_package
 from smc_core.policy import PolicyConfig
 from smc_core.risk import RiskTerms
@@ -184,7 +185,8 @@ def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, s
     """Features from the request's bars (the training code), calibrated probabilities, the tier,
     and the risk block from the server's own ATR."""
     columns = request.columns() if columns is None else columns
-    rows = feature_matrix(columns)
+    instrument = serving_instrument(request.metadata.symbol)
+    rows = feature_matrix(columns, calendar=instrument.calendar())
     stored = len(rows) - len(request.bars)  # bars completed from the store come first
     length = model.predictor.spec.sequence_length
     window = rows[-length:]
@@ -212,7 +214,8 @@ def predict(request: PredictRequest, model: LoadedModel, policy: PolicyConfig, s
         "position_size": size,
         "raw_label": labels[best],
         "threshold": policy.half_threshold,
-        "risk": model.terms.risk.block(float(columns["close"][-1]), float(rows[-1, _ATR]), label),
+        "risk": model.terms.risk.for_symbol(instrument.symbol).block(float(columns["close"][-1]),
+                                                                     float(rows[-1, _ATR]), label),
         "processing_time_ms": (time.perf_counter() - started) * 1000,
     }
     return Prediction(body, rows[-1], compare_indicators(request, rows[stored:]))
