@@ -52,9 +52,10 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
     symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
     calendar = checked(lambda: landing.calendar(symbol))
-    scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone)
-    for path, problem in scan.problems.items():
-        context.log.warning(f"landing file skipped: {problem}")
+    if landing.folder.is_dir():  # without one, the bars come from `smc ingest` or the service
+        scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone)
+        for path, problem in scan.problems.items():
+            context.log.warning(f"landing file skipped: {problem}")
     files = landing_folder.files_for(db, symbol, day, landing.timeframe)
 
     metadata: dict = {"symbol": symbol, "trading_day": day.isoformat(), "files": len(files),
