@@ -60,7 +60,8 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
         if calendar.is_trading_day(day):
             raise Failure(description=f"no bars to compute features from for {symbol} on {day}: "
                                       + no_session_bars(db, symbol, landing.timeframe, day, calendar))
-        no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"), dtype="float64")
+        no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"),
+                               dtype="float64")
         write_features(db, symbol, landing.timeframe, no_rows, CATALOGUE, first, end)
         context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
         return MaterializeResult(

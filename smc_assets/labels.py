@@ -52,8 +52,8 @@ CHECKS = [
     AssetCheckSpec("labels_resolved", asset="labels",
                    description="Every bar of a finished session has a known label (warm-up bars excepted)."),
     AssetCheckSpec("horizon_fits_session", asset="labels",
-                   description=f"At most {SESSION_END_WARNING:.0%} of the known labels are forced skips at the session close "
-                               "(a longer share means the horizon is too long for the session at this timeframe)."),
+                   description=f"At most {SESSION_END_WARNING:.0%} of the known labels are forced skips at the "
+                               "session close (more means the horizon is too long for the session at this timeframe)."),
 ]
 
 

@@ -129,7 +129,7 @@ def check_stored_and_reconciled(done, database_url: str, timeframe: str, frame: 
 @pytest.mark.slow
 def test_readme_walkthrough_on_hourly_data(tmp_path, fresh_url):
     """Every step of the section: ingest, backfill, base model, LoRA, walk-forward gates."""
-    frame = hourly_bars(40)
+    frame = hourly_bars(45)
     done = run_walkthrough(tmp_path, fresh_url, "1h", frame)
     check_stored_and_reconciled(done, fresh_url, "1h", frame)
     metadata = evaluation_metadata(tmp_path / "smc-eurusd")
@@ -142,7 +142,7 @@ def test_readme_walkthrough_on_hourly_data(tmp_path, fresh_url):
 def test_readme_walkthrough_on_daily_data(tmp_path, fresh_url):
     """The section with SMC_TIMEFRAME=1d on a daily file of dates, through ingest and backfill:
     each bar stored at its session's close (17:00 New York), labelled across sessions. Training
-    needs at least 200 + 50 windows per walk-forward fold's base (about 850 daily bars), which at
+    needs at least 200 + 50 windows per walk-forward fold's base (about 1,000 daily bars), which at
     one Dagster run per partition is too slow for the suite (see the README's Known limits)."""
     frame = daily_bars(40)
     done = run_walkthrough(tmp_path, fresh_url, "1d", frame, blocks=3)
