@@ -85,7 +85,7 @@ def main() -> None:
             log(f"run {run + 1}: pandas to_sql         {to_sql[-1]:>12,.0f} rows/s")
         with tempfile.TemporaryDirectory() as folder:
             export = write_ninjatrader(frame, Path(folder) / "FILE export.txt")
-            seconds = timed(lambda: ingest_file(db, export, "FILE", "1m"))
+            seconds = timed(lambda: ingest_file(db, export, "FILE", "1m", tz="America/Chicago"))
             from_file.append(len(frame) / seconds)
             log(f"project from a NinjaTrader file (parse + validate + write): {from_file[-1]:,.0f} rows/s")
         engine.dispose()

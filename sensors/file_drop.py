@@ -29,8 +29,7 @@ def build_file_drop_sensor(job_name: str, minimum_interval_seconds: int = 30,
     def landing_file_sensor(context: SensorEvaluationContext, database: DatabaseResource, landing: LandingResource):
         state = json.loads(context.cursor) if context.cursor else {"files": {}, "problems": {}}
         db = database.database()
-        scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone,
-                                   calendar=landing.calendar())
+        scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone)
         for path, problem in scan.problems.items():
             if state["problems"].get(path) != problem:
                 context.log.warning(f"landing file skipped: {problem}")

@@ -16,6 +16,7 @@ from dagster import (AddDynamicPartitionsRequest, DefaultSensorStatus, RunReques
 
 from smc_assets.partitions import SYMBOLS, bar_partition_key, requestable_days
 from smc_assets.resources import DatabaseResource, LandingResource
+from smc_core.errors import ConfigError
 from smc_core.store import bar_changes_since, bars_fingerprint
 
 TRIGGER = "live_bars"
@@ -35,10 +36,16 @@ def build_live_bars_sensor(job_name: str, minimum_interval_seconds: int = 60,
     )
     def live_bars_sensor(context: SensorEvaluationContext, database: DatabaseResource, landing: LandingResource):
         state = json.loads(context.cursor) if context.cursor else {"ingest_id": 0, "pending": [], "requested": []}
-        db, calendar = database.database(), landing.calendar()
+        db = database.database()
         newest, changes = bar_changes_since(db, state["ingest_id"], landing.timeframe)
         pending = {(symbol, day) for symbol, day in state["pending"]}
+        calendars = {}
         for symbol, first, last in changes:
+            try:
+                calendar = calendars[symbol] = calendars.get(symbol) or landing.calendar(symbol)
+            except ConfigError as error:  # bars of a symbol without a specification: say so, keep going
+                context.log.warning(f"live bars for {symbol} not requested: {error}")
+                continue
             first_day, last_day = (pd.Timestamp(d).date() for d in calendar.trading_day_of(pd.DatetimeIndex([first, last])))
             pending.update((symbol, day) for day in calendar.trading_days(first_day, last_day))
         requested = [tuple(item) for item in state["requested"]]
@@ -48,7 +55,8 @@ def build_live_bars_sensor(job_name: str, minimum_interval_seconds: int = 60,
         waiting, run_requests = [], []
         for symbol, day in sorted(pending, key=lambda item: (item[1], item[0])):
             day = day if isinstance(day, date) else date.fromisoformat(day)
-            open_, close = calendar.session_bounds(day)
+            calendar = calendars.get(symbol) or landing.calendar(symbol)
+            owned_from, close = calendar.partition_bounds(day)
             if close > now:
                 waiting.append((symbol, day.isoformat()))  # the session is still trading
                 continue
@@ -57,7 +65,7 @@ def build_live_bars_sensor(job_name: str, minimum_interval_seconds: int = 60,
                                     f"(SMC_PARTITION_START)")
                 continue
             key = bar_partition_key(symbol, day)
-            fingerprint = bars_fingerprint(db, symbol, landing.timeframe, open_, close)
+            fingerprint = bars_fingerprint(db, symbol, landing.timeframe, owned_from, close)
             if (str(key), fingerprint) in seen:
                 continue
             seen.add((str(key), fingerprint))

@@ -22,8 +22,10 @@ from dagster import (
 from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core import landing as landing_folder
+from smc_assets.common import checked
 from smc_core import quality
 from smc_core.errors import RejectedRowsError
+from smc_core.store import missing_day
 
 _MAX_LISTED_REJECTIONS = 20
 
@@ -49,20 +51,22 @@ CHECKS = [
 def bars(context: AssetExecutionContext, database: DatabaseResource, landing: LandingResource) -> MaterializeResult:
     symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = landing.calendar()
-    scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone, calendar=calendar)
-    for path, problem in scan.problems.items():
-        context.log.warning(f"landing file skipped: {problem}")
+    calendar = checked(lambda: landing.calendar(symbol))
+    if landing.folder.is_dir():  # without one, the bars come from `smc ingest` or the service
+        scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone)
+        for path, problem in scan.problems.items():
+            context.log.warning(f"landing file skipped: {problem}")
     files = landing_folder.files_for(db, symbol, day, landing.timeframe)
 
-    metadata: dict = {"symbol": symbol, "trading_day": day.isoformat(), "files": len(files)}
+    metadata: dict = {"symbol": symbol, "trading_day": day.isoformat(), "files": len(files),
+                      "calendar": calendar.name}
     duplicates = conflicts = 0
     conflict_examples: list[str] = []
     if files:
         context.log.info(f"loading {symbol} {day} from {len(files)} file(s): {', '.join(f.path.name for f in files)}")
         try:
             loaded = landing_folder.ingest_trading_day(
-                db, files, symbol=symbol, day=day, timeframe=landing.timeframe, tz=landing.timezone,
+                db, files, symbol=symbol, day=day, timeframe=landing.timeframe, tz=landing.zone(symbol),
                 calendar=calendar, skip_invalid=landing.skip_invalid, dagster_run_id=context.run.run_id,
                 partition_key=str(context.partition_key),
             )
@@ -90,15 +94,21 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
     stored = quality.load_day(db, symbol, landing.timeframe, day, calendar)
     expected = calendar.expected_closes(day, landing.width())
     if stored.empty and len(expected) and not files:
-        raise Failure(
-            description=f"no bars for {symbol} on {day}: no file in {landing.folder} covers it and the database "
-                        f"holds none (drop an export into the landing folder or run `smc ingest`)")
+        raise Failure(description=f"no bars for {symbol} on {day}: no file in {landing.folder} covers it, and "
+                                  f"{missing_day(db, symbol, landing.timeframe, day, calendar)}")
     integrity = quality.integrity(stored, landing.width())
     cover = quality.coverage(stored, day, landing.width(), calendar)
-    metadata.update({"stored_bars": len(stored)})
+    metadata.update({"stored_bars": len(stored), "session": _session_note(calendar, day)})
     if len(stored):
         metadata.update({"first_bar_close": stored["ts"].iloc[0].isoformat(),
                          "last_bar_close": stored["ts"].iloc[-1].isoformat()})
+    if cover.out_of_session:
+        note = (f"{cover.out_of_session} of {cover.stored} stored bars of {symbol} lie outside every session of the "
+                f"{calendar.name} calendar (first: {', '.join(cover.outside_examples)}): a wrong time zone or "
+                f"calendar for this symbol (instruments file), or bars of a halt")
+        if landing.out_of_session == "fail":
+            raise Failure(description=f"{note}; out_of_session is 'fail' (SMC_OUT_OF_SESSION)")
+        context.log.warning(f"{note}; they are {landing.out_of_session}d (SMC_OUT_OF_SESSION)")
 
     return MaterializeResult(
         metadata=metadata,
@@ -119,8 +129,24 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
                 severity=AssetCheckSeverity.WARN,
                 metadata={"expected_bars": cover.expected, "present_bars": cover.present,
                           "missing_bars": cover.missing, "missing_ratio": round(cover.missing_ratio, 6),
-                          "largest_gap_bars": cover.largest_gap_bars, "out_of_session_bars": cover.out_of_session,
+                          "largest_gap_bars": cover.largest_gap_bars, "stored_bars": cover.stored,
+                          "in_session_bars": cover.stored - cover.out_of_session,
+                          "out_of_session_bars": cover.out_of_session,
+                          "out_of_session_examples": MetadataValue.json(cover.outside_examples),
+                          "out_of_session_policy": landing.out_of_session,
+                          "session": _session_note(calendar, day),
                           "first_missing": MetadataValue.json(cover.first_missing)},
             ),
         ],
     )
+
+
+def _session_note(calendar, day) -> str:
+    """The session as the calendar has it: its hours in the calendar's zone, an early close, or none."""
+    if not calendar.is_trading_day(day):
+        return f"no session ({day:%A}: weekend or holiday on the {calendar.name} calendar)"
+    start, end = (t.tz_convert(calendar.tz) for t in calendar.session_bounds(day))
+    note = f"{start:%a %H:%M} to {end:%a %H:%M} {calendar.tz}"
+    if end - start < calendar.session_length():
+        note += " (shortened: early close or late open)"
+    return note

@@ -26,7 +26,8 @@ from smc_assets.bars import bars
 from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE, compute_features
-from smc_core.store import load_bars, write_features
+from smc_assets.common import checked
+from smc_core.store import load_session_bars, no_session_bars, write_features
 
 SPOT_CHECKS = 25
 
@@ -51,23 +52,37 @@ CHECKS = [
 def features(context: AssetExecutionContext, database: DatabaseResource, landing: LandingResource) -> MaterializeResult:
     symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = landing.calendar()
-    start, end = calendar.session_bounds(day)
-    history = CATALOGUE.max_lookback - 1
-    window = load_bars(db, symbol, landing.timeframe, start, end, history=history)
-    in_day = (window["ts"] > start).to_numpy()
+    calendar = checked(lambda: landing.calendar(symbol))
+    first, end = calendar.partition_bounds(day)
+    window, in_day = load_session_bars(db, symbol, landing.timeframe, calendar, day,
+                                       include_outside=landing.include_outside, history=CATALOGUE.max_lookback - 1)
     if not in_day.any():
-        raise Failure(description=f"no bars stored for {symbol} on {day}: materialize the bars partition first")
-    if len(window) < CATALOGUE.max_lookback:
-        raise Failure(description=f"{len(window)} bars for {symbol} up to {day}: features need at least "
-                                  f"{CATALOGUE.max_lookback} (the longest lookback)")
-    computed = compute_features(window, calendar=calendar)
+        if calendar.is_trading_day(day):
+            raise Failure(description=f"no bars to compute features from for {symbol} on {day}: "
+                                      + no_session_bars(db, symbol, landing.timeframe, day, calendar))
+        no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"),
+                               dtype="float64")
+        write_features(db, symbol, landing.timeframe, no_rows, CATALOGUE, first, end)
+        context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
+        return MaterializeResult(
+            metadata={"rows": 0, "features": len(CATALOGUE.names), "feature_set": CATALOGUE.version,
+                      "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
+            check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.ERROR,
+                                            metadata={"rows_checked": 0}) for name in ("no_nan_after_warmup",
+                                                                                       "causality_spot_check")])
+    if len(window) < CATALOGUE.max_lookback:  # the first days of the data: every row is still warming up
+        context.log.info(f"{len(window)} bars of {symbol} stored up to {day}, features need {CATALOGUE.max_lookback} "
+                         "(the longest lookback): the day's rows are warm-up rows (NaN)")
+        computed = pd.DataFrame(np.nan, index=pd.DatetimeIndex(window["ts"], name="ts"), columns=CATALOGUE.names)
+    else:
+        computed = compute_features(window, calendar=calendar)
     rows = computed[in_day]
-    written = write_features(db, symbol, landing.timeframe, rows, CATALOGUE, start, end)
+    written = write_features(db, symbol, landing.timeframe, rows, CATALOGUE, first, end)
 
     lookbacks = np.array([s.lookback for s in CATALOGUE.specs])
     position = np.arange(len(window))[in_day][:, None]
-    complete = position >= lookbacks[None, :] - 1  # enough stored bars behind this row for this feature
+    # enough stored bars behind this row for this feature (none while fewer than the longest lookback exist)
+    complete = (position >= lookbacks[None, :] - 1) & (len(window) >= CATALOGUE.max_lookback)
     values = rows.to_numpy()
     nan_after_warmup = int((~np.isfinite(values) & complete).sum())
     worst = {}
@@ -75,9 +90,9 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
         per_feature = (~np.isfinite(values) & complete).sum(axis=0)
         worst = {CATALOGUE.names[i]: int(per_feature[i]) for i in np.argsort(-per_feature)[:5] if per_feature[i]}
 
-    mismatches, checked = _spot_check(window, computed, in_day, symbol, day, calendar)
+    mismatches, sampled = _spot_check(window, computed, in_day, symbol, day, calendar)
     context.log.info(f"{symbol} {day}: {written} feature rows ({len(CATALOGUE.names)} features, "
-                     f"set {CATALOGUE.version}); causality spot check {checked - mismatches}/{checked} identical")
+                     f"set {CATALOGUE.version}); causality spot check {sampled - mismatches}/{sampled} identical")
     return MaterializeResult(
         metadata={
             "rows": written,
@@ -92,7 +107,7 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
                              metadata={"nan_values": nan_after_warmup, "worst_features": MetadataValue.json(worst)}),
             AssetCheckResult(check_name="causality_spot_check", passed=mismatches == 0,
                              severity=AssetCheckSeverity.ERROR,
-                             metadata={"rows_checked": checked, "rows_differing": mismatches}),
+                             metadata={"rows_checked": sampled, "rows_differing": mismatches}),
         ],
     )
 

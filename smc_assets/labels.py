@@ -7,6 +7,7 @@ session; for a session still in progress the undecided tail is stored as unknown
 and resolved when the partition is materialized again after the close.
 """
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -25,8 +26,11 @@ from smc_assets.features import features
 from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE
-from smc_core.labels import LABELS, Horizon, label_counts, triple_barrier
-from smc_core.store import load_bars, read_features, write_labels
+from smc_assets.common import checked
+from smc_core.labels import (LABELS, SESSION_END_WARNING, Horizon, horizon_fit, label_counts, session_end_share,
+                             triple_barrier)
+from smc_core.store import load_session_bars, no_session_bars, read_features, write_labels
+from smc_core.timeframe import is_daily
 
 
 class HorizonConfig(Config):
@@ -47,6 +51,9 @@ class LabelsConfig(Config):
 CHECKS = [
     AssetCheckSpec("labels_resolved", asset="labels",
                    description="Every bar of a finished session has a known label (warm-up bars excepted)."),
+    AssetCheckSpec("horizon_fits_session", asset="labels",
+                   description=f"At most {SESSION_END_WARNING:.0%} of the known labels are forced skips at the "
+                               "session close (more means the horizon is too long for the session at this timeframe)."),
 ]
 
 
@@ -62,40 +69,73 @@ def labels(context: AssetExecutionContext, config: LabelsConfig, database: Datab
            landing: LandingResource) -> MaterializeResult:
     symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = landing.calendar()
-    start, end = calendar.session_bounds(day)
-    bars = load_bars(db, symbol, landing.timeframe, start, end)
-    if bars.empty:
-        raise Failure(description=f"no bars stored for {symbol} on {day}: materialize the bars partition first")
-    atr = read_features(db, symbol, landing.timeframe, start, end, CATALOGUE)["atr"]
-    if len(atr) != len(bars):
-        raise Failure(description=f"{len(atr)} feature rows for {len(bars)} bars of {symbol} on {day}: "
+    calendar = checked(lambda: landing.calendar(symbol))
+    width = landing.width()
+    first, end = calendar.partition_bounds(day)
+    daily = is_daily(width)
+    longest = max(h.bars for h in config.horizons)
+    # a daily position is held from session to session, so its outcome needs the bars after the day
+    frame, mine = load_session_bars(db, symbol, landing.timeframe, calendar, day,
+                                    include_outside=landing.include_outside, future=longest if daily else 0)
+    if not mine.any():
+        if calendar.is_trading_day(day):
+            raise Failure(description=f"no bars to label for {symbol} on {day}: "
+                                      + no_session_bars(db, symbol, landing.timeframe, day, calendar))
+        for horizon_config in config.horizons:
+            write_labels(db, symbol, landing.timeframe, horizon_config.horizon().name, frame.iloc[:0][["ts"]].assign(
+                label=[], t1=[], ret=[], barrier=[]), first, end)
+        context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
+        return MaterializeResult(
+            metadata={"bars": 0, "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
+            check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.WARN)
+                           for name in ("labels_resolved", "horizon_fits_session")])
+    atr = read_features(db, symbol, landing.timeframe, first, end, CATALOGUE)["atr"]
+    own = frame[mine]
+    if len(atr) != len(own) or not atr.index.equals(pd.DatetimeIndex(own["ts"])):
+        raise Failure(description=f"{len(atr)} feature rows for {len(own)} bars of {symbol} on {day}: "
                                   "materialize the features partition first")
-    frame = bars.assign(atr=atr.to_numpy(), session=day.toordinal())
-    session_over = bool(bars["ts"].iloc[-1] == end) or pd.Timestamp.now(tz="UTC") > end
+    frame = frame.assign(atr=atr.reindex(pd.DatetimeIndex(frame["ts"])).to_numpy(),
+                         session=calendar.position_sessions(frame["ts"], width))
+    if daily:  # over once the bars the longest horizon needs are stored
+        session_over = int((~mine[int(np.flatnonzero(mine)[-1]) + 1:]).sum()) >= longest
+    else:
+        session_over = bool(own["ts"].iloc[-1] == end) or pd.Timestamp.now(tz="UTC") > end
+    bars_per_session = calendar.session_length() / width
 
-    balance, unresolved = {}, 0
+    balance, unresolved, shares, warnings = {}, 0, {}, []
     for horizon_config in config.horizons:
         horizon = horizon_config.horizon()
-        result = triple_barrier(frame, horizon, last_session_complete=session_over)
-        write_labels(db, symbol, landing.timeframe, horizon.name, pd.concat([bars[["ts"]], result], axis=1), start, end)
+        result = triple_barrier(frame, horizon, last_session_complete=session_over and not daily)[mine]
+        write_labels(db, symbol, landing.timeframe, horizon.name,
+                     pd.concat([own[["ts"]], result], axis=1), first, end)
         counts = label_counts(result)
         balance[horizon.name] = counts
-        warmup = int(frame["atr"].isna().sum())
+        warmup = int(np.isnan(frame["atr"].to_numpy()[mine]).sum())
         unresolved += counts["unknown"] - warmup if session_over else 0
+        shares[horizon.name] = round(session_end_share(result), 4)
+        warning = horizon_fit(horizon, bars_per_session, shares[horizon.name])
+        if warning:
+            warnings.append(warning)
+            context.log.warning(f"{symbol} {day}: {warning}")
         context.log.info(f"{symbol} {day} {horizon.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     return MaterializeResult(
         metadata={
-            "bars": len(bars),
+            "bars": len(own),
             "session_over": session_over,
             "horizons": MetadataValue.json([h.horizon().name for h in config.horizons]),
             "label_balance": MetadataValue.md(_balance_table(balance)),
             "label_counts": MetadataValue.json(balance),
+            "session_end_share": MetadataValue.json(shares),
         },
         check_results=[
             AssetCheckResult(check_name="labels_resolved", passed=unresolved == 0, severity=AssetCheckSeverity.WARN,
                              metadata={"unresolved_labels": unresolved, "session_over": session_over}),
+            AssetCheckResult(check_name="horizon_fits_session", passed=not warnings, severity=AssetCheckSeverity.WARN,
+                             description="; ".join(warnings) or None,
+                             metadata={"session_end_share": MetadataValue.json(shares),
+                                       "bars_per_session": round(bars_per_session, 2),
+                                       "max_share": SESSION_END_WARNING}),
         ],
     )
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -18,7 +19,6 @@ from pydantic import Field
 from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason, trigger_of
 from smc_assets.features import features
 from smc_assets.labels import HorizonConfig, labels
-from smc_core.calendar import SessionCalendar
 from smc_core.dataset import TrainingData, load_training_data
 from smc_core.evaluation.metrics import comparison_markdown
 from smc_core.features import CATALOGUE
@@ -237,7 +237,7 @@ def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optio
     if config.recent_days is not None:
         if config.recent_days < 2:
             raise Failure(description=f"recent_days must be at least 2, got {config.recent_days}")
-        window = window_start(db, timeframe, config.recent_days, context.resources.landing.calendar())
+        window = window_start(db, timeframe, config.recent_days, context.resources.landing.calendar(symbols[0]))
         if window is not None and window > start:
             start = window
             context.log.info(f"training window: the newest {config.recent_days} trading days, from {start}")
@@ -272,9 +272,10 @@ def _progress(context: AssetExecutionContext, mlflow=None):
 
 def _lineage(context, config: LoraModelConfig, data: TrainingData, facts: dict, base: PretrainedBase, horizon: str,
              mlflow_run_id: str, version: str) -> dict:
-    calendar: SessionCalendar = context.resources.landing.calendar()
-    days = calendar.trading_day_of(pd.DatetimeIndex(data.row_ts[data.ends]))
-    partitions = sorted({f"{day}|{data.symbols[s]}" for day, s in zip(days, data.row_symbol[data.ends])})
+    ends, codes = pd.DatetimeIndex(data.row_ts[data.ends]), data.row_symbol[data.ends]
+    partitions = sorted({f"{day}|{data.symbols[code]}" for code in np.unique(codes)
+                         for day in context.resources.landing.calendar(data.symbols[code]).trading_day_of(
+                             ends[codes == code])})
     return {
         "registered_model": MODEL_NAME, "model_version": version, "mlflow_run_id": mlflow_run_id,
         "dagster_run_id": context.run.run_id, "asset": "lora_model", "package_format": PACKAGE_FORMAT,

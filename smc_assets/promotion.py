@@ -15,7 +15,7 @@ workers, SMC_EXECUTOR=celery, spreads them), ``judge_challenger`` trades and gat
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Optional
@@ -31,7 +31,8 @@ from pydantic import Field
 from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason
 from smc_assets.model import LoraModelConfig, lora_model
 from smc_core.dataset import TrainingData, load_training_data
-from smc_core.evaluation.backtest import InstrumentSpec, equity_chart, undefined_metrics
+from smc_core.evaluation.backtest import InstrumentSpec, equity_chart, one_spec, undefined_metrics
+from smc_core.instruments import instrument
 from smc_core.evaluation.gates import GateConfig
 from smc_core.evaluation.splits import Split
 from smc_core.evaluation.walk_forward import (ChampionModel, FoldResult, WalkForwardConfig, assemble, fold_splits,
@@ -82,10 +83,12 @@ class PromotionConfig(Config):
     contracts: int = Field(default=_POLICY.contracts, description="Contracts at full size (half size: half of it).")
     stop_atr: float = _POLICY.stop_atr
     target_atr: float = _POLICY.target_atr
-    tick_size: float = _INSTRUMENT.tick_size
-    tick_value: float = _INSTRUMENT.tick_value
-    commission: float = Field(default=_INSTRUMENT.commission, description="Dollars per contract per fill.")
-    slippage_ticks: float = _INSTRUMENT.slippage_ticks
+    tick_size: Optional[float] = Field(default=None, description="Empty: each symbol's, from the instruments file.")
+    tick_value: Optional[float] = Field(default=None, description="Empty: each symbol's, from the instruments file.")
+    commission: Optional[float] = Field(default=None, description="Dollars per contract per fill; empty: each "
+                                                                  "symbol's, from the instruments file.")
+    slippage_ticks: Optional[float] = Field(default=None, description="Empty: each symbol's, from the instruments "
+                                                                      "file.")
     capital: float = _INSTRUMENT.capital
     min_dsr: float = _GATES.min_dsr
     max_pbo: float = _GATES.max_pbo
@@ -96,15 +99,18 @@ class PromotionConfig(Config):
     max_latency_ms: float = _GATES.max_latency_ms
     min_trades: int = _GATES.min_trades
 
-    def walk_forward(self) -> WalkForwardConfig:
+    def walk_forward(self, symbols: list[str]) -> WalkForwardConfig:
         policy = PolicyConfig(full_threshold=max(self.full_threshold, min(self.candidate_thresholds)),
                               half_threshold=min(self.candidate_thresholds), contracts=self.contracts,
                               stop_atr=self.stop_atr, target_atr=self.target_atr)
-        instrument = InstrumentSpec(**_matching(self, InstrumentSpec))
+        overrides = {name: value for name, value in _matching(self, InstrumentSpec).items() if value is not None}
+        costs = {symbol: replace(instrument(symbol).costs(), **overrides) for symbol in symbols}
+        one = next(iter(costs.values()))
+        instrument_terms = one if all(spec == replace(one, symbol=spec.symbol) for spec in costs.values()) else costs
         return WalkForwardConfig(folds=self.folds, min_train_fraction=self.min_train_fraction,
                                  embargo=pd.Timedelta(minutes=self.embargo_minutes),
                                  candidate_thresholds=tuple(self.candidate_thresholds), policy=policy,
-                                 instrument=instrument)
+                                 instrument=instrument_terms)
 
     def gates(self) -> GateConfig:
         return GateConfig(**_matching(self, GateConfig))
@@ -155,7 +161,7 @@ def plan_evaluation(context: OpExecutionContext, config: PromotionConfig):
     data = checked(lambda: load_training_data(db, data_facts["symbols"], data_facts["timeframe"], start, end,
                                                CATALOGUE, data_facts["horizon"], training.sequence_length))
     bars = {symbol: _traded_bars(context, symbol, data_facts["timeframe"], start, end) for symbol in data.symbols}
-    walk_config = config.walk_forward()
+    walk_config = checked(lambda: config.walk_forward(data.symbols))
     base_config = BaseConfig(backbone=package.backbone_config, checkpoint=lineage["base"].get("checkpoint"),
                              sequence_length=training.sequence_length,
                              train=TrainConfig(epochs=0 if lineage["base"].get("checkpoint") else config.base_epochs,
@@ -227,7 +233,7 @@ def judge_challenger(context: OpExecutionContext, plan: EvaluationPlan, folds: l
         "verdict": "passed" if verdict.passed else "refused",
         "failed_gates": ", ".join(verdict.failed) or "none",
         "selected_threshold": evaluation.selected_threshold,
-        "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, walk_config.instrument))),
+        "risk_terms": MetadataValue.json(asdict(RiskTerms.of(walk_config.policy, one_spec(walk_config.instrument)))),
         "equity": MetadataValue.md(_equity_inline(evaluation)),
         "gates": MetadataValue.md(gate_markdown(gates)),
         "backtest": MetadataValue.md(_backtest_markdown(metrics, rival, evaluation)),
@@ -447,8 +453,8 @@ def _traded_bars(context, symbol: str, timeframe: str, start: pd.Timestamp, end:
     bars = load_bars(db, symbol, timeframe, start, end)
     atr = read_features(db, symbol, timeframe, start, end, CATALOGUE)["atr"]
     bars = bars.assign(atr=atr.reindex(pd.DatetimeIndex(bars["ts"])).to_numpy())
-    days = context.resources.landing.calendar().trading_day_of(bars["ts"])
-    return bars.assign(session=days.astype("int64"))
+    landing = context.resources.landing
+    return bars.assign(session=landing.calendar(symbol).position_sessions(bars["ts"], landing.width()))
 
 
 def _log_to_training_run(client, run_id: str, evaluation, metrics: dict, folder: Path) -> None:

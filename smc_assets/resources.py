@@ -10,9 +10,12 @@ from dagster_mlflow import mlflow_tracking
 from pydantic import Field
 
 from smc_core.calendar import SessionCalendar
+from smc_core.errors import ConfigError
+from smc_core.instruments import Instrument, instrument
 from smc_core.db import Database, shared_database
 from smc_core.migrations import migrate
 from smc_core.registry import TrackingConfig, configure
+from smc_core.settings import OUT_OF_SESSION_CHOICES, Settings
 from smc_core.timeframe import parse_timeframe
 
 _migrated: set[str] = set()
@@ -32,23 +35,49 @@ class DatabaseResource(ConfigurableResource):
         return db
 
 
-class LandingResource(ConfigurableResource):
-    """The folder NinjaTrader exports and other bar files are dropped into."""
+_SETTINGS = Settings.from_env()
 
-    path: str = Field(description="Landing folder (absolute path).")
-    timeframe: str = Field(default="1m", description="Bar timeframe of the files in this folder.")
-    timezone: str = Field(default="America/Chicago", description="Exchange time zone of naive timestamps.")
+
+class LandingResource(ConfigurableResource):
+    """The folder NinjaTrader exports and other bar files are dropped into, and how bars are read.
+
+    Every field has a default from the settings, so a run config may set only the one that
+    differs (``timeframe: 1h``); the instrument file gives each symbol's calendar and zone.
+    """
+
+    path: str = Field(default=str(_SETTINGS.landing_dir), description="Landing folder (absolute path; SMC_LANDING_DIR).")
+    timeframe: str = Field(default=_SETTINGS.timeframe, description="Bar timeframe of the data (SMC_TIMEFRAME).")
+    timezone: Optional[str] = Field(
+        default=None, description="Zone of naive timestamps in files; empty: each symbol's, from the instruments file.")
     skip_invalid: bool = Field(
         default=False, description="Write the valid rows of files with rejected rows (recorded in ingest_rejects).")
     max_missing_ratio: float = Field(
         default=0.05, description="Share of expected session bars that may be missing before the coverage check warns.")
+    out_of_session: str = Field(
+        default=_SETTINGS.out_of_session,
+        description="Bars outside every session: exclude (counted, no features or labels), include (they join the "
+                    "session they lead into) or fail (SMC_OUT_OF_SESSION).")
 
     @property
     def folder(self) -> Path:
         return Path(self.path)
 
-    def calendar(self) -> SessionCalendar:
-        return SessionCalendar(tz=self.timezone)
+    def instrument(self, symbol: str) -> Instrument:
+        return instrument(symbol)
+
+    def calendar(self, symbol: str) -> SessionCalendar:
+        return instrument(symbol).calendar()
+
+    def zone(self, symbol: str) -> str:
+        """Zone of naive timestamps in ``symbol``'s files."""
+        return self.timezone or instrument(symbol).zone
+
+    @property
+    def include_outside(self) -> bool:
+        if self.out_of_session not in OUT_OF_SESSION_CHOICES:
+            raise ConfigError(f"landing.out_of_session={self.out_of_session!r} is not one of "
+                              f"{', '.join(OUT_OF_SESSION_CHOICES)}")
+        return self.out_of_session == "include"
 
     def width(self):
         return parse_timeframe(self.timeframe)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from smc_core.calendar import zone
+from smc_core.calendar import SessionCalendar, zone
 from smc_core.errors import BarFileError
-from smc_core.timeframe import format_timeframe
+from smc_core.timeframe import format_timeframe, is_daily, off_grid
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 VALUE_COLUMNS = (*PRICE_COLUMNS, "volume")
@@ -127,8 +127,10 @@ def _header_problem(header: list[str]) -> str | None:
 # --- reading ------------------------------------------------------------------------
 
 def read_bar_file(path: str | Path, *, fmt: str = "auto", tz: str = "America/Chicago",
-                  timeframe: timedelta | None = None) -> ParsedBars:
+                  timeframe: timedelta | None = None, calendar: SessionCalendar | None = None) -> ParsedBars:
     """Parse and validate ``path``. Naive timestamps are read in exchange time zone ``tz``.
+    Daily bars are restamped at their session's close on ``calendar`` (DESIGN §3: a bar's
+    ``ts`` is when its values became known), whether the file gives a date or a time.
 
     Raises BarFileError when the file cannot be read at all; row problems are returned
     as rejections.
@@ -161,7 +163,7 @@ def read_bar_file(path: str | Path, *, fmt: str = "auto", tz: str = "America/Chi
         raise BarFileError(path, "file has no bars")
     if fmt != "parquet" and len(raw) and not _ends_with_line_end(path):
         problems[len(raw) - 1].append(UNTERMINATED_LINE)
-    return _validate(path, fmt, raw, lines, problems, tz, timeframe)
+    return _validate(path, fmt, raw, lines, problems, tz, timeframe, calendar)
 
 
 UNTERMINATED_LINE = ("the file ends inside this line (no line end after it): it may be cut off mid-value, as when an "
@@ -308,10 +310,12 @@ def _empty_problems() -> defaultdict[int, list[str]]:
 # --- validation ---------------------------------------------------------------------
 
 def _validate(path: Path, fmt: str, raw: pd.DataFrame, lines: np.ndarray, problems: defaultdict[int, list[str]],
-              tz: str, timeframe: timedelta | None) -> ParsedBars:
+              tz: str, timeframe: timedelta | None, calendar: SessionCalendar | None = None) -> ParsedBars:
     n = len(raw)
     has_delta = bool(raw.attrs.get("has_delta", False))
     ts = _parse_timestamps(raw["ts"], raw.attrs.get("ts_format"), tz, problems)
+    if calendar is not None and timeframe is not None and is_daily(timeframe):
+        ts = _at_session_close(ts, calendar)
 
     values: dict[str, np.ndarray] = {}
     for column in VALUE_COLUMNS + (("delta",) if has_delta else ()):
@@ -329,10 +333,8 @@ def _validate(path: Path, fmt: str, raw: pd.DataFrame, lines: np.ndarray, proble
             problems[i].append(describe(i))
 
     if timeframe is not None:
-        micros = timeframe // timedelta(microseconds=1)
-        stamps = ts.asi8 // 1000
-        off_grid = ~np.isnat(ts.values) & (stamps % micros != 0)
-        for i in np.flatnonzero(off_grid):
+        stamps = ts.as_unit("ns").asi8
+        for i in np.flatnonzero(~np.isnat(ts.values) & off_grid(stamps, timeframe)):
             problems[i].append(f"timestamp {ts[i].isoformat()} is not on the {format_timeframe(timeframe)} bar grid")
 
     _reject_duplicates(ts, lines, problems)
@@ -355,6 +357,18 @@ def _validate(path: Path, fmt: str, raw: pd.DataFrame, lines: np.ndarray, proble
     order = np.argsort(frame["ts"].values, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
     return ParsedBars(path, fmt, frame, lines[keep][order], rejections, rows_read=n, has_delta=has_delta)
+
+
+def _at_session_close(ts: pd.DatetimeIndex, calendar: SessionCalendar) -> pd.DatetimeIndex:
+    """Daily stamps moved to their session's close; a stamp that names no session (a date
+    without one) is kept, and the coverage check counts it as outside every session."""
+    valid = ~np.isnat(ts.values)
+    stamps = ts.as_unit("ns").asi8.copy()
+    if valid.any():
+        closes = calendar.stamp_sessions(ts[valid])
+        named = closes != np.iinfo(np.int64).min
+        stamps[np.flatnonzero(valid)[named]] = closes[named]
+    return pd.DatetimeIndex(stamps.view("M8[ns]")).tz_localize("UTC").where(valid)
 
 
 def _parse_numbers(column: pd.Series, name: str, problems: defaultdict[int, list[str]]) -> np.ndarray:

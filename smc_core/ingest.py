@@ -28,7 +28,8 @@ import psycopg
 from smc_core.bars import VALUE_COLUMNS, ParsedBars, Rejection, read_bar_file
 from smc_core.db import Database
 from smc_core.errors import BarFileError, ConfigError, RejectedRowsError
-from smc_core.timeframe import parse_timeframe
+from smc_core.instruments import instrument
+from smc_core.timeframe import is_daily, parse_timeframe
 
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,31}$")
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
@@ -87,7 +88,7 @@ class IngestReport:
         )
 
 
-def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, tz: str = "America/Chicago",
+def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, tz: str | None = None,
                 fmt: str = "auto", skip_invalid: bool = False, dagster_run_id: str | None = None,
                 partition_key: str | None = None, progress: Callable[[str], None] | None = None) -> IngestReport:
     """Validate and write one bar file atomically.
@@ -97,16 +98,20 @@ def ingest_file(db: Database, path: str | Path, symbol: str, timeframe: str, *, 
     ``skip_invalid`` the valid rows are written and the rejected ones recorded in
     ``ingest_rejects``. A file that cannot be read at all raises BarFileError, logged
     ``rejected`` too. Either error carries ``ingest_id``. ``progress`` hears the phase
-    ("reading", then "writing N bars"): a big file spends seconds in each.
+    ("reading", then "writing N bars"): a big file spends seconds in each. The symbol's instrument
+    specification gives the zone of naive timestamps (unless ``tz``) and, for daily bars, the
+    session closes they are stamped at.
     """
     check_symbol(symbol)
     width = parse_timeframe(timeframe)
+    spec = instrument(symbol) if tz is None or is_daily(width) else None  # bars of any symbol can be stored
     if progress is not None:
         progress("reading")
     attempt = {"symbol": symbol, "timeframe": timeframe, "skip_invalid": skip_invalid,
                "dagster_run_id": dagster_run_id, "partition_key": partition_key}
     try:
-        parsed = read_bar_file(path, fmt=fmt, tz=tz, timeframe=width)
+        parsed = read_bar_file(path, fmt=fmt, tz=tz or spec.zone, timeframe=width,
+                               calendar=spec.calendar() if spec else None)
     except BarFileError as error:
         log_error(db, error, "rejected", source=str(path), sha256=_sha256_if_readable(path),
                    fmt=None if fmt == "auto" else fmt, **attempt)

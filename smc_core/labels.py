@@ -126,6 +126,31 @@ def label_counts(labels: pd.DataFrame) -> dict:
     return counts
 
 
+SESSION_END_WARNING = 0.30
+"""Share of known labels forced to "skip" by the session close above which a horizon is too
+long for the session: the labels then say "the session ended" more than anything about price.
+(The last H bars of a session can only end there unless a barrier is touched, so the share is
+about H / bars per session: 1 % for 15 one-minute bars, 65 % for 15 hourly bars on CME.)"""
+
+
+def session_end_share(labels: pd.DataFrame) -> float:
+    """Share of known labels whose outcome was the session close (a forced skip)."""
+    known = labels["label"].to_numpy() != UNKNOWN
+    if not known.any():
+        return 0.0
+    return float((labels["barrier"].to_numpy()[known] == "session_end").mean())
+
+
+def horizon_fit(horizon: Horizon, bars_per_session: float, share: float) -> str | None:
+    """A warning when ``horizon`` is long for the session (``share`` of forced session-end skips
+    above SESSION_END_WARNING), else None."""
+    if share <= SESSION_END_WARNING:
+        return None
+    return (f"horizon {horizon.name}: {share:.0%} of the known labels are forced skips at the session close "
+            f"(more than {SESSION_END_WARNING:.0%}): {horizon.bars} bars against a session of about "
+            f"{bars_per_session:.0f} bars; use a shorter horizon (labels config horizons.bars) for this timeframe")
+
+
 @njit(cache=True)
 def _label_kernel(open_, high, low, close, atr, session, horizon_bars, up_atr, down_atr, min_move_atr,
                   last_session_complete):

@@ -23,6 +23,7 @@ from smc_core.calendar import SessionCalendar
 from smc_core.db import Database
 from smc_core.errors import BarFileError, RejectedRowsError, SmcError
 from smc_core.ingest import IngestReport, check_symbol, file_sha256, log_error, write_logged
+from smc_core.instruments import instrument
 from smc_core.timeframe import parse_timeframe
 
 BAR_FILE_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -62,8 +63,10 @@ def symbol_of(path: Path, landing_dir: Path) -> str:
     return check_symbol(match.group(1).upper())
 
 
-def scan(db: Database, landing_dir: Path, *, timeframe: str, tz: str, calendar: SessionCalendar) -> ScanResult:
-    """Bring the manifest up to date with the folder; unchanged files are not re-read."""
+def scan(db: Database, landing_dir: Path, *, timeframe: str, tz: str | None = None) -> ScanResult:
+    """Bring the manifest up to date with the folder; unchanged files are not re-read. Each
+    file is read with its symbol's instrument specification (zone of naive timestamps unless
+    ``tz``, session calendar); a file of an unknown symbol is a problem naming the file to edit."""
     width = parse_timeframe(timeframe)
     if not landing_dir.is_dir():
         return ScanResult([], {str(landing_dir): f"{landing_dir}: landing folder does not exist"})
@@ -83,7 +86,9 @@ def scan(db: Database, landing_dir: Path, *, timeframe: str, tz: str, calendar: 
             continue
         try:
             symbol = symbol_of(path, landing_dir)
-            parsed = read_bar_file(path, tz=tz, timeframe=width)
+            spec = instrument(symbol)
+            calendar = spec.calendar()
+            parsed = read_bar_file(path, tz=tz or spec.zone, timeframe=width, calendar=calendar)
         except SmcError as exc:
             problems[str(path)] = str(exc)
             continue
@@ -161,7 +166,7 @@ def ingest_trading_day(db: Database, files: list[LandingFile], *, symbol: str, d
     frames, rejections, rows_read = [], [], 0
     for order, entry in enumerate(files):
         try:
-            parsed = read_bar_file(entry.path, fmt=entry.format, tz=tz, timeframe=width)
+            parsed = read_bar_file(entry.path, fmt=entry.format, tz=tz, timeframe=width, calendar=calendar)
         except BarFileError as error:  # the file changed since the scan and cannot be read any more
             log_error(db, error, "rejected", **attempt)
             raise

@@ -88,14 +88,15 @@ class MonitoringSettings:
             refresh_days=env_number(env, "SMC_REFRESH_DAYS", 2, int, 1, 60),
             retrain_days=env_number(env, "SMC_RETRAIN_DAYS", 30, int, 2, 5000),
             shadow_hours=env_number(env, "SMC_SHADOW_HOURS", 0.0, float, 0.0, 24 * 90),
-            retrain_config=_run_config_file(env.get("SMC_RETRAIN_CONFIG")),
+            retrain_config=run_config_file(env.get("SMC_RETRAIN_CONFIG")),
         )
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _run_config_file(path: str | None) -> dict | None:
+def run_config_file(path: str | None, source: str = "SMC_RETRAIN_CONFIG") -> dict | None:
+    """A Dagster run config from a YAML or JSON file; ``source`` names where the path came from."""
     if not path:
         return None
     import yaml
@@ -103,9 +104,9 @@ def _run_config_file(path: str | None) -> dict | None:
     try:
         loaded = yaml.safe_load(Path(path).expanduser().read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"SMC_RETRAIN_CONFIG={path!r} cannot be read as YAML/JSON: {error}") from None
+        raise ConfigError(f"{source}={path!r} cannot be read as YAML/JSON: {error}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"SMC_RETRAIN_CONFIG={path!r} must hold a run config mapping (ops: ...)")
+        raise ConfigError(f"{source}={path!r} must hold a run config mapping (ops: ...)")
     return loaded
 
 

@@ -10,7 +10,7 @@ are given from the decision bar's close, and the same distances apply from the f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smc_core.errors import ConfigError
 from smc_core.evaluation.backtest import InstrumentSpec
@@ -40,6 +40,13 @@ class RiskTerms:
     @classmethod
     def of(cls, policy: PolicyConfig, instrument: InstrumentSpec) -> "RiskTerms":
         return cls(policy.stop_atr, policy.target_atr, policy.max_holding_bars, instrument.tick_size)
+
+    def for_symbol(self, symbol: str) -> "RiskTerms":
+        """These terms with ``symbol``'s tick from the instruments file (a model may serve several)."""
+        from smc_core.instruments import serving_instrument
+
+        tick = serving_instrument(symbol).tick_size
+        return self if tick == self.tick_size else replace(self, tick_size=tick)
 
     def to_tags(self) -> dict[str, str]:
         """As registry tags, set when a version is promoted (what it was validated with)."""

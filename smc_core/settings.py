@@ -18,6 +18,7 @@ from pathlib import Path
 
 from smc_core.calendar import zone
 from smc_core.errors import ConfigError
+from smc_core.timeframe import parse_timeframe
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class Settings:
     partition_end: date | None
     """Last trading day offered as a Dagster partition; None: up to today."""
     log_level: str
+    timeframe: str = "1m"
+    """Bar timeframe of the data the assets, sensors and commands work on (SMC_TIMEFRAME)."""
+    instruments_file: Path | None = None
+    """Your instrument specifications, merged over the built-in ones (SMC_INSTRUMENTS)."""
+    out_of_session: str = "exclude"
+    """What happens to a stored bar outside every session (SMC_OUT_OF_SESSION): ``exclude``
+    (counted and shown by session_coverage, no features or labels), ``include`` (it joins the
+    session it leads into) or ``fail`` (the bars partition fails, naming them)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -51,6 +60,11 @@ class Settings:
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         landing = Path(env.get("SMC_LANDING_DIR", str(home / "landing"))).expanduser().resolve()
+        timeframe = env.get("SMC_TIMEFRAME") or cls.timeframe
+        parse_timeframe(timeframe)
+        out_of_session = (env.get("SMC_OUT_OF_SESSION") or cls.out_of_session).lower()
+        if out_of_session not in OUT_OF_SESSION_CHOICES:
+            raise ConfigError(f"SMC_OUT_OF_SESSION={out_of_session!r} is not one of {', '.join(OUT_OF_SESSION_CHOICES)}")
         return cls(
             database_url=secret(env, "DATABASE_URL"),
             smc_home=home,
@@ -59,8 +73,13 @@ class Settings:
             partition_start=start,
             partition_end=end,
             log_level=level,
+            timeframe=timeframe,
+            instruments_file=Path(env.get("SMC_INSTRUMENTS") or home / "instruments.toml").expanduser().resolve(),
+            out_of_session=out_of_session,
         )
 
+
+OUT_OF_SESSION_CHOICES = ("exclude", "include", "fail")
 
 HOME_SETTINGS = "settings.env"
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from smc_core.db import Database
+from smc_core.db import Database, redact
 
 if TYPE_CHECKING:  # the bar layer must not import the feature code
+    from smc_core.calendar import SessionCalendar
     from smc_core.features.catalogue import FeatureCatalogue
 
 BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "delta"]
@@ -39,11 +40,114 @@ def load_bars(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, en
                    WHERE symbol = %s AND timeframe = %s AND ts <= %s ORDER BY ts DESC LIMIT %s""",
                 (symbol, timeframe, start, history),
             ).fetchall()[::-1]
-    frame = pd.DataFrame(earlier + rows, columns=BAR_COLUMNS)
+    return _frame(earlier + rows)
+
+
+def load_session_bars(db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar", day, *,
+                      include_outside: bool, history: int = 0, future: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """The bars trading day ``day``'s partition computes on, oldest first, and which of them are the
+    day's own: its session's bars (with ``include_outside``, also the bars outside every session
+    that lead into it), preceded by ``history`` and followed by ``future`` bars of the same kind.
+
+    Why one reader: features, labels and the coverage check must agree bar for bar on what a
+    partition holds (the bar-count reconciliation), and an excluded bar must not reach a
+    feature's lookback either.
+    """
+    first, end = calendar.partition_bounds(day)
+    start = first if include_outside else calendar.session_bounds(day)[0]
+    own = _kept(load_bars(db, symbol, timeframe, start, end), calendar, include_outside)
+    before = _neighbours(db, symbol, timeframe, calendar, start, history, include_outside, "before")
+    after = _neighbours(db, symbol, timeframe, calendar, end, future, include_outside, "after")
+    frame = pd.concat([before, own, after], ignore_index=True) if len(before) or len(after) else own
+    mine = np.zeros(len(frame), dtype=bool)
+    mine[len(before): len(before) + len(own)] = True
+    return frame, mine
+
+
+def _kept(frame: pd.DataFrame, calendar: "SessionCalendar", include_outside: bool) -> pd.DataFrame:
+    if include_outside or frame.empty:
+        return frame.reset_index(drop=True)
+    return frame[calendar.in_session(frame["ts"])].reset_index(drop=True)
+
+
+def _neighbours(db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar", edge: pd.Timestamp,
+                count: int, include_outside: bool, side: str) -> pd.DataFrame:
+    """Up to ``count`` kept bars just before (ts <= edge) or after (ts > edge) ``edge``."""
+    if count <= 0:
+        return _frame([])
+    query = ("SELECT ts, open, high, low, close, volume, delta FROM bars WHERE symbol = %s AND timeframe = %s "
+             + ("AND ts <= %s ORDER BY ts DESC" if side == "before" else "AND ts > %s ORDER BY ts") + " LIMIT %s")
+    fetch = count
+    while True:
+        with db.connection() as conn:
+            rows = conn.execute(query, (symbol, timeframe, edge, fetch)).fetchall()
+        frame = _frame(rows[::-1] if side == "before" else rows)
+        kept = _kept(frame, calendar, include_outside)
+        if len(kept) >= count or len(rows) < fetch:  # enough, or nothing more is stored
+            return kept.iloc[-count:] if side == "before" else kept.iloc[:count]
+        fetch *= 4
+
+
+def _frame(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=BAR_COLUMNS)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
     for column in BAR_COLUMNS[1:]:
         frame[column] = frame[column].astype("float64")
     return frame
+
+
+def stored_trading_days(db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar") -> list:
+    """Trading days with stored bars of one series. The database sends each distinct quarter hour
+    its bars close in (rounded up: sessions open and close on quarter hours), not every bar."""
+    with db.connection() as connection:
+        rows = connection.execute(
+            """SELECT DISTINCT date_bin('15 minutes', ts - interval '1 microsecond', timestamptz '2000-01-01 00:00Z')
+                               + interval '15 minutes' FROM bars WHERE symbol = %s AND timeframe = %s""",
+            (symbol, timeframe)).fetchall()
+    if not rows:
+        return []
+    quarters = pd.DatetimeIndex(pd.to_datetime([row[0] for row in rows], utc=True)).as_unit("ns").sort_values()
+    return sorted({d.item() for d in np.unique(calendar.trading_day_of(quarters))})
+
+
+def missing_day(db: Database, symbol: str, timeframe: str, day, calendar: "SessionCalendar") -> str:
+    """Why there are no bars for a day, naming what is stored and where: the database, the
+    symbols, the symbol's timeframes, or its trading days (count, first and last few)."""
+    where = f"the database {redact(db.url)}"
+    with db.connection() as connection:
+        series = connection.execute("SELECT DISTINCT symbol, timeframe FROM bars ORDER BY 1, 2").fetchall()
+    symbols = sorted({s for s, _ in series})
+    if symbol not in symbols:
+        stored = f"it holds {', '.join(symbols)}" if symbols else "it holds no bars yet"
+        return (f"no stored bars for symbol {symbol!r} in {where} ({stored}): ingest them first "
+                f"(smc ingest FILE --symbol {symbol})")
+    timeframes = [t for s, t in series if s == symbol]
+    if timeframe not in timeframes:
+        return (f"no stored {timeframe} bars for {symbol} in {where} (it holds {symbol} at "
+                f"{', '.join(timeframes)}): pass --timeframe, or set SMC_TIMEFRAME")
+    days = stored_trading_days(db, symbol, timeframe, calendar)
+    weekday = "" if calendar.is_trading_day(day) else f" ({day:%A}: no session on the {calendar.name} calendar)"
+    return (f"no stored {timeframe} bars for {symbol} on {day}{weekday} in {where}; {symbol} {timeframe} has "
+            f"{_day_list(days)}")
+
+
+def no_session_bars(db: Database, symbol: str, timeframe: str, day, calendar: "SessionCalendar") -> str:
+    """Why a trading day's partition has no bar to compute on: none stored (``missing_day``), or
+    all of them outside the session and excluded."""
+    first, end = calendar.partition_bounds(day)
+    stored = load_bars(db, symbol, timeframe, first, end)
+    if stored.empty:
+        return missing_day(db, symbol, timeframe, day, calendar)
+    return (f"its {len(stored)} stored {timeframe} bars in {redact(db.url)} all lie outside the session of {day} on "
+            f"the {calendar.name} calendar (excluded: SMC_OUT_OF_SESSION=exclude; see the bars partition's "
+            f"session_coverage check)")
+
+
+def _day_list(days: list, shown: int = 3) -> str:
+    if len(days) <= 2 * shown:
+        return f"{len(days)} trading day{'s' if len(days) != 1 else ''}: {', '.join(map(str, days))}"
+    return (f"{len(days)} trading days, {days[0]} to {days[-1]}: first {', '.join(map(str, days[:shown]))}; "
+            f"last {', '.join(map(str, days[-shown:]))}")
 
 
 def register_feature_set(db: Database, catalogue: "FeatureCatalogue") -> str:

@@ -222,7 +222,7 @@ def _mean_daily_activity(calendar: SessionCalendar, width: timedelta) -> float:
     """Mean activity over a nominal session: the fixed yardstick that makes bar sigma
     average out to ``annual_vol`` whatever days are generated."""
     step = width / timedelta(minutes=1)
-    eth_open = calendar.eth_open.hour * 60 + calendar.eth_open.minute
+    eth_open = calendar.regular_open.hour * 60 + calendar.regular_open.minute
     session_minutes = _NOMINAL_SESSION / timedelta(minutes=1)
     minute = (eth_open + np.arange(0.0, session_minutes, step)) % 1440
     rth_open = calendar.rth_open.hour * 60 + calendar.rth_open.minute
@@ -239,7 +239,7 @@ def _activity(minute: np.ndarray, in_rth: np.ndarray, calendar: SessionCalendar)
     """
     rth_open = calendar.rth_open.hour * 60 + calendar.rth_open.minute
     rth_close = calendar.rth_close.hour * 60 + calendar.rth_close.minute
-    eth_open = calendar.eth_open.hour * 60 + calendar.eth_open.minute
+    eth_open = calendar.regular_open.hour * 60 + calendar.regular_open.minute
     u = (minute - rth_open) / (rth_close - rth_open)
     regular = 1.0 + 3.0 * np.exp(-u / 0.04) + 1.5 * np.exp(-(1.0 - u) / 0.03)
     overnight = (0.1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import numpy as np
+
 from smc_core.errors import ConfigError
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -32,3 +34,16 @@ def format_timeframe(width: timedelta) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def is_daily(width: timedelta) -> bool:
+    """Bars of a day or longer: one per session, stamped at the session's close (which no fixed
+    grid holds: 16:00 New York is 21:00 or 20:00 UTC), so they are checked against the calendar."""
+    return width >= timedelta(days=1)
+
+
+def off_grid(stamps_ns: np.ndarray, width: timedelta) -> np.ndarray:
+    """True where a bar close (int64 ns, UTC) is not on the ``width`` bar grid; never for daily bars."""
+    if is_daily(width):
+        return np.zeros(len(stamps_ns), dtype=bool)
+    return stamps_ns % (width // timedelta(microseconds=1) * 1000) != 0

@@ -75,6 +75,8 @@ def _check_timeframe(ctx, param, value: str) -> str:
     """Refuse ``1x`` before any work, listing the valid forms."""
     from smc_core.timeframe import parse_timeframe
 
+    if value is None:  # the setting (SMC_TIMEFRAME) applies
+        return value
     try:
         parse_timeframe(value)
     except ConfigError as error:
@@ -186,12 +188,13 @@ def db_status() -> None:
 Examples:
   smc ingest "ES 03-25.Last.txt" --symbol ES                 # NinjaTrader export, 1-minute bars
   smc ingest bars.csv bars.parquet --symbol NQ --tz America/New_York
-  smc ingest exports/*.txt --symbol ES --timeframe 5m --skip-invalid""")
+  smc ingest exports/*.txt --symbol ES --timeframe 5m --skip-invalid
+  SMC_TIMEFRAME=1h smc ingest eurusd_1h.csv --symbol EURUSD   # a symbol of your instruments file""")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--symbol", required=True, help="Instrument root, e.g. ES.")
-@click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
-              help="Bar width: <n><s|m|h|d>.")
-@click.option("--tz", default=None, help="Exchange time zone of naive timestamps [default: SMC_EXCHANGE_TZ].")
+@click.option("--symbol", required=True, help="Instrument root, e.g. ES (built-in, or in your instruments file).")
+@click.option("--timeframe", default=None, callback=_check_timeframe,
+              help="Bar width: <n><s|m|h|d> [default: SMC_TIMEFRAME, 1m].")
+@click.option("--tz", default=None, help="Time zone of naive timestamps [default: the instrument's].")
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "ninjatrader", "csv", "parquet"]))
 @click.option("--skip-invalid", is_flag=True, help="Write the valid rows; record rejected ones in the ingest log.")
@@ -202,13 +205,17 @@ def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None,
     """Validate and load bar files (NinjaTrader export, CSV or Parquet), each atomically.
 
     A failing file stops the command; the files reported before it are loaded, it and the
-    ones after it are not.
+    ones after it are not. Then the symbol becomes a Dagster partition and the partitions
+    start where the stored data starts (SMC_PARTITION_START in $SMC_HOME/settings.env).
     """
     from smc_core.errors import BarFileError
     from smc_core.ingest import check_symbol, ingest_file
+    from smc_core.instruments import instrument
 
     check_symbol(symbol)
-    zone = tz or _settings().exchange_tz
+    settings = _settings()
+    timeframe = timeframe or settings.timeframe
+    zone = tz or instrument(symbol).zone  # an unknown symbol stops here, naming the file to edit
     for path in paths:  # every file is named before the database is touched
         if not path.is_file():
             raise BarFileError(path, "no such file" if not path.exists() else "not a file")
@@ -225,6 +232,68 @@ def ingest(paths: tuple[Path, ...], symbol: str, timeframe: str, tz: str | None,
             for rejection in report.rejections[:_MAX_LISTED]:
                 shown.echo(f"skipped {rejection}", err=True)
             shown.echo(f"{report.summary()} in {time.perf_counter() - started:.2f}s")
+    _register_partitions(database, settings, symbol, timeframe)
+
+
+def _register_partitions(database, settings: Settings, symbol: str, timeframe: str) -> None:
+    from smc_assets.partitions import register_symbols
+    from smc_jobs.backfill import dagster_instance, fit_partitions_to_data
+
+    if register_symbols(dagster_instance(settings), [symbol]):
+        click.echo(f"{symbol} added to the Dagster partitions (symbols)")
+    changed = fit_partitions_to_data(database, settings, timeframe)
+    if changed:
+        click.echo(f"partitions follow the stored data: {changed}")
+
+
+# --- backfill ----------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  smc backfill --symbols ES                           # every stored day of ES (SMC_TIMEFRAME)
+  smc backfill --symbols ES,NQ --start 2024-03-01 --end 2024-03-29
+  SMC_TIMEFRAME=1h smc backfill --symbols EURUSD""")
+@click.option("--symbols", required=True, help="Comma-separated symbols.")
+@click.option("--start", default=None, help="First trading day (YYYY-MM-DD) [default: each symbol's first stored].")
+@click.option("--end", default=None, help="Last trading day (YYYY-MM-DD) [default: each symbol's last stored].")
+@click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML/JSON run config for market_data_job (e.g. ops.labels.config.horizons).")
+@_quiet_option
+@_debug_option
+def backfill(symbols: str, start: str | None, end: str | None, config_path: Path | None, quiet: bool) -> None:
+    """Materialize bars, features and labels for every trading day of a range, one partition run
+    after another through the home's Dagster instance (each run shown in the Dagster UI, tagged
+    smc/backfill); prints what failed and why, exits 1 when any partition failed."""
+    from smc_assets.partitions import requestable_days
+    from smc_core.monitoring import run_config_file
+    from smc_jobs.backfill import dagster_instance, plan, run_backfill
+    from smc_jobs.definitions import build_definitions
+
+    settings = _settings()
+    names = [name.strip().upper() for name in symbols.split(",") if name.strip()]
+    first, last = (_day_option(name, value) for name, value in (("--start", start), ("--end", end)))
+    run_config = run_config_file(str(config_path) if config_path else None, "--config")
+    database = _database()
+    keys, no_session = plan(database, names, settings.timeframe, first, last, requestable_days())
+    instance = dagster_instance(settings)
+    click.echo(f"backfilling {len(keys)} partition(s) of {', '.join(names)} at {settings.timeframe} through the Dagster "
+               f"instance {instance.root_directory}")
+    with bars.bar("backfill", len(keys), on=bars.enabled(quiet)) as shown:
+        report = run_backfill(build_definitions(settings), instance, keys, no_session, run_config=run_config,
+                              progress=lambda done, note: shown.set(done, note))
+    for line in report.summary():
+        click.echo(line)
+    if report.failed:
+        sys.exit(1)
+
+
+def _day_option(name: str, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
 
 
 # --- synthetic data ----------------------------------------------------------------------
@@ -413,6 +482,7 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet:
 
     from smc_core.ingest import check_symbol
     from smc_core.jsonable import plain
+    from smc_core.instruments import instrument
     from smc_core.serving.replay import replay_stored_day
 
     check_symbol(symbol)
@@ -436,7 +506,8 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet:
         shown.set(done)
 
     try:
-        report = replay_stored_day(database, symbol, trading_day, predict, timeframe=timeframe, progress=progress)
+        report = replay_stored_day(database, symbol, trading_day, predict, timeframe=timeframe, progress=progress,
+                                   calendar=instrument(symbol).calendar())
     finally:
         if shown is not None:
             shown.close()

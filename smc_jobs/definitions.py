@@ -125,7 +125,8 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
                  build_circuit_breaker_sensor(safety), build_ab_test_sensor(safety, monitoring)],
         resources={
             "database": DatabaseResource(url=settings.database_url),
-            "landing": LandingResource(path=str(settings.landing_dir), timezone=settings.exchange_tz),
+            "landing": LandingResource(path=str(settings.landing_dir), timeframe=settings.timeframe,
+                                       out_of_session=settings.out_of_session),
             "model_store": ModelStoreResource(root=model_root),
             "mlflow": mlflow_resource(tracking),
             "tracking": TrackingResource(tracking_uri=tracking.tracking_uri, artifact_root=tracking.artifact_root),

@@ -42,7 +42,8 @@ def test_all_checks_pass_and_metadata_is_reported(materialized):
         assert result.success
         evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert evaluations == {"ohlc_integrity": True, "no_conflicting_duplicates": True, "session_coverage": True,
-                               "no_nan_after_warmup": True, "causality_spot_check": True, "labels_resolved": True}
+                               "no_nan_after_warmup": True, "causality_spot_check": True, "labels_resolved": True,
+                               "horizon_fits_session": True}
         by_asset = {e.asset_key.to_user_string(): e.materialization.metadata
                     for e in result.get_asset_materialization_events()}
         assert by_asset["features"]["rows"].value == 1380
@@ -94,4 +95,5 @@ def test_features_without_bars_fail_with_a_clear_reason(database, tmp_path):
                          resources={"database": DatabaseResource(url=database.url),
                                     "landing": LandingResource(path=str(tmp_path))}, raise_on_error=False)
     assert not result.success
-    assert "no bars stored for ZB on 2024-03-05" in result.failure_data_for_node("features").user_failure_data.description
+    reason = result.failure_data_for_node("features").user_failure_data.description
+    assert reason.startswith("no bars to compute features from for ZB on 2024-03-05: no stored bars for symbol 'ZB'")

@@ -112,26 +112,34 @@ def calendar_stamps(seed: int) -> pd.DatetimeIndex:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_calendar_encodings_match_their_pandas_definitions(seed):
-    """The vectorised wall-clock arithmetic equals the plain pandas definitions bit for bit."""
+    """The vectorised schedule lookups and wall-clock arithmetic equal plain pandas definitions
+    over the exchange's own schedule (pandas_market_calendars: holidays, early closes) bit for bit."""
+    import pandas_market_calendars as mcal
+
     ts = calendar_stamps(seed)
+    schedule = mcal.get_calendar("CME Globex Equity").schedule("2018-12-01", "2027-01-31")
+    sessions = pd.DataFrame({"day": schedule.index, "open": schedule["market_open"],
+                             "close": schedule["market_close"]}).reset_index(drop=True)
+    # a bar belongs to the first session whose close is at or after it
+    owner = pd.merge_asof(pd.DataFrame({"ts": ts}), sessions.assign(ts=sessions["close"]), on="ts",
+                          direction="forward")
+    trading_day = owner["day"].to_numpy().astype("datetime64[D]")
     local = ts.tz_convert("America/Chicago").tz_localize(None)
     minutes_in_day = (local - pd.Timedelta(microseconds=1) - local.normalize()).total_seconds().to_numpy() / 60.0
-    trading_day = ((local - pd.Timedelta(microseconds=1) - pd.Timedelta(hours=16)).normalize()
-                   + pd.Timedelta(days=1)).values.astype("datetime64[D]")
     weekday = pd.DatetimeIndex(trading_day).weekday.to_numpy()
-    in_session = (weekday < 5) & ~((minutes_in_day >= 16 * 60) & (minutes_in_day < 17 * 60))
+    in_session = np.asarray(ts > pd.DatetimeIndex(owner["open"]))
     rth = (minutes_in_day >= 8 * 60 + 30) & (minutes_in_day < 15 * 60) & in_session
     np.testing.assert_array_equal(CME_EQUITY.trading_day_of(ts), trading_day)
     np.testing.assert_array_equal(CME_EQUITY.in_session(ts), in_session)
     np.testing.assert_array_equal(CME_EQUITY.is_rth(ts), rth)
+    assert not in_session.all() and in_session.mean() > 0.6  # halts, weekends and holidays are outside
 
     encoded = time_features(ts, CME_EQUITY)
     clock = ts.tz_convert("America/Chicago")
     angle = 2 * np.pi * (clock.hour * 60 + clock.minute + clock.second / 60.0).to_numpy(dtype="float64") / 1440.0
     day_angle = 2 * np.pi * weekday.astype("float64") / 5.0
-    bounds = [CME_EQUITY.session_bounds(pd.Timestamp(d).date()) for d in trading_day]
-    opens = np.array([b[0].value for b in bounds], dtype="float64")
-    closes = np.array([b[1].value for b in bounds], dtype="float64")
+    opens = pd.DatetimeIndex(owner["open"]).as_unit("ns").asi8.astype("float64")
+    closes = pd.DatetimeIndex(owner["close"]).as_unit("ns").asi8.astype("float64")
     expected = {"tod_sin": np.sin(angle), "tod_cos": np.cos(angle), "dow_sin": np.sin(day_angle),
                 "dow_cos": np.cos(day_angle), "is_rth": rth.astype("float64"),
                 "session_progress": (ts.asi8.astype("float64") - opens) / (closes - opens)}

@@ -55,7 +55,7 @@ def test_csv_delta_round_trip_and_fold_hour(database, tmp_path):
     files = write_synthetic(SyntheticConfig(days=2, start=date(2024, 5, 6), seed=5), tmp_path, fmt="csv")
     bars = generate_bars(SyntheticConfig(days=2, start=date(2024, 5, 6), seed=5))
     for path in files:
-        ingest_file(database, path, "DL", "1m")
+        ingest_file(database, path, "DL", "1m", tz="America/Chicago")
     back = stored(database, "DL")
     pd.testing.assert_series_equal(back["delta"], bars["delta"].reset_index(drop=True), check_names=False)
 
@@ -68,10 +68,10 @@ def test_csv_delta_round_trip_and_fold_hour(database, tmp_path):
 
 def test_reingest_changes_nothing_not_even_row_versions(database, tmp_path):
     path = write_ninjatrader(generate_bars(SyntheticConfig(days=1, seed=11)), tmp_path / "ID.txt")
-    first = ingest_file(database, path, "IDEM", "1m")
+    first = ingest_file(database, path, "IDEM", "1m", tz="America/Chicago")
     with database.connection() as conn:
         versions = conn.execute("SELECT ts, xmin::text FROM bars WHERE symbol = 'IDEM' ORDER BY ts").fetchall()
-    again = ingest_file(database, path, "IDEM", "1m")
+    again = ingest_file(database, path, "IDEM", "1m", tz="America/Chicago")
     assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, first.rows_inserted)
     with database.connection() as conn:
         assert conn.execute("SELECT ts, xmin::text FROM bars WHERE symbol = 'IDEM' ORDER BY ts").fetchall() == versions
@@ -80,13 +80,13 @@ def test_reingest_changes_nothing_not_even_row_versions(database, tmp_path):
 def test_corrected_file_updates_only_the_changed_bar(database, tmp_path):
     bars = generate_bars(SyntheticConfig(days=1, seed=12))
     path = write_ninjatrader(bars, tmp_path / "UPD.txt")
-    ingest_file(database, path, "UPD", "1m")
+    ingest_file(database, path, "UPD", "1m", tz="America/Chicago")
     lines = path.read_text().splitlines()
     fields = lines[100].split(";")
     fields[5] = str(int(fields[5]) + 1)  # a corrected volume
     lines[100] = ";".join(fields)
     path.write_text("\n".join(lines) + "\n")
-    report = ingest_file(database, path, "UPD", "1m")
+    report = ingest_file(database, path, "UPD", "1m", tz="America/Chicago")
     assert (report.rows_inserted, report.rows_updated, report.rows_unchanged) == (0, 1, len(bars) - 1)
     assert stored(database, "UPD")["volume"].iloc[100] == bars["volume"].iloc[100] + 1
 
@@ -105,7 +105,7 @@ def test_rejected_rows_write_no_bar_and_the_attempt_is_logged_rejected(database,
     path = tmp_path / "BAD.txt"
     path.write_text("20240305 093100;1;2;0.5;1.5;1\n20240305 093200;1;0.4;0.5;1.5;1\n")
     with pytest.raises(RejectedRowsError) as raised:
-        ingest_file(database, path, "BAD", "1m")
+        ingest_file(database, path, "BAD", "1m", tz="America/Chicago")
     assert "BAD.txt:2: high 0.4 is below max(open, close) 1.5" in str(raised.value)
     assert count(database, "bars", "symbol = 'BAD'") == 0
     row, rejects = logged(database, raised.value.ingest_id)
@@ -193,7 +193,7 @@ def test_a_database_error_mid_ingest_is_logged_failed_and_a_good_file_is_unaffec
 def test_skip_invalid_writes_valid_rows_and_records_rejects(database, tmp_path):
     path = tmp_path / "SKIP.txt"
     path.write_text("20240305 093100;1;2;0.5;1.5;1\n20240305 093200;1;2;0.5;x;1\n20240305 093300;1;2;0.5;1.5;1\n")
-    report = ingest_file(database, path, "SKIP", "1m", skip_invalid=True)
+    report = ingest_file(database, path, "SKIP", "1m", tz="America/Chicago", skip_invalid=True)
     assert (report.rows_inserted, report.rows_rejected) == (2, 1)
     with database.connection() as conn:
         reject = conn.execute("SELECT source, line, reason, raw FROM ingest_rejects WHERE ingest_id = %s",
@@ -255,7 +255,7 @@ def test_resampled_views_use_close_time_labels(database, tmp_path):
     path = tmp_path / "RS.txt"
     rows = [f"20240305 09{m:02d}00;{100 + m};{101 + m};{99 + m};{100.5 + m};{m}" for m in range(31, 41)]
     path.write_text("\n".join(rows) + "\n")
-    ingest_file(database, path, "RS", "1m")
+    ingest_file(database, path, "RS", "1m", tz="America/Chicago")
     with database.connection() as conn:
         got = conn.execute("SELECT ts, open, high, low, close, volume, bar_count FROM bars_5m "
                            "WHERE symbol = 'RS' ORDER BY ts").fetchall()

@@ -6,7 +6,7 @@ Every property is measured on generated bars, so a regression in the generator f
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,9 @@ def test_without_delta_drops_only_the_delta_column(none_bars):
 def test_every_bar_lies_on_the_calendar_grid_and_days_are_complete(none_bars):
     days = CME_EQUITY.trading_days(date(2024, 1, 2), date(2024, 2, 29))[:DAYS]
     expected = [CME_EQUITY.expected_closes(day, timedelta(minutes=1)) for day in days]
-    assert all(len(closes) == 1380 for closes in expected)
+    # 17:00 to 16:00 Chicago is 1,380 minutes; Martin Luther King Day (2024-01-15) closes early at
+    # 12:00 (CME holiday calendar): 17:00 Sunday to 12:00 Monday is 1,140
+    assert {day: len(closes) for day, closes in zip(days, expected) if len(closes) != 1380} == {date(2024, 1, 15): 1140}
     assert np.array_equal(none_bars["ts"].to_numpy(), np.concatenate([c.to_numpy() for c in expected]))
     assert CME_EQUITY.in_session(none_bars["ts"]).all()
 
@@ -140,11 +142,16 @@ def test_dst_switch_days_follow_the_calendar():
         assert first_close_hours == {22, 23}  # 17:01 Chicago is 23:01 UTC in winter, 22:01 in summer
 
 
-def test_holidays_and_start_are_respected():
-    calendar = SessionCalendar(holidays=frozenset({date(2024, 1, 15)}))
-    bars = generate_bars(SyntheticConfig(days=4, start=date(2024, 1, 12), calendar=calendar))
-    days = sorted({str(day) for day in calendar.trading_day_of(bars["ts"])})
+def test_holidays_early_closes_and_start_are_respected():
+    """The exchange's calendar: NYSE is closed on Martin Luther King Day (2024-01-15); CME Globex
+    equity futures trade it until 12:00 Chicago."""
+    nyse = SessionCalendar("NYSE", time(9, 30), time(16, 0))
+    bars = generate_bars(SyntheticConfig(days=4, start=date(2024, 1, 12), calendar=nyse))
+    days = sorted({str(day) for day in nyse.trading_day_of(bars["ts"])})
     assert days == ["2024-01-12", "2024-01-16", "2024-01-17", "2024-01-18"]
+    cme = generate_bars(SyntheticConfig(days=2, start=date(2024, 1, 15)))
+    monday = cme["ts"][CME_EQUITY.trading_day_of(cme["ts"]) == np.datetime64("2024-01-15")]
+    assert str(monday.iloc[-1]) == "2024-01-15 18:00:00+00:00" and len(monday) == 19 * 60
 
 
 def test_other_timeframes_follow_the_grid():

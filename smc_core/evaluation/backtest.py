@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,22 +28,27 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smc_core.errors import ConfigError
+from smc_core.instruments import built_in
 from smc_core.policy import PolicyConfig, decide
 
 TRADING_DAYS_PER_YEAR = 252
 BAR_COLUMNS = ("ts", "open", "high", "low", "close", "atr", "session")
 
 
+_ES = built_in("ES")
+
+
 @dataclass(frozen=True)
 class InstrumentSpec:
-    """Contract terms and trading costs; defaults are CME E-mini S&P 500 (ES)."""
+    """Contract terms and trading costs; defaults are ES's in the instruments file (any symbol's:
+    ``smc_core.instruments.instrument(symbol).costs()``)."""
 
-    symbol: str = "ES"
-    tick_size: float = 0.25
-    tick_value: float = 12.50
-    commission: float = 2.50
+    symbol: str = _ES.symbol
+    tick_size: float = _ES.tick_size
+    tick_value: float = _ES.tick_value
+    commission: float = _ES.commission
     """Dollars per contract per fill (each side)."""
-    slippage_ticks: float = 1.0
+    slippage_ticks: float = _ES.slippage_ticks
     """Ticks lost on every fill."""
     capital: float = 100_000.0
     """Account size that returns are measured against."""
@@ -60,6 +66,16 @@ class InstrumentSpec:
 
     def round_trip_cost(self, contracts: int = 1) -> float:
         return 2 * contracts * (self.commission + self.slippage_ticks * self.tick_value)
+
+
+def one_spec(instrument: "InstrumentSpec | Mapping[str, InstrumentSpec]") -> InstrumentSpec:
+    """A single spec from one or a per-symbol mapping (the first: capital is shared by all)."""
+    return next(iter(instrument.values())) if isinstance(instrument, Mapping) else instrument
+
+
+def spec_of(instrument: "InstrumentSpec | Mapping[str, InstrumentSpec]", symbol: str) -> InstrumentSpec:
+    """``symbol``'s spec when costs differ per symbol, else the one spec."""
+    return instrument[symbol] if isinstance(instrument, Mapping) else instrument
 
 
 @dataclass

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from smc_core.dataset import TrainingData
-from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec, backtest
+from smc_core.evaluation.backtest import BacktestResult, InstrumentSpec, backtest, one_spec, spec_of
 from smc_core.evaluation.gates import Champion, GateConfig, GateResult, evaluate_gates, trial_sharpes_of
 from smc_core.evaluation.splits import Split, walk_forward_splits
 from smc_core.errors import SmcError
@@ -53,7 +53,8 @@ class WalkForwardConfig:
     """Entry thresholds tried as candidate policies (PBO's configurations, DSR's trials); none below
     the seed's 0.55, under which a call is never traded."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    instrument: InstrumentSpec = field(default_factory=InstrumentSpec)
+    instrument: InstrumentSpec | dict[str, InstrumentSpec] = field(default_factory=InstrumentSpec)
+    """One spec for every symbol, or each symbol's (costs from the instruments file)."""
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,9 @@ def bar_probabilities(data: TrainingData, probabilities: np.ndarray) -> dict[str
 
 
 def backtest_portfolio(bars: dict[str, pd.DataFrame], probabilities: dict[str, pd.DataFrame],
-                       policy: PolicyConfig, instrument: InstrumentSpec) -> BacktestResult:
-    """One backtest per symbol over its bars from the first tested bar on, summed per bar time.
+                       policy: PolicyConfig, instrument: InstrumentSpec | dict[str, InstrumentSpec]) -> BacktestResult:
+    """One backtest per symbol over its bars from the first tested bar on, summed per bar time;
+    ``instrument`` one spec for all, or each symbol's.
 
     ``bars`` frames carry ts, open, high, low, close, atr, session; bars without a
     prediction simply get no new entry (positions still run to their orders).
@@ -193,7 +195,7 @@ def backtest_portfolio(bars: dict[str, pd.DataFrame], probabilities: dict[str, p
             continue
         frame = frame[frame["ts"] >= predicted.index.min()].reset_index(drop=True)
         aligned = predicted.reindex(pd.DatetimeIndex(frame["ts"])).to_numpy()
-        result = backtest(frame, aligned, policy, instrument)
+        result = backtest(frame, aligned, policy, spec_of(instrument, symbol))
         parts.append(pd.DataFrame({"ts": frame["ts"], "session": frame["session"], "pnl": result.pnl,
                                    "in_market": result.in_market}))
         trades.append(result.trades.assign(symbol=symbol))
@@ -203,7 +205,7 @@ def backtest_portfolio(bars: dict[str, pd.DataFrame], probabilities: dict[str, p
                                                             in_market=("in_market", "max"))
     return BacktestResult(combined["pnl"].to_numpy(), combined["in_market"].to_numpy(dtype=bool),
                           pd.concat(trades, ignore_index=True), combined.index.to_numpy(),
-                          combined["session"].to_numpy(), instrument)
+                          combined["session"].to_numpy(), one_spec(instrument))
 
 
 def _subset(data: TrainingData, positions: np.ndarray) -> TrainingData:

@@ -71,18 +71,16 @@ def time_features(ts: pd.DatetimeIndex, calendar: SessionCalendar) -> dict[str, 
     seconds_of_day = (wall - wall // DAY_NS * DAY_NS) // SECOND_NS
     minute_of_day = (seconds_of_day // 60) + (seconds_of_day % 60) / 60.0
     angle = 2 * np.pi * minute_of_day / 1440.0
-    days = calendar.trading_day_at(wall)
-    weekday = ((days.astype("int64") - 4) % 7).astype("float64")  # Monday = 0
+    schedule, owner, in_session = calendar.locate(ts)
+    days = schedule.days[owner]
+    weekday = ((days.astype("int64") - 4) % 7).astype("float64")  # 1970-01-01 was a Thursday; Monday = 0
     day_angle = 2 * np.pi * weekday / 5.0
-    unique_days, which = np.unique(days, return_inverse=True)
-    bounds = np.array([[b.value for b in calendar.session_bounds(d.item())] for d in unique_days],
-                      dtype="float64").reshape(-1, 2)
-    opens, closes = bounds[which, 0], bounds[which, 1]
-    progress = (ts.asi8.astype("float64") - opens) / (closes - opens)
+    opens, closes = schedule.opens[owner].astype("float64"), schedule.closes[owner].astype("float64")
+    progress = ((ts if ts.unit == "ns" else ts.as_unit("ns")).asi8.astype("float64") - opens) / (closes - opens)
     return {
         "tod_sin": np.sin(angle), "tod_cos": np.cos(angle),
         "dow_sin": np.sin(day_angle), "dow_cos": np.cos(day_angle),
-        "is_rth": calendar.is_rth_at(wall).astype("float64"),
+        "is_rth": calendar.is_rth_at(wall, in_session).astype("float64"),
         "session_progress": progress,
     }
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE, feature_matrix
+from smc_core.instruments import serving_instrument
 from smc_core.model import Predictor, load_package
 from smc_core.model.onnx_graph import PARITY_TOLERANCE, time_backends
 from smc_core.model.package import reference_windows
@@ -250,23 +251,10 @@ class Prediction:
     mismatches: dict[str, int]
 
 
-@dataclass
-class Prepared:
-    """A checked request with its features, ready for the forward pass."""
-
-    request: PredictRequest
-    columns: dict
-    rows: np.ndarray
-    """Feature rows of every bar: the stored bars completing the request first, then the request's."""
-    window: np.ndarray
-    """The last ``sequence_length`` rows: what the model reads."""
-    from_store: int
-
-
 def prepare(request: PredictRequest, columns: dict, sequence_length: int, from_store: int = 0) -> Prepared:
-    """Features from the request's bars (the training code); 422 naming the bar when the
-    window the model reads has an undefined feature."""
-    rows = feature_matrix(columns)
+    """Features from the request's bars (the training code, on the symbol's session calendar);
+    422 naming the bar when the window the model reads has an undefined feature."""
+    rows = feature_matrix(columns, calendar=serving_instrument(request.metadata.symbol).calendar())
     stored = len(rows) - len(request.bars)  # bars completed from the store come first
     window = rows[-sequence_length:]
     bad = np.argwhere(~np.isfinite(window))
@@ -313,7 +301,8 @@ def answer(prepared: Prepared, model: LoadedModel, policy: PolicyConfig, probabi
         "position_size": size,
         "raw_label": labels[best],
         "threshold": policy.half_threshold,
-        "risk": model.terms.risk.block(float(columns["close"][-1]), float(rows[-1, _ATR]), label),
+        "risk": model.terms.risk.for_symbol(request.metadata.symbol).block(float(columns["close"][-1]),
+                                                                           float(rows[-1, _ATR]), label),
         "processing_time_ms": (time.perf_counter() - started) * 1000,
     }
     return Prediction(body, rows[-1], compare_indicators(request, rows[stored:]))

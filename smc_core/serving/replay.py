@@ -82,7 +82,7 @@ def replay_stored_day(db, symbol: str, day, predict: Callable[[dict], dict], *, 
                       progress: Callable[[int, int], None] | None = None) -> ReplayReport:
     """Replay every stored bar of one trading day, with the ``context - 1`` bars before it as history."""
     from smc_core.errors import SmcError
-    from smc_core.store import load_bars
+    from smc_core.store import load_bars, missing_day
 
     session_open, session_close = calendar.session_bounds(day)
     bars = load_bars(db, symbol, timeframe, session_open, session_close, history=context - 1)
@@ -94,42 +94,3 @@ def replay_stored_day(db, symbol: str, day, predict: Callable[[dict], dict], *, 
                        f"a request needs {context} (the bar and the {context - 1} before it)")
     return replay(bars, first, predict, symbol=symbol, timeframe=timeframe, context=context, calendar=calendar,
                   progress=progress)
-
-
-def stored_trading_days(db, symbol: str, timeframe: str, calendar: SessionCalendar = CME_EQUITY) -> list:
-    """Trading days with stored bars of one series, by the calendar's (open, close] rule
-    (``SessionCalendar.trading_day_at`` in SQL, so no bar leaves the database)."""
-    close = calendar.eth_close
-    with db.connection() as connection:
-        rows = connection.execute(
-            """SELECT DISTINCT ((ts AT TIME ZONE %s) - make_interval(hours => %s, mins => %s)
-                                 - interval '1 microsecond')::date + 1 AS day
-               FROM bars WHERE symbol = %s AND timeframe = %s ORDER BY day""",
-            (calendar.tz, close.hour, close.minute, symbol, timeframe)).fetchall()
-    return [row[0] for row in rows]
-
-
-def missing_day(db, symbol: str, timeframe: str, day, calendar: SessionCalendar = CME_EQUITY) -> str:
-    """Why there is nothing to replay, naming what does exist: the symbols, the symbol's
-    timeframes, or its trading days (count, first and last few)."""
-    with db.connection() as connection:
-        series = connection.execute("SELECT DISTINCT symbol, timeframe FROM bars ORDER BY 1, 2").fetchall()
-    symbols = sorted({s for s, _ in series})
-    if symbol not in symbols:
-        stored = f"stored symbols: {', '.join(symbols)}" if symbols else "no bars are stored yet"
-        return f"no stored bars for symbol {symbol!r} ({stored}): ingest them first (smc ingest FILE --symbol {symbol})"
-    timeframes = [t for s, t in series if s == symbol]
-    if timeframe not in timeframes:
-        return (f"no stored {timeframe} bars for {symbol} (stored timeframes for {symbol}: {', '.join(timeframes)}): "
-                "pass --timeframe")
-    days = stored_trading_days(db, symbol, timeframe, calendar)
-    weekday = "" if calendar.is_trading_day(day) else f" ({day:%A}: no session)"
-    return (f"no stored {timeframe} bars for {symbol} on {day}{weekday}; {symbol} {timeframe} has "
-            f"{_day_list(days)}")
-
-
-def _day_list(days: list, shown: int = 3) -> str:
-    if len(days) <= 2 * shown:
-        return f"{len(days)} trading day{'s' if len(days) != 1 else ''}: {', '.join(map(str, days))}"
-    return (f"{len(days)} trading days, {days[0]} to {days[-1]}: first {', '.join(map(str, days[:shown]))}; "
-            f"last {', '.join(map(str, days[-shown:]))}")

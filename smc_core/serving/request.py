@@ -18,7 +18,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       field_validator, model_validator)
 
 from smc_core.errors import ConfigError
-from smc_core.timeframe import parse_timeframe
+from smc_core.timeframe import off_grid, parse_timeframe
 
 MAX_PRICE = 1e9     # no futures contract trades above; keeps every derived feature finite
 MAX_VOLUME = 1e12
@@ -230,14 +230,15 @@ def check_against_model(request: PredictRequest, stamps_ns: np.ndarray, timefram
     if meta.symbol not in symbols:
         raise _mismatch("metadata.symbol", f"{meta.symbol!r} is not served by this model: it serves "
                                            f"{', '.join(sorted(symbols))} (ALLOWED_SYMBOLS)")
-    off_grid = np.flatnonzero(stamps_ns % width_ns)
-    if len(off_grid):
-        i = int(off_grid[0])
+    width = timedelta(microseconds=width_ns // 1000)
+    off = np.flatnonzero(off_grid(stamps_ns, width))
+    if len(off):
+        i = int(off[0])
         raise _mismatch(_bar_path(i, len(stamps_ns)), f"time_utc {_iso(stamps_ns[i])} is not on the {timeframe} "
                                                        f"bar grid (bars are stamped with their close)")
     if len(stamps_ns) > 1:
         steps = np.diff(stamps_ns)
-        uneven = np.flatnonzero(steps % width_ns)
+        uneven = np.flatnonzero(off_grid(steps, width))  # daily bars: session closes, not a fixed grid
         if len(uneven):
             i = int(uneven[0]) + 1
             raise _mismatch(_bar_path(i, len(stamps_ns)), f"is {steps[i - 1] / 60e9:g} min after the bar before it: "
