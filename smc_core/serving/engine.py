@@ -251,6 +251,19 @@ class Prediction:
     mismatches: dict[str, int]
 
 
+@dataclass
+class Prepared:
+    """A checked request with its features, ready for the forward pass."""
+
+    request: PredictRequest
+    columns: dict
+    rows: np.ndarray
+    """Feature rows of every bar: the stored bars completing the request first, then the request's."""
+    window: np.ndarray
+    """The last ``sequence_length`` rows: what the model reads."""
+    from_store: int
+
+
 def prepare(request: PredictRequest, columns: dict, sequence_length: int, from_store: int = 0) -> Prepared:
     """Features from the request's bars (the training code, on the symbol's session calendar);
     422 naming the bar when the window the model reads has an undefined feature."""
