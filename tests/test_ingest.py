@@ -124,7 +124,7 @@ def test_an_unreadable_file_is_logged_rejected_with_its_error(database, tmp_path
     path = tmp_path / "COMMA.txt"
     path.write_text("20240305 093100,1,2,0.5,1.5,1\n")
     with pytest.raises(BarFileError) as raised:
-        ingest_file(database, path, "COMMA", "1m")
+        ingest_file(database, path, "COMMA", "1m", tz="America/Chicago")
     row, rejects = logged(database, raised.value.ingest_id)
     assert (row["status"], row["rows_read"], row["format"], row["error"]) == (
         "rejected", 0, None, f"{path}:1: wrong delimiter ',': NinjaTrader exports separate fields with ';' "
@@ -140,19 +140,19 @@ def test_a_file_cut_inside_its_last_number_is_flagged_not_stored(database, tmp_p
     path = tmp_path / "CUT.txt"
     path.write_text(CUT)
     with pytest.raises(RejectedRowsError) as raised:
-        ingest_file(database, path, "CUT", "1m")
+        ingest_file(database, path, "CUT", "1m", tz="America/Chicago")
     assert str(raised.value).startswith(f"{path}:2: the file ends inside this line (no line end after it)")
     assert count(database, "bars", "symbol = 'CUT'") == 0
     row, rejects = logged(database, raised.value.ingest_id)
     assert (row["status"], row["rows_read"], row["rows_rejected"]) == ("rejected", 2, 1)
     assert [(line, raw) for line, _, raw in rejects] == [(2, "20240305 093200;5000.25;5001;4999.75;5000.5;1")]
 
-    kept = ingest_file(database, path, "CUT", "1m", skip_invalid=True)  # the complete line goes in, the cut one not
+    kept = ingest_file(database, path, "CUT", "1m", tz="America/Chicago", skip_invalid=True)  # the complete line goes in, the cut one not
     assert (kept.rows_inserted, kept.rows_rejected) == (1, 1)
     assert list(stored(database, "CUT")["volume"]) == [120]
 
     path.write_text(CUT + "20\n")  # the export finished: the same line, now whole
-    whole = ingest_file(database, path, "CUT", "1m")
+    whole = ingest_file(database, path, "CUT", "1m", tz="America/Chicago")
     assert (whole.rows_inserted, whole.rows_unchanged, whole.rows_rejected) == (1, 1, 0)
     assert list(stored(database, "CUT")["volume"]) == [120, 120]
 
@@ -167,8 +167,8 @@ def test_a_database_error_mid_ingest_is_logged_failed_and_a_good_file_is_unaffec
         conn.execute("ALTER TABLE bars ADD CONSTRAINT test_no_fails CHECK (symbol <> 'FAILS')")
     try:
         with pytest.raises(psycopg.errors.CheckViolation) as raised:
-            ingest_file(database, failing, "FAILS", "1m", dagster_run_id="run-1", partition_key="FAILS|2024-01-02")
-        report = ingest_file(database, good, "GOOD", "1m")
+            ingest_file(database, failing, "FAILS", "1m", tz="America/Chicago", dagster_run_id="run-1", partition_key="FAILS|2024-01-02")
+        report = ingest_file(database, good, "GOOD", "1m", tz="America/Chicago")
     finally:
         with database.connection() as conn:
             conn.execute("ALTER TABLE bars DROP CONSTRAINT test_no_fails")
@@ -186,7 +186,7 @@ def test_a_database_error_mid_ingest_is_logged_failed_and_a_good_file_is_unaffec
     assert (good_row["status"], good_row["error"], good_row["rows_inserted"]) == ("succeeded", None, len(bars))
     assert good_rejects == [] and len(stored(database, "GOOD")) == len(bars)
 
-    again = ingest_file(database, failing, "FAILS", "1m")  # the same file once the database is healthy
+    again = ingest_file(database, failing, "FAILS", "1m", tz="America/Chicago")  # the same file once the database is healthy
     assert again.rows_inserted == len(bars) and logged(database, again.ingest_id)[0]["status"] == "succeeded"
 
 
