@@ -332,7 +332,8 @@ class SmcPredictor:
         HALT_POLL_SECONDS) and in a local file; survives restarts and database outages."""
         # the upload threads: a database write must never hold up the compute thread
         return await self._respond(request, "admin_halt", True,
-                                   lambda payload, started: self.runtime.admin_halt(payload), upload=True)
+                                   lambda payload, started: self.uploads.submit(self.runtime.admin_halt, payload),
+                                   upload=True)
 
     @app.post("/admin/resume", operation_id="admin_resume", tags=["operations"],
               summary="Trade again: lift the halts of the symbols (or every halt)",
@@ -342,7 +343,8 @@ class SmcPredictor:
               openapi_extra=request_body({"$ref": _REF.format("HaltRequest")}, key="AdminKey"))
     async def admin_resume(self, request: Request) -> JSONResponse:
         return await self._respond(request, "admin_resume", True,
-                                   lambda payload, started: self.runtime.admin_resume(payload), upload=True)
+                                   lambda payload, started: self.uploads.submit(self.runtime.admin_resume, payload),
+                                   upload=True)
 
     # --- signals (DESIGN §11) ----------------------------------------------------------
 
@@ -358,7 +360,9 @@ class SmcPredictor:
             query = signal_history.SignalQuery.from_params(params)
             return self.runtime.read(lambda conn: signal_history.list_signals(conn, query))
 
-        return await self._respond(request, "signals", False, work, needs_body=False, upload=True)
+        return await self._respond(request, "signals", False,
+                                   lambda payload, started: self.uploads.submit(work, payload, started),
+                                   needs_body=False, upload=True)
 
     @app.get("/signals/analytics", operation_id="signal_analytics", tags=["signals"],
              summary="Signals, trade rate, hit rate and realised return per model version and trading day",
@@ -368,8 +372,8 @@ class SmcPredictor:
     async def signal_analytics(self, request: Request) -> JSONResponse:
         """Trading days `since`..`until` (default: the last 30 calendar days); optional model_version."""
         params = dict(request.query_params)
-        return await self._respond(request, "signal_analytics", False, lambda payload, started: self.runtime.read(
-            lambda conn: signal_history.analytics(conn, params)), needs_body=False, upload=True)
+        return await self._respond(request, "signal_analytics", False, lambda payload, started: self.uploads.submit(
+            self.runtime.read, lambda conn: signal_history.analytics(conn, params)), needs_body=False, upload=True)
 
     @app.get("/signals/{request_id}", operation_id="get_signal", tags=["signals"],
              summary="One signal, with its outcome once known",
@@ -377,8 +381,8 @@ class SmcPredictor:
                         **responses(401, 404, 429, 503, 504, e503="The database is unavailable.")},
              openapi_extra={"security": [{"ApiKey": []}]})
     async def get_signal(self, request: Request, request_id: str) -> JSONResponse:
-        return await self._respond(request, "signal", False, lambda payload, started: self.runtime.read(
-            lambda conn: signal_history.get_signal(conn, request_id)), needs_body=False, upload=True)
+        return await self._respond(request, "signal", False, lambda payload, started: self.uploads.submit(
+            self.runtime.read, lambda conn: signal_history.get_signal(conn, request_id)), needs_body=False, upload=True)
 
     @app.websocket("/signals/stream")
     async def signal_stream(self, websocket: WebSocket) -> None:

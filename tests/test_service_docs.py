@@ -61,7 +61,8 @@ def test_the_document_describes_the_contract(dev_server):
     assert not any("security" in op for item in document["paths"].values() for op in item.values())
     # every route of the app is documented (plus BentoML's probes and metrics)
     assert set(document["paths"]) == {"/predict", "/predict_batch", "/bars", "/model", "/health", "/admin/reload",
-                                      "/admin/halt", "/admin/resume", "/livez", "/readyz", "/metrics"}
+                                      "/admin/halt", "/admin/resume", "/signals", "/signals/analytics", "/signals/{request_id}",
+                                      "/livez", "/readyz", "/metrics"}
 
 
 def test_root_leads_to_the_docs(dev_server):

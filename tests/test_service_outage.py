@@ -60,7 +60,10 @@ def test_predict_is_unaffected_when_the_database_stops_mid_load(server, database
         for thread in threads:
             thread.join()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.client.get("/health").json()["prediction_log"]["spool_rows"]:
+    while time.monotonic() < deadline:  # until nothing waits: neither on disk nor in the writer's queue
+        pending = server.client.get("/health").json()["prediction_log"]
+        if not pending["spool_rows"] and not pending["queued"]:
+            break
         time.sleep(0.5)
     after = server.client.get("/health").json()["prediction_log"]
     assert statuses and set(statuses) == {200}, set(statuses)

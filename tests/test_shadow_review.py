@@ -86,7 +86,8 @@ def replay(database, horizon: str, start: str, labels: list[tuple[int, float]], 
                       "symbol": "ES", "timeframe": "1m", "model_version": f"smc-lora/{version}", "label": label,
                       "raw_label": label, "confidence": 0.8, "p_long": probabilities[0], "p_short": probabilities[1],
                       "p_skip": probabilities[2], "position_size": size, "latency_ms": 1.0, "features": [0.0],
-                      "feature_set": "test"}
+                      "feature_set": "test", "arm": "shadow" if shadow else "champion", "halted": False,
+                      "risk": None}
             rows.append(tuple(values[c] for c in COLUMNS))
     with database.connection() as conn:
         write_predictions(conn, rows)

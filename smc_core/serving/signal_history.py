@@ -62,7 +62,7 @@ class SignalQuery:
         """The query string of ``GET /signals``; a 422 names every bad parameter."""
         errors = [_error(name, f"unknown parameter (accepted: {', '.join(_LIST_PARAMS)})")
                   for name in params if name not in _LIST_PARAMS]
-        label = params.get("label") or None
+        label = params.get("label")
         if label is not None and label not in LABELS:
             errors.append(_error("label", f"{label!r} is not one of {', '.join(LABELS)}"))
         since, until = (_time(params, name, errors) for name in ("since", "until"))
@@ -185,7 +185,7 @@ def _error(name: str, message: str) -> dict:
 
 def _time(params: Mapping[str, str], name: str, errors: list) -> datetime | None:
     text = params.get(name)
-    if not text:
+    if text is None:  # absent; an empty value is refused below like any other that is not a time
         return None
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -200,7 +200,7 @@ def _time(params: Mapping[str, str], name: str, errors: list) -> datetime | None
 
 def _day(params: Mapping[str, str], name: str, errors: list) -> date | None:
     text = params.get(name)
-    if not text:
+    if text is None:  # absent; an empty value is refused below like any other that is not a time
         return None
     try:
         return date.fromisoformat(text)
@@ -211,7 +211,7 @@ def _day(params: Mapping[str, str], name: str, errors: list) -> date | None:
 
 def _integer(params: Mapping[str, str], name: str, default: int, low: int, high: int, errors: list) -> int:
     text = params.get(name)
-    if not text:
+    if text is None:
         return default
     try:
         value = int(text)
