@@ -136,7 +136,7 @@ def profile(model_path: Path, bodies: list[bytes], repeats: int) -> dict:
         t0 = clock()
         payload = parse_json(raw, settings.max_body_bytes)
         t1 = clock()
-        request, columns, from_store = runtime.validate(payload, model)
+        request, columns, from_store, model, _ = runtime.validate(payload, model)
         t2 = clock()
         prepared = prepare(request, columns, length, from_store)
         t3 = clock()

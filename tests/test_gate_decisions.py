@@ -67,13 +67,13 @@ def test_a_planted_edge_passes_every_gate():
 
 @pytest.fixture(scope="module")
 def without_edge(tmp_path_factory):
-    """12 days of ES without edge, evaluated against a champion trained on 4 earlier days of the same kind."""
+    """16 days of ES without edge, evaluated against a champion trained on 4 earlier days of the same kind."""
     earlier = {"ES": generate_bars(SyntheticConfig(days=4, start=date(2023, 11, 1), edge="none", seed=11))}
     path = tmp_path_factory.mktemp("champion") / "package"
     train_small_package(path, earlier, epochs=2)
     package = load_package(path)
     champion = ChampionModel("1", package.model, package.spec, package.temperature, entry_threshold=0.55)
-    return evaluate("none", {"ES": 3}, 12, champion)
+    return evaluate("none", {"ES": 3}, 16, champion)
 
 
 STATISTIC_SHOWN = {  # how each gate's reason shows its own statistic
