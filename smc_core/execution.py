@@ -1,4 +1,5 @@
-"""Where Dagster runs the steps of a job: one process, a process per step, or Celery workers.
+"""Where Dagster runs the steps of a job: one process, a process per step, Celery workers, or a
+Kubernetes Job per step.
 
 Why a setting and not a job option: the same code location serves a laptop (`make ui`, one
 process per step), the Compose stack (Celery workers sharing ``SMC_HOME``) and a cluster
@@ -13,15 +14,17 @@ from dataclasses import dataclass
 
 from smc_core.errors import ConfigError
 
-EXECUTORS = ("default", "in_process", "multiprocess", "celery")
+EXECUTORS = ("default", "in_process", "multiprocess", "celery", "k8s")
 
 
 @dataclass(frozen=True)
 class ExecutionSettings:
     executor: str = "default"
     """``SMC_EXECUTOR``: ``default`` is Dagster's own (a process per step, or one process when a
-    run's config asks for it), ``in_process``, ``multiprocess``, or ``celery`` (steps go to
-    dagster-celery workers listening on ``celery_broker_url``)."""
+    run's config asks for it), ``in_process``, ``multiprocess``, ``celery`` (steps go to
+    dagster-celery workers listening on ``celery_broker_url``), or ``k8s`` (dagster-k8s'
+    ``k8s_job_executor``: each step a Kubernetes Job, configured like the run launcher of the
+    Helm chart that launched the run; only inside a cluster)."""
     celery_broker_url: str | None = None
     """``CELERY_BROKER_URL``: ``redis://host:6379/0`` or ``amqp://user:password@host:5672//``."""
     celery_backend_url: str | None = None

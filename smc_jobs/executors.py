@@ -26,6 +26,12 @@ def build_executor(settings: ExecutionSettings) -> ExecutorDefinition | None:
 
         return celery_executor.configured({"broker": settings.celery_broker_url,
                                            "backend": settings.celery_backend_url}, name="celery")
+    if settings.executor == "k8s":
+        # its pods inherit the K8sRunLauncher's image, env, secrets and volumes; run config may
+        # add per-step resources (execution.config.step_k8s_config) and max_concurrent
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
     return None
 
 

@@ -373,7 +373,8 @@ def test_dagster_helm_values_run_the_code_location_with_k8s_launchers():
     mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
     assert env["SMC_HOME"] in mounts
     assert values["global"]["dagsterHome"] in DAGSTER_DOCKERFILE.read_text()
-    assert "dagster-k8s==" in DAGSTER_DOCKERFILE.read_text()  # K8sRunLauncher and k8s_job_executor
+    assert env["SMC_EXECUTOR"] == "k8s"  # each step a Kubernetes Job (tests/test_execution_settings.py)
+    assert "dagster-k8s==" in (ROOT / "requirements.lock").read_text()  # in the image: K8sRunLauncher, k8s_job_executor
 
 
 # --- CI -----------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from smc_core.errors import ConfigError
@@ -40,8 +43,35 @@ def test_every_job_of_the_code_location_uses_the_chosen_executor(tmp_path):
     assert local.resolve_job_def("promotion_job").executor_def.name == "in_process"
 
 
+def test_k8s_gives_every_job_dagster_k8s_job_executor_and_the_helm_values_step_config_validates(tmp_path):
+    """SMC_EXECUTOR=k8s: each step its own Kubernetes Job. No cluster here: what is checked offline is
+    that every job carries dagster-k8s' executor and that the per-step run config the Helm values
+    document is accepted by the job's own config schema (and a wrong one is refused)."""
+    import yaml
+    from dagster import DagsterInvalidConfigError, validate_run_config
+
+    from smc_core.settings import Settings
+    from smc_jobs.definitions import build_definitions
+
+    k8s = ExecutionSettings.from_env({"SMC_EXECUTOR": "k8s"})
+    definitions = build_definitions(Settings.from_env({"SMC_HOME": str(tmp_path)}), execution=k8s)
+    values = (Path(__file__).parents[1] / "deploy" / "k8s" / "dagster" / "values.yaml").read_text()
+    lines = values.splitlines()
+    block = lines[lines.index("#   execution:"):]  # the commented run config, up to the first line not of it
+    documented = yaml.safe_load("\n".join(line[1:] for line in itertools.takewhile(
+        lambda line: line.startswith("#   "), block)))
+    assert documented["execution"]["config"]["step_k8s_config"]["container_config"]["resources"]
+    for name in ("market_data_job", "promotion_job", "retrain_job"):
+        job = definitions.resolve_job_def(name)
+        assert job.executor_def.name == "k8s", name
+        validate_run_config(job, {"execution": documented["execution"]})
+    with pytest.raises(DagsterInvalidConfigError):
+        validate_run_config(definitions.resolve_job_def("promotion_job"),
+                            {"execution": {"config": {"max_concurrent": "eight"}}})
+
+
 @pytest.mark.parametrize("env, message", [
-    ({"SMC_EXECUTOR": "threads"}, "SMC_EXECUTOR='threads' is not one of default, in_process, multiprocess, celery"),
+    ({"SMC_EXECUTOR": "threads"}, "SMC_EXECUTOR='threads' is not one of default, in_process, multiprocess, celery, k8s"),
     ({"SMC_EXECUTOR": "celery"}, "SMC_EXECUTOR=celery needs CELERY_BROKER_URL"),
     ({"SMC_EXECUTOR": "celery", "CELERY_BROKER_URL": "127.0.0.1:6379"},
      "CELERY_BROKER_URL='127.0.0.1:6379' is neither a redis:// nor an amqp:// URL"),

@@ -31,14 +31,10 @@ WORKDIR /opt/smc
 # 2.13.0+cpu then satisfies requirements.lock's torch==2.13.0 and pip leaves it alone.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# The pinned tree in its own layer: source edits do not reinstall dependencies.
+# The pinned tree in its own layer: source edits do not reinstall dependencies. It holds
+# dagster-k8s (the Helm chart's K8sRunLauncher, SMC_EXECUTOR=k8s) and dagster-celery.
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
-
-# The Helm chart's K8sRunLauncher and k8s_job_executor (dagster-k8s: every pod that loads the
-# chart's instance imports it): not a project dependency (no test runs it), so pinned here to
-# the Dagster release. dagster-celery (SMC_EXECUTOR=celery) comes from requirements.lock.
-RUN pip install "dagster-k8s==0.29.27"
 
 COPY . .
 RUN pip install -c requirements.lock -e . \
