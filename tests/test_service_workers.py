@@ -7,6 +7,7 @@ machine's real Redis. Requests go over fresh connections, so both workers answer
   worker spooling to its own directory;
 - ``/metrics`` (Prometheus multiprocess mode) counts the requests of both workers, whichever
   worker answers the scrape, and shows the model both serve;
+- ``/admin/reload``, received by one worker, reloads both;
 - the rate limit holds across both: the burst is admitted once in total, not once per worker.
 """
 
@@ -22,7 +23,7 @@ import mlflow
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from serving_setup import Server, bars, request_for, tiny_package
+from serving_setup import ADMIN, Server, bars, request_for, tiny_package
 
 from smc_core.registry import TrackingConfig, configure, register_package
 from smc_core.serving.rate_limit import bucket_key
@@ -155,6 +156,17 @@ def test_two_workers_follow_the_alias_log_once_count_together_and_share_the_rate
         assert _metric(text, "smc_model_info", version=f"smc-lora/{second}") == 1
         assert _metric(text, "smc_model_info", version=f"smc-lora/{first}") == 0
         assert _metric(text, "smc_model_reloads_total", result="ok") == 2  # the alias move, once in each worker
+
+    # /admin/reload reaches one worker; it passes the reload on to the other (reload_notice.py)
+    with _fresh(server) as client:
+        reloaded = client.post("/admin/reload", headers={"X-Admin-Key": ADMIN})
+        assert reloaded.status_code == 200, reloaded.text
+        deadline = time.monotonic() + 10
+        while _metric(client.get("/metrics").text, "smc_model_reloads_total", result="ok") < 4:
+            assert time.monotonic() < deadline, "the reload did not reach the other worker in 10 s"
+            time.sleep(0.2)
+    print(f"/admin/reload reached both workers in {10 - (deadline - time.monotonic()):.2f} s")
+    assert _workers_serving(server) == {1: f"smc-lora/{second}", 2: f"smc-lora/{second}"}
 
     # the rate limit: a fresh bucket, 300 requests over both workers, the burst admitted once in total
     redis.Redis.from_url(REDIS_URL).delete(bucket_key(key))

@@ -38,6 +38,7 @@ from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, prediction_row, pre
 from smc_core.serving.request import (PredictRequest, RequestError, check_against_model, parse_request,
                                       too_few_bars)
 from smc_core.serving.rate_limit import rate_limiter
+from smc_core.serving.reload_notice import ReloadNotice
 from smc_core.serving.signals import SignalHub
 from smc_core.serving.spool import DurableWriter, claim_spool
 from smc_core.settings import Settings, env_flag, env_number, secret
@@ -245,6 +246,8 @@ class Runtime:
         self._warmed: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._housekeeping = threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
+        self.reload_notice = ReloadNotice(settings.spool_dir / "reload-request")
+        """/admin/reload, passed on to the service's other workers (smc_core/serving/reload_notice.py)."""
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -488,8 +491,9 @@ class Runtime:
             threshold = model.entry_threshold if model.entry_threshold is not None else 0.55
         return PolicyConfig(half_threshold=threshold, full_threshold=max(threshold, self.settings.full_threshold))
 
-    def reload(self) -> dict:
-        """Admin: load the configured model again (or the alias's current version), then swap."""
+    def reload(self, announce: bool = True) -> dict:
+        """Admin: load the configured model again (or the alias's current version), then swap;
+        ``announce``: tell the service's other workers to do the same (they reload with False)."""
         if self.settings.model_path is not None:
             path = self.settings.model_path
             ok = self.slot.replace_with(lambda: self._load_path(path))
@@ -504,6 +508,8 @@ class Runtime:
             raise RequestError(409, "reload refused; the previous model keeps serving",
                                {"reason": self.slot.last_error, "serving": self.slot.current.version
                                 if self.slot.current else None})
+        if announce:
+            self.reload_notice.announce()
         return {"status": "reloaded", "model_version": self.slot.current.version}
 
     def health(self) -> dict:
@@ -692,8 +698,16 @@ class Runtime:
             self.metrics.bar_conflicts(count)
 
     def _keep_house(self) -> None:
-        """Every few seconds: warm the bar book for the served series, report lost rows as an alert."""
+        """Every second: reload when another worker received /admin/reload; warm the bar book for the
+        served series, report lost rows as an alert."""
         while not self._stop.wait(1.0):
+            if self.reload_notice.pending():
+                try:
+                    self.reload(announce=False)
+                    log.info("reloaded: another worker of this service received /admin/reload")
+                except Exception as error:  # refused (409) or the registry away: this worker keeps its model
+                    log.warning("reload asked by another worker failed, the current model keeps serving: %s %s",
+                                error, getattr(error, "details", ""))
             try:
                 self._warm_book()
                 self._report_losses()
