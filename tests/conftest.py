@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL per test module, on DATABASE_URL or the embedded server."""
+"""Shared fixtures: a real PostgreSQL per test module, on DATABASE_URL or the embedded server, and
+the tiny trained model package the serving tests load."""
 
 from __future__ import annotations
 
@@ -62,3 +63,11 @@ def database(empty_database) -> Database:
     """A fresh, migrated database for this test module."""
     migrate(empty_database)
     return empty_database
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """A small model package trained for real (tests/serving_setup.py: tiny_package), one per module."""
+    from serving_setup import tiny_package
+
+    return tiny_package(tmp_path_factory.mktemp("pkg") / "model")

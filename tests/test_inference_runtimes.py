@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from serving_setup import bars, request_for, tiny_package
+from serving_setup import bars, request_for
 
 from smc_core.features import compute_features
 from smc_core.model import Predictor, encode, load_package, windows
@@ -21,11 +21,6 @@ from smc_core.model.onnx_graph import ONNX_FILE, export_onnx
 from smc_core.serving.engine import choose_backend, load_model
 from smc_core.serving.request import RequestError
 from smc_core.serving.runtime import Runtime, ServiceSettings
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("packages") / "runtimes")
 
 
 @pytest.fixture(scope="module")

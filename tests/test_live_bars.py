@@ -12,18 +12,13 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from serving_setup import KEY, DatabaseProxy, Server, bars, request_for, tiny_package
+from serving_setup import KEY, DatabaseProxy, Server, bars, request_for
 
 from smc_core.alerts import recent_alerts
 from smc_core.features import compute_features
 from smc_core.ingest import ingest_file
 from smc_core.serving.replay import request_payload
 from smc_core.serving.runtime import Runtime, ServiceSettings
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("pkg") / "model")
 
 
 @pytest.fixture(scope="module")

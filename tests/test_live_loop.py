@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from dagster import DagsterInstance
-from serving_setup import DatabaseProxy, Server, bars, request_for, tiny_package
+from serving_setup import DatabaseProxy, Server, bars, request_for
 
 from smc_core.calendar import CME_EQUITY
 from smc_core.db import Database, create_database, with_database
@@ -39,11 +39,6 @@ OUTAGE_S = 30.0
 def market():
     """Two trading days of one-minute ES bars."""
     return bars(days=2, seed=9)
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("pkg") / "model")
 
 
 @pytest.fixture(scope="module")

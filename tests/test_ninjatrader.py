@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from serving_setup import KEY, ROOT, Server, bars, request_for, tiny_package
+from serving_setup import KEY, ROOT, Server, bars, request_for
 
 sys.path.insert(0, str(ROOT / "bento" / "clients" / "python"))
 from smc_client import SmcClient  # noqa: E402
@@ -80,11 +80,6 @@ def mono(exe: Path, *args, expect: set[str], timeout: float = 300) -> dict[str, 
             name, _, rest = line[5:].partition(" ")
             data[name] = rest
     return data
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("pkg") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,9 @@ import uuid
 
 import numpy as np
 import pytest
-from serving_setup import ADMIN, KEY, Server, bars, free_port, request_for, tiny_package
+from serving_setup import ADMIN, KEY, Server, bars, free_port, request_for
 
 from smc_core.features import CATALOGUE, compute_features
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("packages") / "smc-test")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from serving_setup import KEY, ROOT, Server, bars, request_for, tiny_package
+from serving_setup import KEY, ROOT, Server, bars, request_for
 from signal_setup import SHARED_REDIS, OwnRedis, drop_stream, unique_stream
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
@@ -49,11 +49,6 @@ DAY_BARS = 1380
 @pytest.fixture(scope="module")
 def market():
     return bars(days=2, seed=9)
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    return tiny_package(tmp_path_factory.mktemp("pkg") / "model")
 
 
 @pytest.fixture(scope="module")
