@@ -273,3 +273,36 @@ def test_rows_spooled_before_arms_existed_still_replay():
            "skip", 0.5, 0.2, 0.3, 0.5, 0.0, 3.0, [0.1], "fs"]
     row = _decode(list(old))
     assert len(row) == len(COLUMNS) and row[COLUMNS.index("arm")] == "shadow" and row[COLUMNS.index("halted")] is False
+
+
+def test_prediction_rows_round_trip_through_the_binary_copy(database):
+    """The binary COPY's declared types are the table's own, and a row (numpy floats, an int size,
+    a risk block, a spooled row decoded) reads back as written; a repeat is left alone."""
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from smc_core.serving.prediction_log import COPY_TYPES, write_predictions
+
+    with database.connection() as conn:
+        declared = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                     "WHERE attrelid = 'predictions'::regclass AND attnum > 0").fetchall())
+        aliases = {"timestamptz": "timestamp with time zone"}
+        assert [aliases.get(t, t) for t in COPY_TYPES] == [declared[c] for c in COLUMNS]
+        ts = datetime(2024, 3, 5, 15, 0, tzinfo=timezone.utc)
+        fresh = (ts, "copy-1", False, ts, "ES", "1m", "smc-lora/1", "long", "long", np.float64(0.7), 0.7, 0.2, 0.1,
+                 1, 2.5, [float(v) for v in np.linspace(-1, 1, 52)], "fs", "champion", np.bool_(False),
+                 {"atr": 2.0, "stop_distance": 3.0})
+        spooled = _decode(["2024-03-05T15:01:00+00:00", "copy-2", True, "2024-03-05T15:01:01+00:00", "ES", "1m",
+                           "smc-lora/1", "skip", "skip", 0.5, 0.2, 0.3, 0.5, 0.0, 3.0, [0.1], "fs"])
+        with conn.transaction():
+            write_predictions(conn, [fresh, spooled])
+        with conn.transaction():
+            write_predictions(conn, [fresh])  # idempotent
+        stored = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE request_id LIKE 'copy-%' "
+                              f"ORDER BY request_id").fetchall()
+    assert len(stored) == 2
+    assert stored[0][COLUMNS.index("features")] == list(fresh[COLUMNS.index("features")])
+    assert stored[0][COLUMNS.index("risk")] == {"atr": 2.0, "stop_distance": 3.0}
+    assert stored[0][COLUMNS.index("position_size")] == 1.0 and stored[0][COLUMNS.index("confidence")] == 0.7
+    assert stored[1][COLUMNS.index("arm")] == "shadow" and stored[1][COLUMNS.index("risk")] is None
