@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from dataclasses import asdict, dataclass, field
 
 # Bump when a feature's computation changes without its name, kind or lookback changing.
@@ -128,8 +129,9 @@ class FeatureCatalogue:
         """Bars a request must carry so the last ``sequence_length`` rows are complete."""
         return sequence_length + self.max_lookback - 1
 
-    @property
+    @cached_property
     def version(self) -> str:
+        """A hash of what the features are: computed once (the service logs it with every answer)."""
         payload = {"revision": CODE_REVISION, "params": asdict(self.params),
                    "specs": [[s.name, s.kind, s.lookback, list(s.categories)] for s in self.specs]}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
