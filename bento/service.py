@@ -287,8 +287,7 @@ class SmcPredictor:
         """Validated like a file ingest, stored in one transaction, idempotent, never written
         over a stored bar (a differing bar is kept in `bar_revisions` and counted)."""
         return await self._respond(request, "bars", False,
-                                   lambda payload, started: self.uploads.submit(self.runtime.upload_bars, payload),
-                                   upload=True)
+                                   lambda payload, started: self.runtime.upload_bars(payload), upload=True)
 
     @app.get("/model", operation_id="model_info", tags=["operations"],
              summary="What is served and what a request needs",
@@ -332,8 +331,7 @@ class SmcPredictor:
         HALT_POLL_SECONDS) and in a local file; survives restarts and database outages."""
         # the upload threads: a database write must never hold up the compute thread
         return await self._respond(request, "admin_halt", True,
-                                   lambda payload, started: self.uploads.submit(self.runtime.admin_halt, payload),
-                                   upload=True)
+                                   lambda payload, started: self.runtime.admin_halt(payload), upload=True)
 
     @app.post("/admin/resume", operation_id="admin_resume", tags=["operations"],
               summary="Trade again: lift the halts of the symbols (or every halt)",
@@ -343,8 +341,7 @@ class SmcPredictor:
               openapi_extra=request_body({"$ref": _REF.format("HaltRequest")}, key="AdminKey"))
     async def admin_resume(self, request: Request) -> JSONResponse:
         return await self._respond(request, "admin_resume", True,
-                                   lambda payload, started: self.uploads.submit(self.runtime.admin_resume, payload),
-                                   upload=True)
+                                   lambda payload, started: self.runtime.admin_resume(payload), upload=True)
 
     # --- signals (DESIGN §11) ----------------------------------------------------------
 
@@ -361,8 +358,7 @@ class SmcPredictor:
             return self.runtime.read(lambda conn: signal_history.list_signals(conn, query))
 
         return await self._respond(request, "signals", False,
-                                   lambda payload, started: self.uploads.submit(work, payload, started),
-                                   needs_body=False, upload=True)
+                                   work, needs_body=False, upload=True)
 
     @app.get("/signals/analytics", operation_id="signal_analytics", tags=["signals"],
              summary="Signals, trade rate, hit rate and realised return per model version and trading day",
@@ -372,8 +368,8 @@ class SmcPredictor:
     async def signal_analytics(self, request: Request) -> JSONResponse:
         """Trading days `since`..`until` (default: the last 30 calendar days); optional model_version."""
         params = dict(request.query_params)
-        return await self._respond(request, "signal_analytics", False, lambda payload, started: self.uploads.submit(
-            self.runtime.read, lambda conn: signal_history.analytics(conn, params)), needs_body=False, upload=True)
+        return await self._respond(request, "signal_analytics", False, lambda payload, started: self.runtime.read(
+            lambda conn: signal_history.analytics(conn, params)), needs_body=False, upload=True)
 
     @app.get("/signals/{request_id}", operation_id="get_signal", tags=["signals"],
              summary="One signal, with its outcome once known",
@@ -381,8 +377,8 @@ class SmcPredictor:
                         **responses(401, 404, 429, 503, 504, e503="The database is unavailable.")},
              openapi_extra={"security": [{"ApiKey": []}]})
     async def get_signal(self, request: Request, request_id: str) -> JSONResponse:
-        return await self._respond(request, "signal", False, lambda payload, started: self.uploads.submit(
-            self.runtime.read, lambda conn: signal_history.get_signal(conn, request_id)), needs_body=False, upload=True)
+        return await self._respond(request, "signal", False, lambda payload, started: self.runtime.read(
+            lambda conn: signal_history.get_signal(conn, request_id)), needs_body=False, upload=True)
 
     @app.websocket("/signals/stream")
     async def signal_stream(self, websocket: WebSocket) -> None:
@@ -442,8 +438,8 @@ class SmcPredictor:
         """Auth, body limit, JSON, the work under TIMEOUT_MS, one error shape, a metric and a JSON log line.
 
         ``submit(payload, started)`` starts the work on a thread and returns its concurrent future.
-        ``upload``: database work (bulk bars, the signal history), with its own size limit and deadline, on the
-        upload threads."""
+        ``upload``: database work (bulk bars, halts, the signal history), with its own size limit and deadline:
+        ``submit`` is then the work itself, run here on the upload threads (never on the event loop)."""
         started = time.perf_counter()
         runtime = self.runtime
         settings = runtime.settings
@@ -457,7 +453,8 @@ class SmcPredictor:
                 raise RequestError(413, "request body too large", {"limit_bytes": limit, "received_bytes": int(length)})
             raw = await request.body()
             payload = parse_json(raw, limit) if needs_body else None
-            future = asyncio.wrap_future(submit(payload, started))
+            future = asyncio.wrap_future(self.uploads.submit(submit, payload, started) if upload
+                                         else submit(payload, started))
             budget = UPLOAD_DEADLINE_S if upload else settings.timeout_ms / 1000
             try:
                 body = await asyncio.wait_for(future, timeout=max(budget - (time.perf_counter() - started), 0))
