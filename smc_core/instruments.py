@@ -10,6 +10,7 @@ tick rounding, the session calendar, the zone of naive timestamps — asks ``ins
 
 from __future__ import annotations
 
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, fields
@@ -17,6 +18,9 @@ from datetime import time
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from smc_core.calendar import SessionCalendar, zone
 from smc_core.errors import ConfigError
@@ -100,6 +104,43 @@ def serving_instrument(symbol: str) -> Instrument:
     """``instrument(symbol)`` read once per process: the service's per-request path (restart the
     service after editing the file)."""
     return instrument(symbol)
+
+
+def calendar_of(symbol: str | None) -> SessionCalendar:
+    """``symbol``'s session calendar for reading history: its specification's, else CME Globex
+    equity's with a warning (a symbol whose entry was removed keeps its logged predictions and
+    outcomes readable; everything that trades or trains still refuses an unknown symbol)."""
+    from smc_core.calendar import CME_EQUITY
+
+    if symbol is None:
+        return CME_EQUITY
+    try:
+        return instrument(symbol).calendar()
+    except ConfigError as error:
+        _warn_once(symbol, f"{error}; its trading days are counted on the CME Globex equity calendar")
+        return CME_EQUITY
+
+
+def trading_days_of(symbols, ts) -> np.ndarray:
+    """The trading day (``datetime64[D]``) of each (symbol, bar time) pair, on that symbol's calendar:
+    a day of live metrics, loss limits or signal analytics is the instrument's session, not CME's
+    for every symbol."""
+    symbols = np.asarray(symbols, dtype=object)
+    stamps = pd.DatetimeIndex(pd.to_datetime(ts, utc=True))
+    days = np.empty(len(stamps), dtype="datetime64[D]")
+    for symbol in pd.unique(symbols):
+        mine = symbols == symbol if symbol is not None else pd.isna(symbols)
+        days[mine] = calendar_of(symbol).trading_day_of(stamps[mine])
+    return days
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(symbol: str, message: str) -> None:
+    if symbol not in _warned:
+        _warned.add(symbol)
+        logging.getLogger(__name__).warning(message)
 
 
 def built_in(symbol: str) -> Instrument:

@@ -213,16 +213,20 @@ def prediction_times(db: Database, model_version: str, *,
 # --- the newest data ---------------------------------------------------------------------
 
 def newest_trading_days(db: Database, timeframe: str, count: int,
-                        calendar: SessionCalendar = CME_EQUITY) -> dict[str, list[date]]:
-    """Per symbol with stored bars, its ``count`` newest trading days up to its last bar:
-    the partitions a retrain reloads (the last labels of a day need the bars after it)."""
+                        calendar: SessionCalendar | None = None) -> dict[str, list[date]]:
+    """Per symbol with stored bars, its ``count`` newest trading days up to its last bar, on
+    ``calendar`` (default: each symbol's own): the partitions a retrain reloads (the last labels
+    of a day need the bars after it)."""
+    from smc_core.instruments import calendar_of
+
     with db.connection() as connection:
         rows = connection.execute("SELECT symbol, max(ts) FROM bars WHERE timeframe = %s GROUP BY symbol ORDER BY symbol",
                                   (timeframe,)).fetchall()
     newest = {}
     for symbol, last_bar in rows:
-        last_day = calendar.trading_day_of(pd.DatetimeIndex([pd.Timestamp(last_bar)]))[0].item()
-        days = calendar.trading_days(last_day - timedelta(days=2 * count + 10), last_day)
+        sessions = calendar or calendar_of(symbol)
+        last_day = sessions.trading_day_of(pd.DatetimeIndex([pd.Timestamp(last_bar)]))[0].item()
+        days = sessions.trading_days(last_day - timedelta(days=2 * count + 10), last_day)
         newest[symbol] = days[-count:]
     return newest
 

@@ -18,7 +18,7 @@ Conventions, stated once:
     (an ambiguous trade is a miss: its realised label is skip);
   * one outcome per prediction (primary key ts, request_id, shadow): writing is insert-only
     and idempotent, so re-running adds nothing twice;
-  * live metrics are per (model_version, shadow, CME trading day of ts). Log loss and ECE
+  * live metrics are per (model_version, shadow, trading day of ts on the symbol's calendar). Log loss and ECE
     score the served probabilities (p_long, p_short, p_skip) against the realised label; ECE
     bins the top-class (raw_label) confidence. The Sharpe ratio is of daily realised returns
     (sum per trading day over days with resolved predictions), annualised by sqrt(252) as
@@ -44,6 +44,7 @@ from smc_core.errors import ConfigError
 from smc_core.evaluation.backtest import TRADING_DAYS_PER_YEAR
 from smc_core.evaluation.metrics import log_loss as _log_loss
 from smc_core.evaluation.statistics import sharpe as _sharpe
+from smc_core.instruments import calendar_of, trading_days_of
 from smc_core.labels import LABELS, Horizon
 
 DIRECTIONS = {"long": 1, "short": -1, "skip": 0}
@@ -304,7 +305,7 @@ def _insert_outcomes(conn, outcomes: pd.DataFrame) -> pd.DataFrame:
 
 
 _OUTCOME_ROWS_SQL = """
-SELECT o.model_version, o.shadow, o.ts, o.realised_label, o.realised_return, o.hit, o.ambiguous,
+SELECT o.model_version, o.shadow, o.ts, o.symbol, o.realised_label, o.realised_return, o.hit, o.ambiguous,
        p.p_long, p.p_short, p.p_skip
 FROM prediction_outcomes o
 LEFT JOIN predictions p ON p.ts = o.ts AND p.request_id = o.request_id AND p.shadow = o.shadow
@@ -318,7 +319,7 @@ ORDER BY o.ts, o.request_id, o.shadow
 
 
 def _outcome_rows(conn, *, versions=None, shadow=None, after=None, since=None, until=None) -> pd.DataFrame:
-    """Outcomes with the predictions' probabilities and the CME trading day of each ts."""
+    """Outcomes with the predictions' probabilities and the trading day of each ts (its symbol's)."""
     cursor = conn.execute(_OUTCOME_ROWS_SQL, {"versions": versions, "shadow": shadow, "after": after,
                                               "since": since, "until": until})
     frame = pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description])
@@ -327,8 +328,14 @@ def _outcome_rows(conn, *, versions=None, shadow=None, after=None, since=None, u
         frame[column] = frame[column].astype("float64")
     frame["hit"] = frame["hit"].astype("boolean")
     frame["ambiguous"] = frame["ambiguous"].astype(bool)
-    frame["day"] = CME_EQUITY.trading_day_of(frame["ts"]) if len(frame) else np.array([], dtype="datetime64[D]")
+    frame["day"] = trading_days_of(frame["symbol"], frame["ts"])
     return frame
+
+
+_DAY_MARGIN = pd.Timedelta(days=2)
+"""Rows are read from this long before the CME session of a date, then kept by their own
+symbol's trading day: on another calendar the day containing a time may be the day before
+CME's (24/7, UTC days), and a day may begin an hour before CME's (24/5, New York)."""
 
 
 def refresh_live_metrics(db: Database, model_versions: str | Iterable[str] | None = None, *, since=None) -> pd.DataFrame:
@@ -346,10 +353,14 @@ def refresh_live_metrics(db: Database, model_versions: str | Iterable[str] | Non
     first_day = after = None
     if since is not None:
         first_day = _as_date(CME_EQUITY.trading_day_of(pd.DatetimeIndex([since]))[0])
-        after = CME_EQUITY.session_bounds(first_day)[0]  # a trading day is (open, close]
+        after = CME_EQUITY.session_bounds(first_day)[0] - _DAY_MARGIN  # a trading day is (open, close]
 
     with db.connection() as conn:
         rows = _outcome_rows(conn, versions=versions, after=after)
+        if first_day is not None:  # whole days only: from the day containing ``since`` on any symbol's calendar
+            first_day = min([_as_date(calendar_of(symbol).trading_day_of(pd.DatetimeIndex([since]))[0])
+                             for symbol in rows["symbol"].unique()], default=first_day)
+            rows = rows[rows["day"] >= np.datetime64(first_day)]
         records = []
         for (version, shadow, day), group in rows.groupby(["model_version", "shadow", "day"], sort=True):
             summary = summarise(group)
@@ -388,8 +399,9 @@ def live_summary(db: Database, model_version: str, *, shadow: bool = False, sinc
     """Live performance of one model version over a window, as plain Python values.
 
     The window is outcomes with ts in [since, now] (``now`` default: the current time);
-    ``days`` further keeps only the last ``days`` CME trading days up to the trading day of
-    ``now`` (weekends and holidays do not count; trading days without predictions do).
+    ``days`` further keeps only the last ``days`` trading days (each symbol's calendar) up to
+    the trading day of ``now`` (weekends and holidays do not count; trading days without
+    predictions do).
     Keys: model_version, shadow, first_day/last_day (ISO dates of the first and last day
     with resolved predictions, or None), days (how many such days), predictions, trades,
     hits, ambiguous, hit_rate (None without trades), skip_rate (None without predictions),
@@ -408,13 +420,13 @@ def live_summary(db: Database, model_version: str, *, shadow: bool = False, sinc
     if days is not None:
         if isinstance(days, (bool, np.bool_)) or not isinstance(days, (int, np.integer)) or days < 1:
             raise ConfigError(f"days must be an integer >= 1, got {days!r}")
-        last = _as_date(CME_EQUITY.trading_day_of(pd.DatetimeIndex([now]))[0])
-        window = CME_EQUITY.trading_days(last - timedelta(days=3 * int(days) + 14), last)[-int(days):]
-        after = CME_EQUITY.session_bounds(window[0])[0] if window else now
+        after = now - timedelta(days=3 * int(days) + 14)  # then each symbol's last ``days`` trading days
 
     with db.connection() as conn:
         rows = _outcome_rows(conn, versions=[model_version], shadow=bool(shadow), after=after, since=since,
                              until=now)
+    if days is not None and len(rows):
+        rows = rows[rows["day"] >= _window_firsts(rows["symbol"], now, int(days))]
     summary = summarise(rows)
     daily = rows.groupby("day", sort=True)["realised_return"].sum() if len(rows) else pd.Series([], dtype=float)
     return {
@@ -425,6 +437,18 @@ def live_summary(db: Database, model_version: str, *, shadow: bool = False, sinc
         **summary,
         "sharpe": annualised_sharpe(daily.to_numpy()),
     }
+
+
+def _window_firsts(symbols: pd.Series, now: pd.Timestamp, days: int) -> np.ndarray:
+    """For each row's symbol, the first of its calendar's last ``days`` trading days up to the
+    trading day of ``now`` (weekends and holidays do not count)."""
+    firsts = {}
+    for symbol in symbols.unique():
+        calendar = calendar_of(symbol)
+        last = _as_date(calendar.trading_day_of(pd.DatetimeIndex([now]))[0])
+        window = calendar.trading_days(last - timedelta(days=3 * days + 14), last)[-days:]
+        firsts[symbol] = np.datetime64(window[0] if window else last + timedelta(days=1), "D")
+    return symbols.map(firsts).to_numpy(dtype="datetime64[D]")
 
 
 # --------------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ import pandas as pd
 from psycopg.types.json import Jsonb
 
 from smc_core.alerts import raise_alert
-from smc_core.calendar import CME_EQUITY
 from smc_core.db import Database
 from smc_core.errors import ConfigError
 from smc_core.ingest import check_symbol
+from smc_core.instruments import calendar_of
 from smc_core.settings import env_number
 
 ALL = "*"
@@ -296,7 +296,7 @@ def breaches(trades: pd.DataFrame, limits: SafetySettings, model_version: str,
             continue
         returns = own["realised_return"].to_numpy(dtype=np.float64)
         if limits.daily_loss > 0:
-            daily = own.groupby(CME_EQUITY.trading_day_of(own["ts"]))["realised_return"].sum()
+            daily = own.groupby(calendar_of(symbol).trading_day_of(own["ts"]))["realised_return"].sum()
             worst_day, worst = daily.idxmin(), float(daily.min())
             if worst <= -limits.daily_loss:
                 found.append(Breach(symbol, "daily_loss", -worst, limits.daily_loss, model_version,

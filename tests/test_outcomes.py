@@ -365,3 +365,32 @@ def test_labels_arriving_later_resolve_the_pending_predictions(state):
         kept = conn.execute("SELECT updated_at FROM live_metrics WHERE model_version = %s AND day = %s",
                             (CHAMPION, DAY1)).fetchone()[0]
     assert pd.Timestamp(kept) == before.loc[(CHAMPION, False, DAY1), "updated_at"]
+
+
+def test_live_days_are_the_symbols_trading_days(database, tmp_path, monkeypatch):
+    """A 24/7 symbol's predictions at 22:31 UTC on day 1 and 01:01 UTC on day 2 fall on two UTC
+    days; on CME's calendar (the 16:00 CT close) both would be day 2."""
+    file = tmp_path / "instruments.toml"
+    file.write_text('[BTCUSD]\ntick_size = 0.5\ntick_value = 0.5\ncalendar = "24/7"\n')
+    monkeypatch.setenv("SMC_INSTRUMENTS", str(file))
+    version = "smc-model/9"
+    paths = {"LATE": (1, t(DAY1, "22:31"), [ENTRY, FLAT, UP_TOUCH, FLAT]),
+             "EARLY": (2, t(DAY2, "01:01"), [ENTRY, DOWN_TOUCH, FLAT, FLAT])}
+    store_labels(database, "BTCUSD", build_bars(paths), H3)
+    insert_predictions(database, [
+        ("b-late", t(DAY1, "22:31"), "BTCUSD", False, version, "long", "long", 0.8, (0.8, 0.1, 0.1), 1.0),
+        ("b-early", t(DAY2, "01:01"), "BTCUSD", False, version, "short", "short", 0.7, (0.1, 0.7, 0.2), 1.0)])
+    try:
+        resolve_outcomes(database, horizon=H3.name, model_versions=version)
+        metrics = refresh_live_metrics(database, version)
+        assert [(r.day, r.predictions, r.hits) for r in metrics.itertuples()] == [(DAY1, 1, 1), (DAY2, 1, 1)]
+        again = refresh_live_metrics(database, version, since=t(DAY1, "23:00"))  # within UTC day 1: both days
+        assert [r.day for r in again.itertuples()] == [DAY1, DAY2]
+        last = live_summary(database, version, days=1, now=t(DAY2, "12:00"))
+        assert (last["first_day"], last["predictions"]) == (DAY2.isoformat(), 1)  # CME's last day would hold both
+        both = live_summary(database, version, days=2, now=t(DAY2, "12:00"))
+        assert (both["first_day"], both["days"], both["predictions"]) == (DAY1.isoformat(), 2, 2)
+    finally:
+        with database.connection() as conn:
+            for table in ("live_metrics", "prediction_outcomes", "predictions"):
+                conn.execute(f"DELETE FROM {table} WHERE model_version = %s", (version,))

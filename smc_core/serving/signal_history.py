@@ -8,7 +8,7 @@ monitoring loop score the same calls the same way. Framework-free: the service m
 
 Conventions: the list is newest first by (bar time, request id), with an opaque cursor that
 resumes after the last item; ``since`` ≤ bar time < ``until``. Analytics are per model version
-and CME trading day of the bar time (as ``live_metrics``):
+and trading day of the bar time on its symbol's calendar (as ``live_metrics``):
   * ``signals``: served signals; ``trades``: of those, long or short with a size > 0;
     ``trade_rate = trades / signals``;
   * ``resolved`` / ``resolved_trades``: signals / trades whose outcome is known;
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from psycopg import sql
 
-from smc_core.calendar import CME_EQUITY
+from smc_core.instruments import trading_days_of
 from smc_core.labels import LABELS
 from smc_core.serving.request import RequestError
 from smc_core.signals import signal_of
@@ -140,16 +140,16 @@ def analytics(conn, params: Mapping[str, str]) -> dict:
     version = params.get("model_version") or None
     # a trading day starts the evening before its date: read one calendar day either side, then keep the days asked
     rows = conn.execute(
-        """SELECT p.model_version, p.ts, p.label, p.position_size, o.request_id IS NOT NULL, o.hit, o.realised_return
+        """SELECT p.model_version, p.ts, p.symbol, p.label, p.position_size, o.request_id IS NOT NULL, o.hit, o.realised_return
            FROM predictions p LEFT JOIN prediction_outcomes o
              ON o.ts = p.ts AND o.request_id = p.request_id AND NOT o.shadow
            WHERE NOT p.shadow AND p.ts >= %s AND p.ts < %s AND (%s::text IS NULL OR p.model_version = %s)""",
         (_midnight(since - timedelta(days=1)), _midnight(until + timedelta(days=2)), version, version)).fetchall()
-    frame = pd.DataFrame(rows, columns=["model_version", "ts", "label", "position_size", "resolved", "hit",
+    frame = pd.DataFrame(rows, columns=["model_version", "ts", "symbol", "label", "position_size", "resolved", "hit",
                                         "realised_return"])
     if frame.empty:
         return {"since": since.isoformat(), "until": until.isoformat(), "days": []}
-    frame["day"] = CME_EQUITY.trading_day_of(pd.to_datetime(frame["ts"], utc=True))
+    frame["day"] = trading_days_of(frame["symbol"], frame["ts"])
     frame = frame[(frame["day"] >= np.datetime64(since)) & (frame["day"] <= np.datetime64(until))]
     frame["trade"] = frame["label"].isin(("long", "short")) & (frame["position_size"] > 0)
     frame["resolved_trade"] = frame["resolved"] & frame["trade"]
