@@ -19,10 +19,10 @@ from dagster import (
     asset,
 )
 
-from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
+from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core import landing as landing_folder
-from smc_assets.common import checked
+from smc_assets.common import PartitionLog, checked, combined, partitions_of
 from smc_core import quality
 from smc_core.errors import RejectedRowsError
 from smc_core.store import missing_day
@@ -49,13 +49,20 @@ CHECKS = [
     description=__doc__,
 )
 def bars(context: AssetExecutionContext, database: DatabaseResource, landing: LandingResource) -> MaterializeResult:
-    symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = checked(lambda: landing.calendar(symbol))
     if landing.folder.is_dir():  # without one, the bars come from `smc ingest` or the service
         scan = landing_folder.scan(db, landing.folder, timeframe=landing.timeframe, tz=landing.timezone)
         for path, problem in scan.problems.items():
             context.log.warning(f"landing file skipped: {problem}")
+    partitions = partitions_of(context)
+    log = PartitionLog(context, len(partitions))
+    return combined([(f"{day}|{symbol}", _bars_day(context, log, db, landing, symbol, day))
+                     for symbol, day in partitions],
+                    additive=("files", "stored_bars", "rows_read", "rows_inserted", "rows_updated", "rows_rejected"))
+
+
+def _bars_day(context: AssetExecutionContext, log: PartitionLog, db, landing: LandingResource, symbol: str, day) -> MaterializeResult:
+    calendar = checked(lambda: landing.calendar(symbol))
     files = landing_folder.files_for(db, symbol, day, landing.timeframe)
 
     metadata: dict = {"symbol": symbol, "trading_day": day.isoformat(), "files": len(files),
@@ -63,12 +70,12 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
     duplicates = conflicts = 0
     conflict_examples: list[str] = []
     if files:
-        context.log.info(f"loading {symbol} {day} from {len(files)} file(s): {', '.join(f.path.name for f in files)}")
+        log.info(f"loading {symbol} {day} from {len(files)} file(s): {', '.join(f.path.name for f in files)}")
         try:
             loaded = landing_folder.ingest_trading_day(
                 db, files, symbol=symbol, day=day, timeframe=landing.timeframe, tz=landing.zone(symbol),
                 calendar=calendar, skip_invalid=landing.skip_invalid, dagster_run_id=context.run.run_id,
-                partition_key=str(context.partition_key),
+                partition_key=f"{day}|{symbol}",
             )
         except RejectedRowsError as exc:
             listed = "\n".join(str(r) for r in exc.rejections[:_MAX_LISTED_REJECTIONS])
@@ -87,9 +94,9 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
             "rows_rejected": report.rows_rejected,
             "source_files": MetadataValue.json([str(p) for p in loaded.files]),
         })
-        context.log.info(report.summary())
+        log.info(report.summary())
     else:
-        context.log.info(f"no landing file covers {symbol} {day}; checking the bars already stored")
+        log.info(f"no landing file covers {symbol} {day}; checking the bars already stored")
 
     stored = quality.load_day(db, symbol, landing.timeframe, day, calendar)
     expected = calendar.expected_closes(day, landing.width())
@@ -108,7 +115,7 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
                 f"calendar for this symbol (instruments file), or bars of a halt")
         if landing.out_of_session == "fail":
             raise Failure(description=f"{note}; out_of_session is 'fail' (SMC_OUT_OF_SESSION)")
-        context.log.warning(f"{note}; they are {landing.out_of_session}d (SMC_OUT_OF_SESSION)")
+        log.warning(f"{note}; they are {landing.out_of_session}d (SMC_OUT_OF_SESSION)")
 
     return MaterializeResult(
         metadata=metadata,
@@ -127,6 +134,9 @@ def bars(context: AssetExecutionContext, database: DatabaseResource, landing: La
                 check_name="session_coverage",
                 passed=cover.missing_ratio <= landing.max_missing_ratio and cover.out_of_session == 0,
                 severity=AssetCheckSeverity.WARN,
+                description=f"{cover.missing} of {cover.expected} session bars missing ({cover.missing_ratio:.1%}, "
+                            f"at most {landing.max_missing_ratio:.1%} expected), {cover.out_of_session} outside "
+                            "every session",
                 metadata={"expected_bars": cover.expected, "present_bars": cover.present,
                           "missing_bars": cover.missing, "missing_ratio": round(cover.missing_ratio, 6),
                           "largest_gap_bars": cover.largest_gap_bars, "stored_bars": cover.stored,

@@ -3,12 +3,13 @@ metadata."""
 
 import base64
 import math
+from datetime import date
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from dagster import Failure
+from dagster import AssetCheckResult, Failure, MaterializeResult, MetadataValue
 
 from smc_core.errors import SmcError
 
@@ -30,6 +31,80 @@ def checked(work):
         return work()
     except SmcError as error:
         raise Failure(description=str(error)) from None
+
+
+def partitions_of(context) -> list[tuple[str, date]]:
+    """(symbol, trading day) of every partition this run materializes, each symbol's days in order:
+    one, or a range (``smc backfill`` runs many days in one run, since a run per day spends most of
+    its second in Dagster's bookkeeping)."""
+    from smc_assets.partitions import split_bar_partition_key
+
+    return sorted((split_bar_partition_key(key) for key in context.partition_keys), key=lambda k: (k[1], k[0]))
+
+
+def read_once(db, landing, partitions: list[tuple[str, date]], *, history: int = 0, future: int = 0) -> dict:
+    """Each symbol's bars for all its ``partitions`` (``SessionBars``: what ``load_session_bars``
+    gives per day, read in three queries per symbol instead of three per day)."""
+    from smc_core.store import SessionBars
+
+    symbols = sorted({symbol for symbol, _ in partitions})
+    return {symbol: SessionBars(db, symbol, landing.timeframe, checked(lambda: landing.calendar(symbol)),
+                                [day for s, day in partitions if s == symbol], include_outside=landing.include_outside,
+                                history=history, future=future) for symbol in symbols}
+
+
+class PartitionLog:
+    """Where a partition's lines go. In a run of one partition, to the run's log; in a run over a
+    range, only the warnings (every line is an event in Dagster's event log, ~10 ms each on its
+    SQLite storage, and a line per day would be thousands in a long backfill: the run's metadata
+    sums the days up instead)."""
+
+    def __init__(self, context, partitions: int):
+        self._log, self.ranged = context.log, partitions > 1
+
+    def info(self, message: str) -> None:
+        if not self.ranged:
+            self._log.info(message)
+
+    def warning(self, message: str) -> None:
+        self._log.warning(message)
+
+
+_LISTED_FAILURES = 20
+
+
+def combined(results: list[tuple[str, MaterializeResult]], additive: tuple[str, ...] = ()) -> MaterializeResult:
+    """One result for a run over several partitions (``results``: partition key and its own result,
+    in order). Dagster records the materialization once per partition of the range, so its metadata
+    says what the run did: the range, the ``additive`` counts summed. Each check passes when it
+    passed on every partition; otherwise it names the partitions where it did not, with their
+    figures."""
+    if len(results) == 1:
+        return results[0][1]
+    metadata = {"partitions": len(results), "first_partition": results[0][0], "last_partition": results[-1][0]}
+    for name in additive:
+        metadata[name] = sum(int(_plain(result.metadata.get(name, 0))) for _, result in results)
+    by_check: dict[str, list[tuple[str, AssetCheckResult]]] = {}
+    for key, result in results:
+        for check in result.check_results or ():
+            by_check.setdefault(check.check_name, []).append((key, check))
+    checks = []
+    for name, entries in by_check.items():
+        failed = [(key, check) for key, check in entries if not check.passed]
+        listed = [{"partition": key, "description": check.description,
+                   **{k: _plain(v) for k, v in (check.metadata or {}).items()}} for key, check in failed[:_LISTED_FAILURES]]
+        checks.append(AssetCheckResult(
+            check_name=name, passed=not failed, severity=entries[0][1].severity,
+            description="; ".join(f"{key}: {check.description or 'did not pass'}" for key, check in failed[:5])
+                        + (f"; … {len(failed) - 5} more" if len(failed) > 5 else "") or None,
+            metadata={"partitions_checked": len(entries), "partitions_failed": len(failed),
+                      "failed_partitions": MetadataValue.json(listed)}))
+    return MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _plain(value):
+    """A metadata entry's plain value (``MetadataValue`` objects hold it in ``.value``)."""
+    return getattr(value, "value", value)
 
 
 def image_markdown(*paths: Path) -> str:

@@ -23,11 +23,11 @@ from dagster import (
 )
 
 from smc_assets.bars import bars
-from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
+from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE, compute_features
-from smc_assets.common import checked
-from smc_core.store import load_session_bars, no_session_bars, write_features
+from smc_assets.common import PartitionLog, combined, partitions_of, read_once
+from smc_core.store import SessionBars, no_session_bars, write_features
 
 SPOT_CHECKS = 25
 
@@ -50,12 +50,27 @@ CHECKS = [
     code_version=CATALOGUE.version,
 )
 def features(context: AssetExecutionContext, database: DatabaseResource, landing: LandingResource) -> MaterializeResult:
-    symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = checked(lambda: landing.calendar(symbol))
+    partitions = partitions_of(context)
+    log = PartitionLog(context, len(partitions))
+    bars_of = read_once(db, landing, partitions, history=CATALOGUE.max_lookback - 1)
+    days = [(f"{day}|{symbol}", *_features_day(log, db, landing, symbol, day, bars_of[symbol]))
+            for symbol, day in partitions]
+    result = combined([(key, day_result) for key, day_result, _ in days], additive=("rows",))
+    rows = [day_rows for _, _, day_rows in days if len(day_rows)]
+    summary = {"summary": MetadataValue.md(_summary_table(pd.concat(rows)))} if rows else {}
+    return MaterializeResult(metadata={**result.metadata, "features": len(CATALOGUE.names),
+                                       "feature_set": CATALOGUE.version, **summary},
+                             check_results=result.check_results)
+
+
+def _features_day(log: PartitionLog, db, landing: LandingResource, symbol: str, day, session_bars: SessionBars
+                  ) -> tuple[MaterializeResult, pd.DataFrame]:
+    """One partition's feature rows written and checked: its result and the rows (none without a
+    session)."""
+    calendar = session_bars.calendar
     first, end = calendar.partition_bounds(day)
-    window, in_day = load_session_bars(db, symbol, landing.timeframe, calendar, day,
-                                       include_outside=landing.include_outside, history=CATALOGUE.max_lookback - 1)
+    window, in_day = session_bars.of(day)
     if not in_day.any():
         if calendar.is_trading_day(day):
             raise Failure(description=f"no bars to compute features from for {symbol} on {day}: "
@@ -63,16 +78,16 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
         no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"),
                                dtype="float64")
         write_features(db, symbol, landing.timeframe, no_rows, CATALOGUE, first, end)
-        context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
+        log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
         return MaterializeResult(
-            metadata={"rows": 0, "features": len(CATALOGUE.names), "feature_set": CATALOGUE.version,
-                      "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
+            metadata={"rows": 0, "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
             check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.ERROR,
                                             metadata={"rows_checked": 0}) for name in ("no_nan_after_warmup",
-                                                                                       "causality_spot_check")])
+                                                                                       "causality_spot_check")]
+        ), no_rows
     if len(window) < CATALOGUE.max_lookback:  # the first days of the data: every row is still warming up
-        context.log.info(f"{len(window)} bars of {symbol} stored up to {day}, features need {CATALOGUE.max_lookback} "
-                         "(the longest lookback): the day's rows are warm-up rows (NaN)")
+        log.info(f"{len(window)} bars of {symbol} stored up to {day}, features need {CATALOGUE.max_lookback} "
+                 "(the longest lookback): the day's rows are warm-up rows (NaN)")
         computed = pd.DataFrame(np.nan, index=pd.DatetimeIndex(window["ts"], name="ts"), columns=CATALOGUE.names)
     else:
         computed = compute_features(window, calendar=calendar)
@@ -91,16 +106,10 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
         worst = {CATALOGUE.names[i]: int(per_feature[i]) for i in np.argsort(-per_feature)[:5] if per_feature[i]}
 
     mismatches, sampled = _spot_check(window, computed, in_day, symbol, day, calendar)
-    context.log.info(f"{symbol} {day}: {written} feature rows ({len(CATALOGUE.names)} features, "
-                     f"set {CATALOGUE.version}); causality spot check {sampled - mismatches}/{sampled} identical")
+    log.info(f"{symbol} {day}: {written} feature rows ({len(CATALOGUE.names)} features, "
+             f"set {CATALOGUE.version}); causality spot check {sampled - mismatches}/{sampled} identical")
     return MaterializeResult(
-        metadata={
-            "rows": written,
-            "features": len(CATALOGUE.names),
-            "feature_set": CATALOGUE.version,
-            "history_bars": int((~in_day).sum()),
-            "summary": MetadataValue.md(_summary_table(rows)),
-        },
+        metadata={"rows": written, "history_bars": int((~in_day).sum())},
         check_results=[
             AssetCheckResult(check_name="no_nan_after_warmup", passed=nan_after_warmup == 0,
                              severity=AssetCheckSeverity.ERROR,
@@ -109,7 +118,7 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
                              severity=AssetCheckSeverity.ERROR,
                              metadata={"rows_checked": sampled, "rows_differing": mismatches}),
         ],
-    )
+    ), rows
 
 
 def _spot_check(window: pd.DataFrame, computed: pd.DataFrame, in_day: np.ndarray, symbol: str, day, calendar

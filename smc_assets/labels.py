@@ -23,13 +23,13 @@ from dagster import (
 from pydantic import Field
 
 from smc_assets.features import features
-from smc_assets.partitions import BAR_PARTITIONS, split_bar_partition_key
+from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE
-from smc_assets.common import checked
+from smc_assets.common import PartitionLog, combined, partitions_of, read_once
 from smc_core.labels import (LABELS, SESSION_END_WARNING, Horizon, horizon_fit, label_counts, session_end_share,
                              triple_barrier)
-from smc_core.store import load_session_bars, no_session_bars, read_features, write_labels
+from smc_core.store import SessionBars, no_session_bars, read_features, write_labels
 from smc_core.timeframe import is_daily
 
 
@@ -67,16 +67,24 @@ CHECKS = [
 )
 def labels(context: AssetExecutionContext, config: LabelsConfig, database: DatabaseResource,
            landing: LandingResource) -> MaterializeResult:
-    symbol, day = split_bar_partition_key(context.partition_key)
     db = database.database()
-    calendar = checked(lambda: landing.calendar(symbol))
+    partitions = partitions_of(context)
+    log = PartitionLog(context, len(partitions))
+    longest = max(h.bars for h in config.horizons)
+    # a daily position is held from session to session, so its outcome needs the bars after the day
+    bars_of = read_once(db, landing, partitions, future=longest if is_daily(landing.width()) else 0)
+    return combined([(f"{day}|{symbol}", _labels_day(log, config, db, landing, symbol, day, bars_of[symbol]))
+                     for symbol, day in partitions], additive=("bars",))
+
+
+def _labels_day(log: PartitionLog, config: LabelsConfig, db, landing: LandingResource, symbol: str,
+                day, session_bars: SessionBars) -> MaterializeResult:
+    calendar = session_bars.calendar
     width = landing.width()
     first, end = calendar.partition_bounds(day)
     daily = is_daily(width)
     longest = max(h.bars for h in config.horizons)
-    # a daily position is held from session to session, so its outcome needs the bars after the day
-    frame, mine = load_session_bars(db, symbol, landing.timeframe, calendar, day,
-                                    include_outside=landing.include_outside, future=longest if daily else 0)
+    frame, mine = session_bars.of(day)
     if not mine.any():
         if calendar.is_trading_day(day):
             raise Failure(description=f"no bars to label for {symbol} on {day}: "
@@ -84,7 +92,7 @@ def labels(context: AssetExecutionContext, config: LabelsConfig, database: Datab
         for horizon_config in config.horizons:
             write_labels(db, symbol, landing.timeframe, horizon_config.horizon().name, frame.iloc[:0][["ts"]].assign(
                 label=[], t1=[], ret=[], barrier=[]), first, end)
-        context.log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
+        log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
         return MaterializeResult(
             metadata={"bars": 0, "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
             check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.WARN)
@@ -116,8 +124,8 @@ def labels(context: AssetExecutionContext, config: LabelsConfig, database: Datab
         warning = horizon_fit(horizon, bars_per_session, shares[horizon.name])
         if warning:
             warnings.append(warning)
-            context.log.warning(f"{symbol} {day}: {warning}")
-        context.log.info(f"{symbol} {day} {horizon.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            log.warning(f"{symbol} {day}: {warning}")
+        log.info(f"{symbol} {day} {horizon.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     return MaterializeResult(
         metadata={

@@ -1,7 +1,7 @@
 """What ``smc ingest`` and ``smc backfill`` do in Dagster: register symbols as partitions, keep
 the partition range on the data, and materialize a range of partitions with a summary.
 
-Why in process: a partition run is about a second of work, and a Dagster CLI process per
+Why in process, and many days per run: a partition run is about a second of work, and a Dagster CLI process per
 partition spent forty more importing the code location. The runs execute here against the
 home's Dagster instance (``DAGSTER_HOME``, default ``$SMC_HOME/dagster``), so each one, its
 checks and its materializations are recorded there and shown in the Dagster UI, tagged
@@ -83,40 +83,66 @@ def fit_partitions_to_data(db: Database, settings: Settings, timeframe: str) -> 
 
 
 @dataclass
-class PartitionOutcome:
+class RunOutcome:
+    """One Dagster run of the backfill: one symbol's trading days ``first`` … ``last`` (``days`` of them)."""
     symbol: str
-    day: date
+    first: date
+    last: date
+    days: int
     success: bool
     run_id: str
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     """Asset checks that did not pass (coverage, horizon fit, …), with their description."""
 
+    @property
+    def partitions(self) -> str:
+        days = f"{self.first}" if self.first == self.last else f"{self.first}…{self.last}"
+        return f"{days}|{self.symbol}"
+
 
 @dataclass
 class BackfillReport:
     backfill_id: str
-    outcomes: list[PartitionOutcome]
+    outcomes: list[RunOutcome]
     no_session: dict[str, int]
     """Days of the range without a session on each symbol's calendar (nothing to materialize)."""
+    runs: int
+    """Dagster runs started: one per outcome, and a failed range's run before its days' own."""
 
     @property
-    def failed(self) -> list[PartitionOutcome]:
+    def failed(self) -> list[RunOutcome]:
         return [o for o in self.outcomes if not o.success]
 
     def summary(self) -> list[str]:
-        done = len(self.outcomes) - len(self.failed)
+        total = sum(o.days for o in self.outcomes)
+        failed = sum(o.days for o in self.failed)
         skipped = ", ".join(f"{s} {n}" for s, n in self.no_session.items() if n)
-        lines = [f"backfill {self.backfill_id}: {done} of {len(self.outcomes)} partition(s) materialized, "
-                 f"{len(self.failed)} failed" + (f"; days without a session skipped: {skipped}" if skipped else "")]
+        lines = [f"backfill {self.backfill_id}: {total - failed} of {total} partition(s) materialized, {failed} failed "
+                 f"({self.runs} run(s))" + (f"; days without a session skipped: {skipped}" if skipped else "")]
         for outcome in self.failed:
-            lines.append(f"failed {outcome.day}|{outcome.symbol} (run {outcome.run_id}): {outcome.error}")
+            lines.append(f"failed {outcome.partitions} (run {outcome.run_id}): {outcome.error}")
         warned = [o for o in self.outcomes if o.warnings]
         for outcome in warned[:20]:
-            lines.append(f"warning {outcome.day}|{outcome.symbol}: {'; '.join(outcome.warnings)}")
+            lines.append(f"warning {outcome.partitions}: {'; '.join(outcome.warnings)}")
         if len(warned) > 20:
-            lines.append(f"… and {len(warned) - 20} more partitions with warnings")
+            lines.append(f"… and {len(warned) - 20} more runs with warnings")
         return lines
+
+
+BARS_PER_RUN = 10_000
+"""How much one backfill run materializes by default: about this many bars (7 days of 1-minute
+CME bars, 400 of hourly, every day of daily ones). A run per day spends most of its second in
+Dagster's bookkeeping; a range in one run costs that once, and a failed range is re-run a day at a
+time so that the summary still names each failing day."""
+
+
+def days_per_run(symbol: str, timeframe: str) -> int:
+    """The default run size for ``symbol`` at ``timeframe``: its sessions' bars up to ``BARS_PER_RUN``."""
+    from smc_core.timeframe import parse_timeframe
+
+    per_day = instrument(symbol).calendar().session_length() / parse_timeframe(timeframe)
+    return max(1, int(BARS_PER_RUN // max(per_day, 1)))
 
 
 def plan(db: Database, symbols: list[str], timeframe: str, start: date | None, end: date | None,
@@ -143,27 +169,66 @@ def plan(db: Database, symbols: list[str], timeframe: str, start: date | None, e
     return sorted(keys, key=lambda key: (key[1], key[0])), no_session
 
 
+def chunks(keys: list[tuple[str, date]], size: Callable[[str], int]) -> list[tuple[str, list[date]]]:
+    """Each symbol's days in runs of at most ``size(symbol)`` consecutive trading days, in day order."""
+    runs = []
+    for symbol in sorted({s for s, _ in keys}):
+        days = sorted(day for s, day in keys if s == symbol)
+        step = max(1, size(symbol))
+        runs += [(symbol, days[i:i + step]) for i in range(0, len(days), step)]
+    return sorted(runs, key=lambda run: (run[1][0], run[0]))
+
+
 def run_backfill(definitions, instance, keys: list[tuple[str, date]], no_session: dict[str, int], *,
-                 run_config: dict | None = None, progress: Callable[[int, str], None] | None = None) -> BackfillReport:
-    """Materialize ``market_data_job`` for every key in order (a day's features need the day before)."""
-    from smc_assets.partitions import bar_partition_key, register_symbols
-    from smc_jobs.local import QUIET, _merge, failure_message
+                 per_run: Callable[[str], int] = lambda symbol: 1, run_config: dict | None = None,
+                 progress: Callable[[int, str], None] | None = None) -> BackfillReport:
+    """Materialize ``market_data_job`` over ``keys``: each symbol's days in order (a day's features
+    need the day before), ``per_run(symbol)`` days per run (a Dagster partition range); a range that
+    fails is run again a day at a time, so each failing day is named and the others are kept."""
+    from smc_assets.partitions import register_symbols
 
     register_symbols(instance, sorted({symbol for symbol, _ in keys}))
     job = definitions.resolve_job_def("market_data_job")
     backfill_id = uuid.uuid4().hex[:8]
-    outcomes = []
-    for done, (symbol, day) in enumerate(keys):
+    outcomes: list[RunOutcome] = []
+    done = runs = 0
+    for symbol, days in chunks(keys, per_run):
         if progress:
-            progress(done, f"{day}|{symbol}")
-        result = job.execute_in_process(
-            partition_key=bar_partition_key(symbol, day), instance=instance, raise_on_error=False,
-            run_config=_merge(QUIET, run_config or {}),
-            tags={BACKFILL_TAG: backfill_id, "smc/trigger": "backfill"})
-        warnings = [f"{e.check_name}: {e.description or 'did not pass'}" for e in result.get_asset_check_evaluations()
-                    if not e.passed]
-        outcomes.append(PartitionOutcome(symbol, day, result.success, result.run_id,
-                                         None if result.success else failure_message(result), warnings))
+            progress(done, f"{days[0]}|{symbol}" if len(days) == 1 else f"{days[0]}…{days[-1]}|{symbol}")
+        outcome = _run(job, instance, symbol, days, backfill_id, run_config)
+        runs += 1
+        if outcome.success or len(days) == 1:
+            outcomes.append(outcome)
+        else:
+            for day in days:
+                if progress:
+                    progress(done, f"{day}|{symbol} (its range failed: a day at a time)")
+                outcomes.append(_run(job, instance, symbol, [day], backfill_id, run_config))
+                runs += 1
+                done += 1
+            continue
+        done += len(days)
     if progress:
         progress(len(keys), "done")
-    return BackfillReport(backfill_id, outcomes, no_session)
+    return BackfillReport(backfill_id, outcomes, no_session, runs)
+
+
+def _run(job, instance, symbol: str, days: list[date], backfill_id: str, run_config: dict | None) -> RunOutcome:
+    """One run of ``market_data_job`` over ``symbol``'s ``days`` (one partition, or the range they span)."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from smc_assets.partitions import bar_partition_key
+    from smc_jobs.local import QUIET, _merge, failure_message
+
+    tags = {BACKFILL_TAG: backfill_id, "smc/trigger": "backfill"}
+    single = len(days) == 1
+    if not single:
+        tags.update({ASSET_PARTITION_RANGE_START_TAG: str(bar_partition_key(symbol, days[0])),
+                     ASSET_PARTITION_RANGE_END_TAG: str(bar_partition_key(symbol, days[-1]))})
+    result = job.execute_in_process(
+        partition_key=bar_partition_key(symbol, days[0]) if single else None, instance=instance,
+        raise_on_error=False, run_config=_merge(QUIET, run_config or {}), tags=tags)
+    warnings = [f"{e.check_name}: {e.description or 'did not pass'}" for e in result.get_asset_check_evaluations()
+                if not e.passed]
+    return RunOutcome(symbol, days[0], days[-1], len(days), result.success, result.run_id,
+                      None if result.success else failure_message(result), warnings)

@@ -258,15 +258,19 @@ Examples:
 @click.option("--end", default=None, help="Last trading day (YYYY-MM-DD) [default: each symbol's last stored].")
 @click.option("--config", "config_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML/JSON run config for market_data_job (e.g. ops.labels.config.horizons).")
+@click.option("--days-per-run", type=click.IntRange(min=1), default=None,
+              help="Trading days one Dagster run materializes (a partition range) [default: about 10,000 bars' "
+                   "worth at the timeframe; 1 for a run per partition]. A range that fails is re-run a day at a time.")
 @_quiet_option
 @_debug_option
-def backfill(symbols: str, start: str | None, end: str | None, config_path: Path | None, quiet: bool) -> None:
-    """Materialize bars, features and labels for every trading day of a range, one partition run
-    after another through the home's Dagster instance (each run shown in the Dagster UI, tagged
-    smc/backfill); prints what failed and why, exits 1 when any partition failed."""
+def backfill(symbols: str, start: str | None, end: str | None, config_path: Path | None, days_per_run: int | None,
+             quiet: bool) -> None:
+    """Materialize bars, features and labels for every trading day of a range through the home's
+    Dagster instance, many days per run (each run shown in the Dagster UI, tagged smc/backfill);
+    prints what failed and why, exits 1 when any partition failed."""
     from smc_assets.partitions import requestable_days
     from smc_core.monitoring import run_config_file
-    from smc_jobs.backfill import dagster_instance, plan, run_backfill
+    from smc_jobs.backfill import dagster_instance, days_per_run as default_days, plan, run_backfill
     from smc_jobs.definitions import build_definitions
 
     settings = _settings()
@@ -280,6 +284,7 @@ def backfill(symbols: str, start: str | None, end: str | None, config_path: Path
                f"instance {instance.root_directory}")
     with bars.bar("backfill", len(keys), on=bars.enabled(quiet)) as shown:
         report = run_backfill(build_definitions(settings), instance, keys, no_session, run_config=run_config,
+                              per_run=lambda symbol: days_per_run or default_days(symbol, settings.timeframe),
                               progress=lambda done, note: shown.set(done, note))
     for line in report.summary():
         click.echo(line)

@@ -207,10 +207,17 @@ def terminate(process, timeout: float = 20.0) -> None:
 
 
 def failure_message(result) -> str:
+    """The first failed step and why: a ``Failure``'s own description (the domain's message), else
+    the error with its type."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = event.step_failure_data.error if event.step_failure_data else None
-            return f"{event.step_key}: {error.message.strip() if error and error.message else event.message}"
+            if not error or not error.message:
+                return f"{event.step_key}: {event.message}"
+            message = error.message.strip()
+            if error.cls_name == "Failure" and message.startswith("dagster."):
+                message = message.split(": ", 1)[-1]
+            return f"{event.step_key}: {message}"
     return f"run {result.run_id} failed"
 
 

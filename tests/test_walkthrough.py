@@ -28,26 +28,30 @@ ROOT = Path(__file__).resolve().parent.parent
 FX = SessionCalendar("24/5", time(8), time(12))
 
 
-def readme_commands(section: str = "## Bring your own data", blocks: int | None = None) -> str:
-    """The section's ```bash blocks in order (the first ``blocks`` of them)."""
+def readme_commands(section: str = "## Bring your own data") -> str:
+    """The section's ```bash blocks in order."""
     text = (ROOT / "README.md").read_text()
     body = text[text.index(section):]
     body = body[:body.index("\n## ", len(section))]
     found = re.findall(r"```bash\n(.*?)```", body, flags=re.S)
     assert len(found) == 4, "the walkthrough lost its commands"
-    return "".join(found[:blocks])
+    return "".join(found)
 
 
-def hourly_bars(days: int) -> pd.DataFrame:
-    config = SyntheticConfig(days=days, start=date(2024, 3, 4), timeframe=timedelta(hours=1), seed=11,
+DAILY_DAYS, DAILY_START = 1100, date(2021, 3, 1)
+"""The daily walkthrough's data: above the ~1,000 daily bars training needs (README), all past."""
+
+
+def hourly_bars(days: int, start: date = date(2024, 3, 4)) -> pd.DataFrame:
+    config = SyntheticConfig(days=days, start=start, timeframe=timedelta(hours=1), seed=11,
                              instrument=Instrument("EURUSD", tick_size=0.00001, tick_value=1.0, start_price=1.08),
                              calendar=FX, annual_vol=0.08, edge="smc")
     return generate_bars(config)
 
 
-def daily_bars(days: int) -> pd.DataFrame:
+def daily_bars(days: int, start: date) -> pd.DataFrame:
     """Hourly bars aggregated per 24/5 session, dated like a vendor's daily file."""
-    hourly = hourly_bars(days)
+    hourly = hourly_bars(days, start)
     day = FX.trading_day_of(hourly["ts"])
     grouped = hourly.assign(day=day).groupby("day")
     daily = grouped.agg(open=("open", "first"), high=("high", "max"), low=("low", "min"), close=("close", "last"),
@@ -55,14 +59,14 @@ def daily_bars(days: int) -> pd.DataFrame:
     return daily.assign(ts=pd.DatetimeIndex(daily["day"]).strftime("%Y-%m-%d"))
 
 
-def run_walkthrough(tmp_path: Path, database_url: str, timeframe: str, frame: pd.DataFrame,
-                    blocks: int | None = None) -> subprocess.CompletedProcess:
+def run_walkthrough(tmp_path: Path, database_url: str, timeframe: str, frame: pd.DataFrame
+                    ) -> subprocess.CompletedProcess:
     name = f"eurusd_{timeframe}.csv"
     columns = ["ts", "open", "high", "low", "close", "volume"]
     if timeframe == "1h":
         frame = frame.assign(ts=frame["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
     frame[columns].to_csv(tmp_path / name, index=False)
-    script = readme_commands(blocks=blocks)
+    script = readme_commands()
     if timeframe != "1h":
         script = script.replace("SMC_TIMEFRAME=1h", f"SMC_TIMEFRAME={timeframe}").replace("eurusd_1h.csv", name)
     prelude = (f'smc() {{ "{sys.executable}" -m smc_jobs.cli "$@"; }}\n'
@@ -114,10 +118,10 @@ def fresh_url(admin_url, request):
     _drop_database(admin_url, name)
 
 
-def check_stored_and_reconciled(done, database_url: str, timeframe: str, frame: pd.DataFrame) -> None:
+def check_stored_and_reconciled(done, database_url: str, timeframe: str, frame: pd.DataFrame, first_day: date) -> None:
     assert done.returncode == 0, f"the walkthrough failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     assert "EURUSD added to the Dagster partitions" in done.stdout
-    assert "partitions follow the stored data: SMC_PARTITION_START=2024-03-04" in done.stdout
+    assert f"partitions follow the stored data: SMC_PARTITION_START={first_day}" in done.stdout
     assert re.search(r"backfill \w+: (\d+) of \1 partition\(s\) materialized, 0 failed", done.stdout), done.stdout
     counts = reconcile(database_url, "EURUSD", timeframe, FX)
     assert counts["stored"] == len(frame)  # nothing lost on the way in
@@ -131,7 +135,7 @@ def test_readme_walkthrough_on_hourly_data(tmp_path, fresh_url):
     """Every step of the section: ingest, backfill, base model, LoRA, walk-forward gates."""
     frame = hourly_bars(45)
     done = run_walkthrough(tmp_path, fresh_url, "1h", frame)
-    check_stored_and_reconciled(done, fresh_url, "1h", frame)
+    check_stored_and_reconciled(done, fresh_url, "1h", frame, date(2024, 3, 4))
     metadata = evaluation_metadata(tmp_path / "smc-eurusd")
     assert metadata["verdict"] in {"passed", "refused"}
     assert metadata["risk_terms"]["tick_size"] == 0.00001  # EURUSD's, from the instruments file
@@ -140,18 +144,22 @@ def test_readme_walkthrough_on_hourly_data(tmp_path, fresh_url):
 
 @pytest.mark.slow
 def test_readme_walkthrough_on_daily_data(tmp_path, fresh_url):
-    """The section with SMC_TIMEFRAME=1d on a daily file of dates, through ingest and backfill:
-    each bar stored at its session's close (17:00 New York), labelled across sessions. Training
-    needs at least 200 + 50 windows per walk-forward fold's base (about 1,000 daily bars), which at
-    one Dagster run per partition is too slow for the suite (see the README's Known limits)."""
-    frame = daily_bars(40)
-    done = run_walkthrough(tmp_path, fresh_url, "1d", frame, blocks=3)
-    check_stored_and_reconciled(done, fresh_url, "1d", frame)
+    """The whole section with SMC_TIMEFRAME=1d on a daily file of dates: each bar stored at its
+    session's close (17:00 New York), labelled across sessions, backfilled a range per run, then
+    trained and judged like the hourly data. Training needs about 1,000 daily bars (README)."""
+    frame = daily_bars(DAILY_DAYS, DAILY_START)
+    done = run_walkthrough(tmp_path, fresh_url, "1d", frame)
+    check_stored_and_reconciled(done, fresh_url, "1d", frame, DAILY_START)
+    assert re.search(r"backfill \w+: \d+ of \d+ partition\(s\) materialized, 0 failed \(1 run\(s\)\)", done.stdout)
     import psycopg
 
     with psycopg.connect(fresh_url) as conn:
         first = conn.execute("SELECT min(ts) FROM bars WHERE symbol = 'EURUSD'").fetchone()[0]
         barriers = dict(conn.execute("SELECT barrier, count(*) FROM labels GROUP BY barrier").fetchall())
-    assert pd.Timestamp(first).tz_convert("America/New_York") == pd.Timestamp("2024-03-04 17:00", tz="America/New_York")
+    assert pd.Timestamp(first).tz_convert("America/New_York") == pd.Timestamp(f"{DAILY_START} 17:00", tz="America/New_York")
     assert "session_end" not in barriers  # daily positions are held from session to session
     assert barriers.get("up", 0) + barriers.get("down", 0) + barriers.get("time", 0) > 0
+    metadata = evaluation_metadata(tmp_path / "smc-eurusd")
+    assert metadata["verdict"] in {"passed", "refused"}
+    assert metadata["risk_terms"]["tick_size"] == 0.00001
+    assert np.isfinite(float(metadata["selected_threshold"]))
