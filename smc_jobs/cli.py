@@ -252,7 +252,8 @@ def _register_partitions(database, settings: Settings, symbol: str, timeframe: s
 Examples:
   smc backfill --symbols ES                           # every stored day of ES (SMC_TIMEFRAME)
   smc backfill --symbols ES,NQ --start 2024-03-01 --end 2024-03-29
-  SMC_TIMEFRAME=1h smc backfill --symbols EURUSD""")
+  SMC_TIMEFRAME=1h smc backfill --symbols EURUSD
+  smc backfill --symbols ES --days-per-run 1          # one Dagster run per partition""")
 @click.option("--symbols", required=True, help="Comma-separated symbols.")
 @click.option("--start", default=None, help="First trading day (YYYY-MM-DD) [default: each symbol's first stored].")
 @click.option("--end", default=None, help="Last trading day (YYYY-MM-DD) [default: each symbol's last stored].")
