@@ -75,7 +75,8 @@ def wait_stored(server: Server, timeout: float = 120.0) -> dict:
                for name in ("prediction_log", "bar_capture")):
             return health
         time.sleep(0.5)
-    raise AssertionError(f"rows still waiting after {timeout}s: {health}")
+    raise AssertionError(f"rows still waiting after {timeout}s (a writer's writing_for_s says whether it is stuck in a "
+                         f"database call): {health}")
 
 
 def stored_bars(db: Database) -> pd.DataFrame:

@@ -1,13 +1,16 @@
 """Each serving worker spools to a directory of its own: two processes never write or replay the same
-files, and what a worker that is gone left behind is taken over by one that starts."""
+files, and what a worker that is gone left behind is taken over by one that starts; a writer's
+stalled write shows in its health."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
-from smc_core.serving.spool import Spool, SpoolBusy, claim_spool
+from smc_core.serving.spool import DurableWriter, Spool, SpoolBusy, claim_spool
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 20
@@ -67,3 +70,27 @@ def test_a_starting_worker_takes_over_batches_no_live_worker_holds_in_order(tmp_
     assert batches == [[["legacy", 1], ["legacy", 2]], [["gone", 1]], [["gone", 2]], [["alive", 1]]]
     assert alive.bytes == sum(segment.stat().st_size for segment in alive.segments())
     assert not legacy.exists() and list((tmp_path / "worker-3").glob("*.jsonl")) == []
+
+
+def test_a_write_that_does_not_return_shows_in_the_writers_health(tmp_path):
+    """A stalled write is visible (``writing_for_s`` grows, the thread is alive), not a silent stop."""
+    release, written = threading.Event(), []
+
+    def write(rows):
+        release.wait(10)
+        written.extend(rows)
+
+    writer = DurableWriter("test", write, Spool(tmp_path / "spool", 1 << 20), encode=list, decode=tuple,
+                           linger=0).start()
+    try:
+        assert writer.health()["writing_for_s"] == 0.0 and writer.health()["thread_alive"]
+        writer.submit((1,))
+        time.sleep(0.6)
+        stalled = writer.health()
+        assert stalled["writing_for_s"] >= 0.4 and stalled["queued"] == 1 and stalled["thread_alive"]
+        release.set()
+        assert writer.flush(5) and written == [(1,)]
+        assert writer.health()["writing_for_s"] == 0.0
+    finally:
+        release.set()
+        writer.stop(2)

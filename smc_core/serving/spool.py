@@ -202,6 +202,9 @@ class DurableWriter:
         self._next_loss_log = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"writer-{name}", daemon=True)
+        self._writing_since: float | None = None
+        """When the write in progress began (None between writes): a write that never returns
+        shows in ``health()`` as a growing ``writing_for_s``, not as a silent stall."""
 
     def start(self) -> "DurableWriter":
         self._thread.start()
@@ -238,10 +241,12 @@ class DurableWriter:
         self.spool.release()
 
     def health(self) -> dict:
+        since = self._writing_since
         return {"written": self.stats.written, "spooled": self.stats.spooled, "dropped": self.stats.dropped,
                 "refused": self.stats.refused, "spool_rows": self.spool.rows, "spool_bytes": self.spool.bytes,
                 "spool_limit_bytes": self.spool.max_bytes, "queued": self._queue.unfinished_tasks,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "thread_alive": self._thread.is_alive(),
+                "writing_for_s": 0.0 if since is None else round(time.monotonic() - since, 1)}
 
     # --- the writer thread -------------------------------------------------------------
 
@@ -282,9 +287,16 @@ class DurableWriter:
         for _ in rows:
             self._queue.task_done()
 
-    def _write_fresh(self, rows: list) -> None:
+    def _timed_write(self, rows: list) -> None:
+        self._writing_since = time.monotonic()
         try:
             self._write(rows)
+        finally:
+            self._writing_since = None
+
+    def _write_fresh(self, rows: list) -> None:
+        try:
+            self._timed_write(rows)
             self.stats.written += len(rows)
             self.last_error = None
         except Exception as error:
@@ -311,7 +323,7 @@ class DurableWriter:
                 return
             encoded = self.spool.read(segment)
             try:
-                self._write([self._decode(row) for row in encoded])
+                self._timed_write([self._decode(row) for row in encoded])
             except Exception as error:
                 if self._is_permanent(error):
                     where = self.spool.quarantine(segment, len(encoded), f"{type(error).__name__}: {error}")
