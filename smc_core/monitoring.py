@@ -21,6 +21,7 @@ import pandas as pd
 from smc_core.calendar import CME_EQUITY, SessionCalendar
 from smc_core.db import Database
 from smc_core.errors import ConfigError
+from smc_core.instruments import calendar_of
 from smc_core.settings import env_flag, env_number
 
 
@@ -217,8 +218,6 @@ def newest_trading_days(db: Database, timeframe: str, count: int,
     """Per symbol with stored bars, its ``count`` newest trading days up to its last bar, on
     ``calendar`` (default: each symbol's own): the partitions a retrain reloads (the last labels
     of a day need the bars after it)."""
-    from smc_core.instruments import calendar_of
-
     with db.connection() as connection:
         rows = connection.execute("SELECT symbol, max(ts) FROM bars WHERE timeframe = %s GROUP BY symbol ORDER BY symbol",
                                   (timeframe,)).fetchall()
