@@ -22,8 +22,9 @@ demo: install
 # All tests on DATABASE_URL when set (CI: the machine's PostgreSQL), else on the embedded
 # server; with DATABASE_URL set, the database tests run a second time on the embedded one
 # (all but the slow end-to-end loop, whose database layer the others cover).
-# Two workers, one test file each at a time: training runs one torch thread per worker.
-PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+# Two workers, one test file each at a time: training runs one torch thread per worker. Files
+# start in collection order, the longest first (tests/conftest.py: LONGEST_FIRST).
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=12
 # The NinjaTrader C# tests need Mono (Debian: mono-devel; .ci/run installs it); without it they are skipped, loudly.
 NO_MONO := $(if $(and $(shell command -v mcs),$(shell command -v mono)),,!!! Mono (mcs, mono) not found: the NinjaTrader client and strategy tests (tests/test_ninjatrader.py) are SKIPPED. Install mono-devel.)
 test: install

@@ -16,11 +16,27 @@ from smc_core.db import Database, create_database, normalise_url, start_embedded
 from smc_core.migrations import migrate
 
 
+LONGEST_FIRST = ("test_loop.py", "test_gate_decisions.py", "test_walkthrough.py", "test_live_loop.py",
+                 "test_backfill.py", "test_signal_service.py", "test_safety_live.py", "test_distributed_training.py",
+                 "test_service_workers.py", "test_celery_executor.py", "test_sensors.py")
+"""The test files that take minutes, longest first (``make test`` prints the slowest tests).
+
+Why: xdist hands whole files to its two workers in collection order (``--no-loadscope-reorder``
+in the Makefile; its default puts the files with most tests first, which left these few-test,
+long files to run one by one at the end while the other worker idled). Started first, they
+run beside the many short files."""
+
+
 def pytest_collection_modifyitems(items):
     # Tests using the database fixtures are the ones `make test` repeats on the embedded server.
     for item in items:
         if {"database", "admin_url", "empty_database"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+    missing = [name for name in LONGEST_FIRST if not (Path(__file__).parent / name).exists()]
+    if missing:  # a renamed file would silently lose its early start
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that do not exist: {missing}")
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def pytest_configure(config):

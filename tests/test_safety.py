@@ -277,7 +277,9 @@ def test_rows_spooled_before_arms_existed_still_replay():
 
 def test_prediction_rows_round_trip_through_the_binary_copy(database):
     """The binary COPY's declared types are the table's own, and a row (numpy floats, an int size,
-    a risk block, a spooled row decoded) reads back as written; a repeat is left alone."""
+    the features as the request path hands them over: a float64 array, NaN included; a risk block
+    with numpy numbers; a spooled row decoded) reads back as written; a batch holding a stored row
+    (a replay) leaves that row alone and stores the others."""
     from datetime import datetime, timezone
 
     import numpy as np
@@ -291,18 +293,52 @@ def test_prediction_rows_round_trip_through_the_binary_copy(database):
         assert [aliases.get(t, t) for t in COPY_TYPES] == [declared[c] for c in COLUMNS]
         ts = datetime(2024, 3, 5, 15, 0, tzinfo=timezone.utc)
         fresh = (ts, "copy-1", False, ts, "ES", "1m", "smc-lora/1", "long", "long", np.float64(0.7), 0.7, 0.2, 0.1,
-                 1, 2.5, [float(v) for v in np.linspace(-1, 1, 52)], "fs", "champion", np.bool_(False),
-                 {"atr": 2.0, "stop_distance": 3.0})
+                 1, 2.5, np.where(np.arange(52) == 7, np.nan, np.linspace(-1, 1, 52)), "fs", "champion",
+                 np.bool_(False), {"atr": np.float64(2.0), "stop_distance": 3.0})
         spooled = _decode(["2024-03-05T15:01:00+00:00", "copy-2", True, "2024-03-05T15:01:01+00:00", "ES", "1m",
                            "smc-lora/1", "skip", "skip", 0.5, 0.2, 0.3, 0.5, 0.0, 3.0, [0.1], "fs"])
         with conn.transaction():
             write_predictions(conn, [fresh, spooled])
-        with conn.transaction():
-            write_predictions(conn, [fresh])  # idempotent
+        again = (*fresh[:2], fresh[2], *fresh[3:9], 0.1, *fresh[10:])  # the same key, another confidence
+        third = (fresh[0], "copy-3", *fresh[2:])
+        with conn.transaction():  # a replay whose acknowledgement was lost: stored rows are left alone
+            write_predictions(conn, [again, third])
+            conn.execute("SELECT 1")  # the transaction is still usable after the fallback
         stored = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE request_id LIKE 'copy-%' "
                               f"ORDER BY request_id").fetchall()
-    assert len(stored) == 2
-    assert stored[0][COLUMNS.index("features")] == list(fresh[COLUMNS.index("features")])
+    assert [row[1] for row in stored] == ["copy-1", "copy-2", "copy-3"]
+    np.testing.assert_array_equal(stored[0][COLUMNS.index("features")], fresh[COLUMNS.index("features")])
+    assert np.isnan(stored[0][COLUMNS.index("features")][7])
+    assert stored[1][COLUMNS.index("features")] == [0.1]
     assert stored[0][COLUMNS.index("risk")] == {"atr": 2.0, "stop_distance": 3.0}
     assert stored[0][COLUMNS.index("position_size")] == 1.0 and stored[0][COLUMNS.index("confidence")] == 0.7
     assert stored[1][COLUMNS.index("arm")] == "shadow" and stored[1][COLUMNS.index("risk")] is None
+
+
+def test_a_row_whose_features_are_not_floats_is_refused_as_the_rows_fault(database):
+    """A feature that is not a number is a DataError (permanent: the batch is quarantined, not
+    retried forever); a None is a missing reading, stored as NaN like the feature code's own; an
+    empty feature list is stored as an empty array."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from smc_core.serving.prediction_log import permanent, write_predictions
+
+    ts = datetime(2024, 3, 6, 15, 0, tzinfo=timezone.utc)
+
+    def row(request_id, features):
+        return (ts, request_id, False, ts, "ES", "1m", "smc-lora/1", "skip", "skip", 0.5, 0.2, 0.3, 0.5, 0.0, 3.0,
+                features, "fs", "champion", False, None)
+
+    with database.connection() as conn:
+        with pytest.raises(psycopg.DataError, match="features must be floats") as refused:
+            with conn.transaction():
+                write_predictions(conn, [row("text-1", [0.1, "high"])])
+        assert permanent(refused.value)
+        with conn.transaction():
+            write_predictions(conn, [row("empty-1", []), row("none-1", [0.1, None])])
+        stored = dict(conn.execute("SELECT request_id, features FROM predictions WHERE request_id IN "
+                                   "('empty-1', 'none-1', 'text-1')").fetchall())
+    assert stored["empty-1"] == [] and stored["none-1"][0] == 0.1 and math.isnan(stored["none-1"][1])
+    assert "text-1" not in stored

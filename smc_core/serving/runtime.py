@@ -644,7 +644,7 @@ class Runtime:
                 "raw_label": body["raw_label"], "confidence": body["confidence"], "p_long": probabilities["long"],
                 "p_short": probabilities["short"], "p_skip": probabilities["skip"],
                 "position_size": body["position_size"], "latency_ms": body["processing_time_ms"],
-                "features": [float(v) for v in prediction.features], "feature_set": CATALOGUE.version,
+                "features": prediction.features.astype(np.float64), "feature_set": CATALOGUE.version,
                 "arm": SHADOW_ARM if shadow else arm, "halted": halted, "risk": body["risk"]}))
 
     # --- safety: the kill switch and the A/B split ------------------------------------------
