@@ -94,3 +94,76 @@ def test_a_write_that_does_not_return_shows_in_the_writers_health(tmp_path):
     finally:
         release.set()
         writer.stop(2)
+
+
+def test_a_row_json_cannot_hold_is_counted_and_a_damaged_spool_file_is_kept_aside(tmp_path):
+    """Database away: a batch with one row JSON cannot hold spools the others and counts that one
+    dropped; a spooled file damaged on disk goes to ``refused`` and the batches after it replay;
+    the thread stays alive throughout."""
+    up, written = threading.Event(), []
+
+    def write(rows):
+        if not up.is_set():
+            raise ConnectionError("database away")
+        written.extend(rows)
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.append([[0, "damaged"]])
+    first = spool.segments()[0]
+    first.write_bytes(b'[0, "dam\n')  # cut short mid-write by something outside the spool's control
+    writer = DurableWriter("test", write, spool, encode=list, decode=tuple, linger=0, retry_seconds=0.2).start()
+    try:
+        for row in ((1, "a"), (2, object()), (3, "c")):
+            writer.submit(row)
+        deadline = time.monotonic() + 5
+        while writer.pending() != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = writer.health()
+        assert health["dropped"] == 1 and health["spool_rows"] == 2 and health["thread_alive"]
+        up.set()
+        assert writer.flush(5)
+        assert written == [(1, "a"), (3, "c")]
+        health = writer.health()
+        assert health["refused"] == 1 and health["thread_alive"] and health["last_error"] is None
+        assert (tmp_path / "spool" / "refused" / first.name).exists()
+        assert "unreadable" in (tmp_path / "spool" / "refused" / first.name).with_suffix(".reason").read_text()
+    finally:
+        up.set()
+        writer.stop(2)
+
+
+def test_an_unexpected_error_in_the_writer_thread_is_shown_and_the_thread_goes_on(tmp_path):
+    """A fault of the writer's own code (here: the spool's directory removed under it while the
+    database is away, so the spool cannot even be listed) is logged and shown in ``last_error``;
+    the thread is still alive and writes what comes once the fault is gone."""
+    up, written = threading.Event(), []
+
+    def write(rows):
+        if not up.is_set():
+            raise ConnectionError("database away")
+        written.extend(rows)
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    writer = DurableWriter("test", write, spool, encode=list, decode=tuple, linger=0, retry_seconds=0.2).start()
+    broken = {"on": True}
+    segments = spool.segments
+
+    def listing():
+        if broken["on"]:
+            raise RuntimeError("spool listing failed")
+        return segments()
+
+    spool.segments = listing
+    try:
+        writer.submit((1,))
+        deadline = time.monotonic() + 5
+        while "RuntimeError" not in (writer.health()["last_error"] or "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "writer: RuntimeError: spool listing failed" in writer.health()["last_error"]
+        assert writer.health()["thread_alive"]
+        broken["on"] = False
+        up.set()
+        assert writer.flush(5) and written == [(1,)]
+    finally:
+        up.set()
+        writer.stop(2)

@@ -160,6 +160,14 @@ def claim_spool(base: Path, max_bytes: int, worker: int | None = None) -> Spool:
     return spool
 
 
+def _serialisable(values: list) -> bool:
+    try:
+        json.dumps(values)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _line_count(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(1 for line in handle if line.strip())
@@ -184,6 +192,9 @@ class DurableWriter:
     list of rows and must be atomic: it either stores all of them or raises. An error
     that ``is_permanent`` judges permanent (the data itself is refused) quarantines the
     batch instead of retrying it forever; anything else is taken as the database being away.
+    A spooled file that cannot be read is quarantined the same way; a row JSON cannot hold is
+    counted as dropped. Anything else that goes wrong in the thread is logged with its
+    traceback and shown in ``last_error``, and the thread goes on: a writer never stops silently.
     """
 
     def __init__(self, name: str, write: Callable[[list], None], spool: Spool, *,
@@ -260,6 +271,10 @@ class DurableWriter:
                     self._replay()
                 elif rows:
                     self._write_fresh(rows)
+            except Exception as error:  # a fault of this code, not an outage: loud, and the thread goes on
+                log.exception("%s: unexpected error in the writer thread", self.name)
+                self.last_error = f"writer: {type(error).__name__}: {error}"[:500]
+                self._retry_at = time.monotonic() + self.retry_seconds
             finally:
                 self._done(rows)
 
@@ -307,7 +322,15 @@ class DurableWriter:
 
     def _to_spool(self, rows: list) -> None:
         try:
-            if self.spool.append([self._encode(row) for row in rows]):
+            encoded = [self._encode(row) for row in rows]
+            try:
+                stored = self.spool.append(encoded)
+            except (TypeError, ValueError):  # a row JSON cannot hold: spool the others, count that one lost
+                encoded = [values for values in encoded if _serialisable(values)]
+                self._drop(len(rows) - len(encoded), "row(s) JSON cannot hold (not spooled)")
+                rows = encoded
+                stored = self.spool.append(encoded)
+            if stored:
                 self.stats.spooled += len(rows)
             else:
                 self._drop(len(rows), f"spool full ({self.spool.bytes} of {self.spool.max_bytes} bytes)")
@@ -321,7 +344,14 @@ class DurableWriter:
         for segment in self.spool.segments():
             if self._stop.is_set():
                 return
-            encoded = self.spool.read(segment)
+            try:
+                encoded = self.spool.read(segment)
+            except ValueError as error:  # a damaged file (JSON or UTF-8): kept aside, the rest replayed
+                count = _line_count(segment)
+                where = self.spool.quarantine(segment, count, f"unreadable: {error}")
+                self.stats.refused += count
+                log.error("%s: spooled batch %s is unreadable; kept in %s: %s", self.name, segment.name, where, error)
+                continue
             try:
                 self._timed_write([self._decode(row) for row in encoded])
             except Exception as error:
