@@ -75,8 +75,9 @@ def prediction_row(values: dict) -> tuple:
 
 class Float8ArrayDumper(Dumper):
     """``float8[]`` in PostgreSQL's binary array format, built by numpy in one pass (an array or a
-    list of floats; a None is stored as NaN, the feature code's missing reading). psycopg's own list dumper loops over the elements in Python: with 52 features
-    a row, the writer's COPY cost 20 µs of GIL time a row against 7 µs with this one."""
+    list of floats; a None is stored as NaN, the feature code's missing reading). psycopg's own
+    list dumper loops over the elements in Python: with 52 features a row, the writer's COPY
+    cost 20 µs of GIL time a row against 7 µs with this one."""
 
     format = Format.BINARY
     oid = 1022  # float8[]

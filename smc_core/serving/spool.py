@@ -328,6 +328,8 @@ class DurableWriter:
             except (TypeError, ValueError):  # a row JSON cannot hold: spool the others, count that one lost
                 encoded = [values for values in encoded if _serialisable(values)]
                 self._drop(len(rows) - len(encoded), "row(s) JSON cannot hold (not spooled)")
+                if not encoded:  # an empty batch file would replay as a write of nothing
+                    return
                 rows = encoded
                 stored = self.spool.append(encoded)
             if stored:
