@@ -56,7 +56,8 @@ sys.path.insert(0, str(ROOT))
 from smc_core.model.pipeline import train_small_package  # noqa: E402
 from smc_core.serving.engine import answer, load_model, prepare  # noqa: E402
 from smc_core.serving.replay import request_payload  # noqa: E402
-from smc_core.serving.runtime import Runtime, ServiceSettings, dump_json, parse_json  # noqa: E402
+from smc_core.jsonable import dump_json  # noqa: E402
+from smc_core.serving.runtime import Runtime, ServiceSettings, parse_json  # noqa: E402
 from smc_core.synthetic import SyntheticConfig, generate_bars  # noqa: E402
 
 KEY = "bench-key"

@@ -38,8 +38,8 @@ from smc_core.serving.answers import (BarsAnswer, BatchAnswer, HaltAnswer, Healt
                                       PredictAnswer, ReloadAnswer, SignalAnalytics, SignalDetail, SignalPage)
 from smc_core.serving.batcher import MicroBatcher  # noqa: E402
 from smc_core.serving.request import RequestError  # noqa: E402
-from smc_core.serving.runtime import (Runtime, ServerOptions, ServiceSettings, dump_json, error_body,  # noqa: E402
-                                      parse_json)
+from smc_core.jsonable import dump_json  # noqa: E402
+from smc_core.serving.runtime import Runtime, ServerOptions, ServiceSettings, error_body, parse_json  # noqa: E402
 from smc_core.serving.signals import parse_filter, serve_client  # noqa: E402
 
 PROJECT = project()

@@ -6,6 +6,7 @@ import math
 import numbers
 
 import numpy as np
+import orjson
 
 
 def plain(value):
@@ -25,3 +26,9 @@ def plain(value):
         number = float(value)
         return number if math.isfinite(number) else None
     return value
+
+
+def dump_json(value: object) -> bytes:
+    """JSON bytes by orjson (numpy numbers allowed, a few µs for an answer; a NaN written as
+    null, which jsonb accepts): HTTP answers and the logged risk block alike."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)

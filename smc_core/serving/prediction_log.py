@@ -12,13 +12,13 @@ import struct
 from datetime import datetime
 
 import numpy as np
-import orjson
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from smc_core.db import DirectConnection
+from smc_core.jsonable import dump_json
 from smc_core.serving.spool import DurableWriter, Spool
 
 COLUMNS = ("ts", "request_id", "shadow", "logged_at", "symbol", "timeframe", "model_version", "label", "raw_label",
@@ -36,12 +36,6 @@ _FEATURES = COLUMNS.index("features")
 _RISK = COLUMNS.index("risk")
 WRITE_TIMEOUT_S = 2.0
 """How long a request-path-adjacent database call (an upload, a warm-up read) waits for a pooled connection."""
-
-
-def _json(value) -> bytes:
-    """The risk block as the answer's own JSON (orjson, as the response: numpy numbers allowed, a
-    NaN written as null, which jsonb accepts where the standard library's NaN is refused)."""
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def permanent(error: Exception) -> bool:
@@ -128,7 +122,7 @@ def _copy(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
     with cursor.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(COPY_TYPES)
         for row in rows:
-            risk = None if row[_RISK] is None else Jsonb(row[_RISK], dumps=_json)
+            risk = None if row[_RISK] is None else Jsonb(row[_RISK], dumps=dump_json)  # the answer's own JSON
             copy.write_row(row[:_RISK] + (risk,) + row[_RISK + 1:])
 
 

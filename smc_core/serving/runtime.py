@@ -830,10 +830,6 @@ def parse_json(body: bytes, limit: int) -> object:
         raise RequestError(400, "malformed JSON", {"message": str(error)}) from None
 
 
-def dump_json(body: object) -> bytes:
-    """A response body as JSON bytes (orjson: numpy-free, a few µs for an answer)."""
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
 
 def _parse_alias_uri(uri: str) -> tuple[str, str]:
     """``models:/<name>@<alias>`` → (name, alias)."""

@@ -326,16 +326,15 @@ class DurableWriter:
             try:
                 stored = self.spool.append(encoded)
             except (TypeError, ValueError):  # a row JSON cannot hold: spool the others, count that one lost
-                encoded = [values for values in encoded if _serialisable(values)]
-                self._drop(len(rows) - len(encoded), "row(s) JSON cannot hold (not spooled)")
-                if not encoded:  # an empty batch file would replay as a write of nothing
+                kept = [values for values in encoded if _serialisable(values)]
+                self._drop(len(encoded) - len(kept), "row(s) JSON cannot hold (not spooled)")
+                if not kept:  # an empty batch file would replay as a write of nothing
                     return
-                rows = encoded
-                stored = self.spool.append(encoded)
+                encoded, stored = kept, self.spool.append(kept)
             if stored:
-                self.stats.spooled += len(rows)
+                self.stats.spooled += len(encoded)
             else:
-                self._drop(len(rows), f"spool full ({self.spool.bytes} of {self.spool.max_bytes} bytes)")
+                self._drop(len(encoded), f"spool full ({self.spool.bytes} of {self.spool.max_bytes} bytes)")
         except OSError as error:
             self._drop(len(rows), f"spool unwritable: {error}")
 
@@ -349,19 +348,14 @@ class DurableWriter:
             try:
                 encoded = self.spool.read(segment)
             except ValueError as error:  # a damaged file (JSON or UTF-8): kept aside, the rest replayed
-                count = _line_count(segment)
-                where = self.spool.quarantine(segment, count, f"unreadable: {error}")
-                self.stats.refused += count
-                log.error("%s: spooled batch %s is unreadable; kept in %s: %s", self.name, segment.name, where, error)
+                self._set_aside(segment, _line_count(segment), f"unreadable: {error}")
                 continue
             try:
                 self._timed_write([self._decode(row) for row in encoded])
             except Exception as error:
                 if self._is_permanent(error):
-                    where = self.spool.quarantine(segment, len(encoded), f"{type(error).__name__}: {error}")
-                    self.stats.refused += len(encoded)
-                    log.error("%s: the %s refused %d spooled row(s) for good; kept in %s: %s", self.name,
-                              self.target, len(encoded), where, error)
+                    self._set_aside(segment, len(encoded), f"the {self.target} refused it for good: "
+                                                           f"{type(error).__name__}: {error}")
                     continue
                 self._unavailable(error)
                 return
@@ -372,6 +366,12 @@ class DurableWriter:
             self.last_error = None
         if not self.spool.rows:
             self._retry_at = 0.0
+
+    def _set_aside(self, segment: Path, rows: int, reason: str) -> None:
+        """A spooled batch no retry will write: kept in ``refused/`` with the reason, counted."""
+        where = self.spool.quarantine(segment, rows, reason)
+        self.stats.refused += rows
+        log.error("%s: %d spooled row(s) set aside in %s: %s", self.name, rows, where, reason)
 
     def _unavailable(self, error: Exception) -> None:
         if self.last_error is None:  # said once per outage, not on every retry
