@@ -171,3 +171,34 @@ def test_an_unexpected_error_in_the_writer_thread_is_shown_and_the_thread_goes_o
     finally:
         up.set()
         writer.stop(2)
+
+
+def test_a_full_queue_drops_and_counts_rows_without_blocking_and_keeps_the_rest_in_order(tmp_path):
+    """The in-memory queue is bounded: past ``capacity`` a submitted row is dropped at once, counted
+    and reported (``on_drop``), never waited for; what was queued is written in submission order,
+    in batches of at most ``batch`` rows, and ``pending`` counts a batch the thread holds."""
+    entered, release, batches, lost = threading.Event(), threading.Event(), [], []
+
+    def write(rows):
+        entered.set()
+        release.wait(5)  # the database is slow: the first batch stays in the writer's hands
+        batches.append(list(rows))
+
+    writer = DurableWriter("test", write, Spool(tmp_path / "spool", LIMIT), encode=list, decode=tuple, capacity=4,
+                           batch=3, linger=0, on_drop=lambda count, reason: lost.append((count, reason)))
+    started = time.perf_counter()
+    for i in range(6):  # not started yet: nothing is taken, the queue fills up
+        writer.submit((i,))
+    assert time.perf_counter() - started < 0.5
+    assert writer.health()["queued"] == 4 and writer.health()["dropped"] == 2
+    assert lost == [(1, "in-memory queue full")] * 2
+    writer.start()
+    try:
+        assert entered.wait(5)
+        assert writer.pending() == 4  # three in the writer's hands, one queued
+        release.set()
+        assert writer.flush(5)
+        assert batches == [[(0,), (1,), (2,)], [(3,)]] and writer.health()["written"] == 4
+    finally:
+        release.set()
+        writer.stop(2)
