@@ -20,6 +20,7 @@ from smc_assets.common import checked, image_markdown, inline_chart, number_or_r
 from smc_assets.features import features
 from smc_assets.labels import HorizonConfig, labels
 from smc_core.dataset import TrainingData, load_training_data
+from smc_core.evaluation.importance import FeatureImportance, importance_chart, importance_markdown
 from smc_core.evaluation.metrics import comparison_markdown
 from smc_core.features import CATALOGUE
 from smc_core.model import BackboneConfig, TrainConfig, reliability_diagram, save_package
@@ -28,7 +29,7 @@ from smc_core.model.backbone import check_checkpoint
 from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
 from smc_core.provenance import code_revision
-from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, log_pyfunc_model, register_package
+from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dict
 from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
 
@@ -101,10 +102,16 @@ class LoraModelConfig(TrainingConfig):
                                                              "(the slowest one: it trains as long as LoRA does).")
     train_stride: int = Field(default=1, description="Train on every k-th window (neighbours share all but one bar; "
                                                      "2-3 costs little signal and divides the training time).")
+    importance_windows: int = Field(default=RunConfig.importance_windows,
+                                    description="Validation windows (evenly spaced) the permutation importance is "
+                                                "measured on; 0: not measured.")
+    importance_repeats: int = Field(default=RunConfig.importance_repeats,
+                                    description="Shuffles per feature in the permutation importance.")
 
     def run_config(self) -> RunConfig:
         return RunConfig(sequence_length=self.sequence_length, valid_fraction=self.valid_fraction,
-                         train_stride=self.train_stride,
+                         train_stride=self.train_stride, importance_windows=self.importance_windows,
+                         importance_repeats=self.importance_repeats,
                          embargo=pd.Timedelta(minutes=self.embargo_minutes), threshold=self.threshold,
                          baselines=(("scratch",) if self.scratch_baseline else ()) + ("lightgbm",) if self.baselines
                          else (),
@@ -171,6 +178,8 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
     mlflow.log_metrics({"temperature": calibration.temperature, "ece_before": calibration.ece_raw,
                         "ece_after": calibration.ece, "nll_before": calibration.nll_raw, "nll_after": calibration.nll})
 
+    importance = _log_importance(mlflow, run)
+
     artifact_uri = f"{mlflow.get_artifact_uri()}/{PACKAGE_ARTIFACT}"
     version = register_package(run_id, artifact_uri, alias=None, tags={"dagster_run_id": context.run.run_id})
     try:
@@ -187,6 +196,11 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
             for diagram in diagrams:
                 mlflow.log_artifact(str(diagram), "calibration")
             images = image_markdown(*diagrams)
+            if run.importance is not None:
+                chart = importance_chart(run.importance, Path(scratch) / "permutation.png",
+                                         f"{MODEL_NAME} v{version}: permutation importance (top 20)")
+                mlflow.log_artifact(str(chart), IMPORTANCE_ARTIFACT)
+                importance["feature_importance_chart"] = MetadataValue.md(image_markdown(chart))
         mlflow.tracking_client.set_registered_model_alias(MODEL_NAME, "challenger", version)
         mlflow.set_tag("mlflow.runName", f"lora {context.resources.landing.timeframe} {horizon.split('_')[0]} · "
                                          f"{trigger_of(context)} · v{version}")
@@ -218,6 +232,7 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
         "reliability_chart": MetadataValue.md(images),
         "history": MetadataValue.md(_history_markdown(run.histories)),
         "split": MetadataValue.json(run.facts),
+        **importance,
         "best_epoch": run.result.best_epoch,
         "trainable_parameters": run.result.n_trainable,
         "windows_per_second": run.result.windows_per_second,
@@ -225,6 +240,30 @@ def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> Mater
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+IMPORTANCE_ARTIFACT = "feature_importance"
+"""The run's artifact folder of importances: ``permutation.json`` (the LoRA model, on validation
+windows), ``lightgbm_gain.json`` (the baseline) and the chart."""
+
+
+def _log_importance(mlflow, run) -> dict:
+    """Log the run's importances to MLflow (JSON artifacts, one ``importance.<feature>`` metric each,
+    so runs compare in MLflow's UI) and describe them beside the champion's: the metadata entries."""
+    champion = alias_version("champion")
+    label = f"the champion (v{champion})" if champion else "the champion"
+    metadata = {}
+    for kind, importance, key in (("permutation", run.importance, "feature_importance"),
+                                  ("lightgbm_gain", run.lightgbm_importance, "lightgbm_gain")):
+        if importance is None:
+            continue
+        mlflow.log_dict(importance.as_dict(), f"{IMPORTANCE_ARTIFACT}/{kind}.json")
+        previous = run_dict(champion, f"{IMPORTANCE_ARTIFACT}/{kind}.json") if champion else None
+        metadata[key] = MetadataValue.md(importance_markdown(
+            importance, None if previous is None else FeatureImportance.from_dict(previous), label))
+    if run.importance is not None:
+        mlflow.log_metrics({f"importance.{name}": value for name, value, _ in run.importance.ranked()})
+    return metadata
+
 
 def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optional[str]) -> TrainingData:
     db = context.resources.database.database()

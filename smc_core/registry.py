@@ -119,6 +119,18 @@ def alias_version(alias: str, *, name: str = MODEL_NAME) -> str | None:
         return None
 
 
+def run_dict(version: str, artifact_path: str, *, name: str = MODEL_NAME) -> dict | None:
+    """A JSON artifact of the run that made ``name`` version ``version`` (None when that run did not
+    log it, e.g. a model trained before it was logged)."""
+    import mlflow
+
+    run_id = mlflow.MlflowClient().get_model_version(name, version).run_id
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_path}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
 def package_path(version: str, *, name: str = MODEL_NAME) -> Path:
     """A local directory holding the package of ``name`` version ``version``."""
     import mlflow

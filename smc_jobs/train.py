@@ -65,7 +65,7 @@ def train_package(request: TrainRequest) -> dict:
             raise SmcError(f"no stored {request.timeframe} features of feature set {CATALOGUE.version}: ingest "
                            "bars and materialize the features partitions first")
         span = (pd.Timestamp("1970-01-01", tz="UTC"), pd.Timestamp.now(tz="UTC"))
-        run_config = RunConfig(baselines=(), train=TrainConfig(
+        run_config = RunConfig(baselines=(), importance_windows=0, train=TrainConfig(  # measured by lora_model
             epochs=request.epochs, batch_size=request.batch_size, seed=request.seed, threads=request.threads,
             lora_dropout=request.lora_dropout))
         length = run_config.sequence_length

@@ -124,6 +124,19 @@ def test_metadata_shows_calibration_and_baselines_side_by_side(pipeline):
     assert 0 <= meta["ece_after"] <= 1 and meta["temperature"] > 0
     assert meta["split"]["windows_valid"] > 0 and meta["split"]["purged"] >= 0
     assert "| lora | 1 |" in meta["history"] and "| scratch | 1 |" in meta["history"]
+    # which features carry the model (permutation on validation windows) and the baseline (gain)
+    assert meta["feature_importance"].startswith("| rank | feature | rise in validation log loss |")
+    assert "No earlier model's importance to compare with (the champion)." in meta["feature_importance"]
+    assert meta["lightgbm_gain"].startswith("| rank | feature | total gain |")
+    assert meta["feature_importance_chart"].count("data:image/png;base64,") == 1
+    run = mlflow.MlflowClient().get_run(meta["mlflow_run_id"])
+    logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/feature_importance/permutation.json")
+    assert len(logged["features"]) == len(CATALOGUE.names) and logged["method"] == "permutation"
+    top = logged["features"][0]
+    assert run.data.metrics[f"importance.{top['name']}"] == pytest.approx(top["value"])
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "feature_importance")} == {
+        "feature_importance/permutation.json", "feature_importance/lightgbm_gain.json",
+        "feature_importance/permutation.png"}
 
 
 def test_a_second_run_moves_the_challenger_alias(pipeline):
@@ -140,6 +153,7 @@ def test_a_second_run_moves_the_challenger_alias(pipeline):
     ("lora_model", {"symbols": ["NQ"]}, "no feature rows for NQ"),
     ("lora_model", {"start": "2024-03-05T15:00:00", "end": "2024-03-05T17:00:00"}, "too little data for the split"),
     ("lora_model", {"start": "yesterday-ish"}, "start 'yesterday-ish' is not an ISO date or time"),
+    ("lora_model", {"importance_repeats": 0}, "importance_repeats >= 1 (got 0)"),
 ])
 def test_bad_input_fails_the_run_with_a_clear_message_before_training(pipeline, asset, config, message):
     job = "base_model_job" if asset == "base_model" else "train_job"

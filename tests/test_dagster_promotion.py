@@ -151,9 +151,15 @@ def test_passing_gates_promote_and_a_second_model_keeps_the_first_as_previous(pi
     assert packed.info.labels["model_version"] == first
     load_package(Path(packed.path_of("package")))  # what the Bento's service loads: verified, nothing extra
 
-    assert pipeline.run("train_job", "lora_model", {"epochs": 1, "baselines": False}).success
+    trained = pipeline.run("train_job", "lora_model", {"epochs": 1, "baselines": False})
+    assert trained.success
     second = alias_version("challenger")
     assert second != first
+    # its feature importance beside the champion's: ranks then and now, what rose and what fell
+    importance = next(e.materialization.metadata for e in trained.get_asset_materialization_events()
+                      if e.asset_key.to_user_string() == "lora_model")["feature_importance"].value
+    assert f"| rank in the champion (v{first}) |" in importance
+    assert f"**rose** since the champion (v{first}): " in importance and f"**fell** since the champion (v{first}): " in importance
     result = pipeline.run("promotion_job", "challenger_evaluation", PERMISSIVE)
     assert result.success
     versus = next(e for e in result.get_asset_check_evaluations() if e.check_name == "versus_champion")

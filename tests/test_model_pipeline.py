@@ -96,3 +96,23 @@ def test_too_little_data_and_single_class_are_refused_before_training():
                              data.symbols, 20)
     with pytest.raises(ModelError, match="single class.*after a 80%/20% time split"):
         split_for_training(one_class, RunConfig())
+
+
+def test_permutation_importance_is_measured_on_the_calibrated_model(runs):
+    """Every feature is measured, on validation windows only; measured on all of them the unshuffled
+    loss is the calibrated validation log loss."""
+    from smc_core.model.encoding import encode, windows
+    from smc_core.model.pipeline import _finite_rows, validation_importance
+
+    data, _, run = runs["smc"]
+    importance = run.importance
+    assert sorted(importance.names) == sorted(run.spec.feature_names)
+    assert importance.windows == min(RUN.importance_windows, len(run.valid_y)) and importance.repeats == 2
+    numeric, categorical = encode(_finite_rows(data.rows), run.spec)
+    valid = (*windows(numeric, categorical, data.ends[run.split.test], run.spec.sequence_length), run.valid_y)
+    everything = validation_importance(run.model, run.spec, valid, run.calibration.temperature,
+                                       RunConfig(importance_windows=len(run.valid_y), importance_repeats=1))
+    assert everything.baseline_loss == pytest.approx(run.calibration.nll, abs=1e-5)
+    assert np.isfinite(importance.values).all()
+    name, rise, spread = importance.ranked()[0]  # the model leans on something, well above the shuffles' scatter
+    assert rise > 0.005 and rise > 3 * spread, importance.ranked()[:5]

@@ -110,7 +110,8 @@ def train_fold(data: TrainingData, split: Split, number: int, folds: int, catalo
     past = _subset(data, split.train)
     report = _staged(progress, number, folds)
     base = pretrain_base(past, catalogue, base_config, progress=report)
-    run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",)), progress=report)
+    run = train_lora_run(past, base, catalogue, replace(run_config, baselines=("lightgbm",), importance_windows=0),
+                         progress=report)  # a fold's model is scored, not kept: no importance
     probabilities = predict_samples(run.model, run.spec, run.calibration.temperature, data, split.test,
                                     threads=run_config.train.threads)
     baseline = run.lightgbm.predict_proba(data.rows[data.ends[split.test]])

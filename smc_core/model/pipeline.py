@@ -26,6 +26,7 @@ import torch
 
 from smc_core.dataset import TrainingData
 from smc_core.evaluation.baselines import inverse_frequency_weights, train_lightgbm
+from smc_core.evaluation.importance import FeatureImportance, gain_importance, permutation_importance
 from smc_core.evaluation.metrics import classification_report
 from smc_core.evaluation.splits import Split, holdout_split
 from smc_core.features import FeatureCatalogue
@@ -78,6 +79,10 @@ class RunConfig:
     stride of 2-3 costs little signal and halves or thirds the training time."""
     baselines: tuple[str, ...] = ("scratch", "lightgbm")
     """Baselines trained on the same split: the from-scratch transformer and/or LightGBM."""
+    importance_windows: int = 512
+    """Validation windows (evenly spaced) the permutation importance is measured on; 0: not measured."""
+    importance_repeats: int = 2
+    """Shuffles per feature; the importance is their mean rise in loss, the spread their std."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -126,6 +131,10 @@ class LoraRun:
     facts: dict
     """Sizes and time ranges of the split, for metadata and lineage."""
     lightgbm: LightGBMBaseline | None = None
+    importance: FeatureImportance | None = None
+    """The LoRA model's permutation importance on validation windows (``importance_windows``)."""
+    lightgbm_importance: FeatureImportance | None = None
+    """The LightGBM baseline's gain per feature."""
 
 
 def pretrain_base(data: TrainingData, catalogue: FeatureCatalogue, config: BaseConfig | None = None,
@@ -215,6 +224,9 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     L = config.sequence_length
     if config.train_stride < 1:
         raise ModelError(f"train_stride must be >= 1, got {config.train_stride}")
+    if config.importance_windows < 0 or (config.importance_windows and config.importance_repeats < 1):
+        raise ModelError(f"importance_windows must be >= 0 (got {config.importance_windows}) and importance_repeats "
+                         f">= 1 (got {config.importance_repeats})")
     strided = split.train[::config.train_stride]
     train_ends, valid_ends = data.ends[strided], data.ends[split.test]
     y_train, y_valid = data.y[strided], data.y[split.test]
@@ -230,11 +242,16 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     calibration = _calibrate(_logits(result.model, valid, config.train), y_valid, result.class_weights)
     add_logit_offsets(result.model, calibration.offsets)
     reports = {"lora": classification_report(calibration.probs, y_valid, config.threshold)}
+    importance = None
+    if config.importance_windows:
+        if progress is not None:
+            progress({"stage": "importance"})
+        importance = validation_importance(result.model, spec, valid, calibration.temperature, config)
 
     unknown = set(config.baselines) - {"scratch", "lightgbm"}
     if unknown:
         raise ModelError(f"unknown baseline(s) {sorted(unknown)}: choose from 'scratch', 'lightgbm'")
-    lightgbm = None
+    lightgbm = lightgbm_importance = None
     if "scratch" in config.baselines:
         scratch = train_from_scratch(spec, train, valid, config.train, backbone_config=base.backbone_config,
                                      progress=_recorder("scratch", histories, progress))
@@ -249,6 +266,7 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
                              inverse_frequency_weights(y_train, len(LABELS)))
         reports["lightgbm"] = classification_report(boosted.probs, y_valid, config.threshold)
         lightgbm = LightGBMBaseline(booster, boosted)
+        lightgbm_importance = gain_importance(booster, list(spec.feature_names))
     prior = np.bincount(y_train, minlength=len(LABELS)) / len(y_train)
     reports["prior"] = classification_report(np.tile(prior, (len(y_valid), 1)), y_valid, config.threshold)
 
@@ -268,7 +286,28 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     }
     return LoraRun(model=result.model, spec=spec, backbone_config=base.backbone_config, result=result,
                    calibration=calibration, reports=reports, histories=histories, split=split, valid_y=y_valid,
-                   reference=data.rows[sample], facts=facts, lightgbm=lightgbm)
+                   reference=data.rows[sample], facts=facts, lightgbm=lightgbm, importance=importance,
+                   lightgbm_importance=lightgbm_importance)
+
+
+def validation_importance(model: BarClassifier, spec: EncoderSpec, valid: tuple, temperature: float,
+                          config: RunConfig) -> FeatureImportance:
+    """Permutation importance of a calibrated model (offsets folded in, ``temperature``) on up to
+    ``config.importance_windows`` evenly spaced validation windows, in its validation log loss."""
+    numeric, categorical, y = valid
+    take = np.unique(np.linspace(0, len(y) - 1, min(config.importance_windows, len(y))).round().astype(np.int64))
+    numeric, categorical = np.array(numeric[take].numpy()), np.array(categorical[take].numpy())
+    y = np.asarray(y)[take]
+
+    def loss(numeric_windows: np.ndarray, categorical_windows: np.ndarray) -> float:
+        with torch.no_grad(), pinned_threads(config.train.threads):
+            logits = batched_logits(model, numeric_windows, categorical_windows).numpy()
+        return nll(logits, y, temperature)
+
+    names = spec.feature_names
+    return permutation_importance(loss, numeric, categorical, [names[i] for i in spec.numeric_indices],
+                                  [names[i] for i in spec.categorical_indices], repeats=config.importance_repeats,
+                                  seed=config.train.seed)
 
 
 # --- internals -------------------------------------------------------------------------
@@ -339,7 +378,8 @@ def train_small_package(path, bars: dict, *, epochs: int = 1, lineage: dict | No
     catalogue = catalogue or CATALOGUE
     data, _ = from_bars(bars, Horizon(), RunConfig().sequence_length)
     base = pretrain_base(data, catalogue, BaseConfig(train=TrainConfig(epochs=epochs)))
-    run = train_lora_run(data, base, catalogue, RunConfig(baselines=(), train=TrainConfig(epochs=epochs)))
+    run = train_lora_run(data, base, catalogue, RunConfig(baselines=(), importance_windows=0,  # a helper's model
+                                                          train=TrainConfig(epochs=epochs)))
     return save_package(path, run.model, run.spec, run.backbone_config, run.calibration.temperature,
                         lineage or {"model_version": "local", "data": {**run.facts, "horizon": Horizon().name,
                                                                        "symbols": sorted(bars), "timeframe": timeframe}},
