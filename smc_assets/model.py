@@ -298,7 +298,7 @@ def _progress(context: AssetExecutionContext, mlflow=None):
     def report(event: dict) -> None:
         stage = event["stage"]
         if "epoch" not in event:
-            context.log.info(f"{stage}: training")
+            context.log.info(event.get("message", f"{stage}: training"))
             return
         valid = event["valid_loss"]
         context.log.info(f"{stage} epoch {event['epoch']}: train loss {event['train_loss']:.4f}, "

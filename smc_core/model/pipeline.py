@@ -245,7 +245,9 @@ def train_lora_run(data: TrainingData, base: PretrainedBase, catalogue: FeatureC
     importance = None
     if config.importance_windows:
         if progress is not None:
-            progress({"stage": "importance"})
+            progress({"stage": "importance", "message": f"permutation importance: {len(spec.feature_names)} features "
+                                                         f"× {config.importance_repeats} shuffles on up to "
+                                                         f"{config.importance_windows} validation windows"})
         importance = validation_importance(result.model, spec, valid, calibration.temperature, config)
 
     unknown = set(config.baselines) - {"scratch", "lightgbm"}
