@@ -29,7 +29,7 @@ from smc_core.model.backbone import check_checkpoint
 from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
 from smc_core.provenance import code_revision
-from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dict
+from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dicts
 from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
 
@@ -249,15 +249,15 @@ windows), ``lightgbm_gain.json`` (the baseline) and the chart."""
 def _log_importance(mlflow, run) -> dict:
     """Log the run's importances to MLflow (JSON artifacts, one ``importance.<feature>`` metric each,
     so runs compare in MLflow's UI) and describe them beside the champion's: the metadata entries."""
+    measured = [(f"{IMPORTANCE_ARTIFACT}/{kind}.json", importance, key) for kind, importance, key in (
+        ("permutation", run.importance, "feature_importance"),
+        ("lightgbm_gain", run.lightgbm_importance, "lightgbm_gain")) if importance is not None]
     champion = alias_version("champion")
     label = f"the champion (v{champion})" if champion else "the champion"
+    previous_ones = run_dicts(champion, *(path for path, _, _ in measured)) if champion else [None] * len(measured)
     metadata = {}
-    for kind, importance, key in (("permutation", run.importance, "feature_importance"),
-                                  ("lightgbm_gain", run.lightgbm_importance, "lightgbm_gain")):
-        if importance is None:
-            continue
-        mlflow.log_dict(importance.as_dict(), f"{IMPORTANCE_ARTIFACT}/{kind}.json")
-        previous = run_dict(champion, f"{IMPORTANCE_ARTIFACT}/{kind}.json") if champion else None
+    for (path, importance, key), previous in zip(measured, previous_ones):
+        mlflow.log_dict(importance.as_dict(), path)
         metadata[key] = MetadataValue.md(importance_markdown(
             importance, None if previous is None else FeatureImportance.from_dict(previous), label))
     if run.importance is not None:

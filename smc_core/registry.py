@@ -119,16 +119,19 @@ def alias_version(alias: str, *, name: str = MODEL_NAME) -> str | None:
         return None
 
 
-def run_dict(version: str, artifact_path: str, *, name: str = MODEL_NAME) -> dict | None:
-    """A JSON artifact of the run that made ``name`` version ``version`` (None when that run did not
-    log it, e.g. a model trained before it was logged)."""
+def run_dicts(version: str, *artifact_paths: str, name: str = MODEL_NAME) -> list[dict | None]:
+    """JSON artifacts of the run that made ``name`` version ``version``, in order (None for one that
+    run did not log, e.g. a model trained before it was logged)."""
     import mlflow
 
     run_id = mlflow.MlflowClient().get_model_version(name, version).run_id
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_path}")
-    except (mlflow.exceptions.MlflowException, OSError):
-        return None
+    found = []
+    for path in artifact_paths:
+        try:
+            found.append(mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}"))
+        except (mlflow.exceptions.MlflowException, OSError):
+            found.append(None)
+    return found
 
 
 def package_path(version: str, *, name: str = MODEL_NAME) -> Path:

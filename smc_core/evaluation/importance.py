@@ -99,6 +99,7 @@ class Change:
     rank: int
     previous_rank: int | None
     value: float
+    spread: float
     previous_value: float | None
 
     @property
@@ -113,9 +114,9 @@ def changes(current: FeatureImportance, previous: FeatureImportance | None) -> l
     before = {} if previous is None else {name: (rank, value) for rank, (name, value, _)
                                           in enumerate(previous.ranked(), start=1)}
     listed = []
-    for rank, (name, value, _) in enumerate(current.ranked(), start=1):
+    for rank, (name, value, spread) in enumerate(current.ranked(), start=1):
         previous_rank, previous_value = before.get(name, (None, None))
-        listed.append(Change(name, rank, previous_rank, value, previous_value))
+        listed.append(Change(name, rank, previous_rank, value, spread, previous_value))
     return listed
 
 
@@ -131,9 +132,9 @@ def importance_markdown(current: FeatureImportance, previous: FeatureImportance 
     """The top features with their rank change, then the biggest risers and fallers."""
     unit = "rise in validation log loss" if current.method == "permutation" else "total gain"
     lines = [f"| rank | feature | {unit} | ± | rank in {previous_label} |", "|---:|---|---:|---:|---:|"]
-    for change, (_, _, spread) in zip(changes(current, previous)[:top], current.ranked()):
+    for change in changes(current, previous)[:top]:
         was = "new" if change.previous_rank is None else f"{change.previous_rank} ({_signed(change.moved)})"
-        lines.append(f"| {change.rank} | {change.name} | {change.value:.5f} | {spread:.5f} | {was} |")
+        lines.append(f"| {change.rank} | {change.name} | {change.value:.5f} | {change.spread:.5f} | {was} |")
     if previous is not None:
         moved = movers(current, previous)
         for direction in ("rose", "fell"):

@@ -298,7 +298,7 @@ def validation_importance(model: BarClassifier, spec: EncoderSpec, valid: tuple,
     ``config.importance_windows`` evenly spaced validation windows, in its validation log loss."""
     numeric, categorical, y = valid
     take = np.unique(np.linspace(0, len(y) - 1, min(config.importance_windows, len(y))).round().astype(np.int64))
-    numeric, categorical = np.array(numeric[take].numpy()), np.array(categorical[take].numpy())
+    numeric, categorical = numeric[take].numpy(), categorical[take].numpy()  # indexing copies: shuffled in place
     y = np.asarray(y)[take]
 
     def loss(numeric_windows: np.ndarray, categorical_windows: np.ndarray) -> float:
