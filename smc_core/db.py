@@ -167,6 +167,17 @@ class DirectConnection:
             self.close()
             raise
 
+    @contextmanager
+    def outside_transaction(self) -> Iterator[psycopg.Connection]:
+        """The connection in autocommit, for statements that refuse a transaction block."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url(), autocommit=True, **self._options)
+        try:
+            yield self._conn
+        except BaseException:
+            self.close()
+            raise
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -31,6 +31,10 @@ class BarFileError(SmcError):
         super().__init__(f"{where}: {problem}")
 
 
+class ResampleRefreshError(SmcError):
+    """Bars were stored, but the resampled timeframes built from them could not be refreshed."""
+
+
 class RejectedRowsError(SmcError):
     """A file has rows that failed validation; nothing was written."""
 

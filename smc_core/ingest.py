@@ -27,7 +27,7 @@ import psycopg
 
 from smc_core.bars import VALUE_COLUMNS, ParsedBars, Rejection, read_bar_file
 from smc_core.db import Database
-from smc_core.errors import BarFileError, ConfigError, RejectedRowsError
+from smc_core.errors import BarFileError, ConfigError, RejectedRowsError, ResampleRefreshError
 from smc_core.instruments import instrument
 from smc_core.timeframe import is_daily, parse_timeframe
 
@@ -160,13 +160,50 @@ def write_logged(db: Database, *, source: str, sha256: str | None, fmt: str, sym
                           rows_updated = %s, rows_unchanged = %s, rows_rejected = %s WHERE id = %s""",
                 (first_ts, last_ts, counts.inserted, counts.updated, counts.unchanged, len(rejections), ingest_id),
             )
-        return IngestReport(ingest_id, source, symbol, timeframe, fmt, rows_read, counts.inserted, counts.updated,
-                            counts.unchanged, list(rejections), first_ts, last_ts)
     except Exception as error:
         log_error(db, error, "failed", source=source, sha256=sha256, fmt=fmt, symbol=symbol, timeframe=timeframe,
                    frame=frame, rows_read=rows_read, rejections=rejections, skip_invalid=skip_invalid,
                    dagster_run_id=dagster_run_id, partition_key=partition_key)
         raise
+    # Stored and logged: a failed refresh must not log the ingest as failed. Ingesting the file
+    # again refreshes again (unchanged rows included), so the error says to do that.
+    try:
+        with db.connection() as conn:
+            refresh_resampled(conn, timeframe, first_ts, last_ts)
+    except Exception as error:
+        raise ResampleRefreshError(f"{source}: the bars were stored (ingest {ingest_id}) but the resampled "
+                                   f"timeframes could not be refreshed: {str(error).strip()}; ingest the file "
+                                   "again to retry") from error
+    return IngestReport(ingest_id, source, symbol, timeframe, fmt, rows_read, counts.inserted, counts.updated,
+                        counts.unchanged, list(rejections), first_ts, last_ts)
+
+
+def refresh_resampled(conn: psycopg.Connection, timeframe: str, first_ts, last_ts) -> int:
+    """Make the resampled bars (``bars_5m`` … ``bars_1h``) show bars of ``timeframe`` just stored
+    with close times in [first_ts, last_ts]; call it after their transaction committed.
+
+    Why: on TimescaleDB a bucket is materialized once, and real-time aggregation adds raw rows
+    only above the last materialized bucket, so bars written into an older bucket stay unseen
+    until that bucket is refreshed. Which aggregates, over which windows, is decided in SQL
+    (``smc_resampled_refresh_windows``): none on the native engine, whose views need nothing.
+    Returns the number of aggregates refreshed."""
+    if first_ts is None or last_ts is None:
+        return 0
+    windows = conn.execute("SELECT aggregate, window_start, window_end FROM smc_resampled_refresh_windows(%s, %s, %s)",
+                           (timeframe, first_ts, last_ts)).fetchall()
+    if not windows:
+        return 0
+    autocommit = conn.autocommit
+    if not autocommit:  # refresh_continuous_aggregate refuses to run inside a transaction block
+        conn.commit()
+        conn.autocommit = True
+    try:
+        for aggregate, start, end in windows:
+            conn.execute("CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, %s::timestamptz)",
+                         (aggregate, start, end))
+    finally:
+        conn.autocommit = autocommit
+    return len(windows)
 
 
 def log_unsuccessful(db: Database, status: str, error: str, *, source: str, symbol: str, timeframe: str,

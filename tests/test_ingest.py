@@ -14,7 +14,7 @@ import pytest
 from smc_core.db import Database
 from smc_core.errors import BarFileError, RejectedRowsError
 from smc_core.ingest import file_sha256, ingest_file, write_logged
-from smc_core.migrations import migrate
+from smc_core.migrations import migrate, storage_mode
 from smc_core.settings import Settings
 from smc_core.synthetic import SyntheticConfig, generate_bars, write_ninjatrader, write_synthetic
 
@@ -263,6 +263,71 @@ def test_resampled_views_use_close_time_labels(database, tmp_path):
         ("2024-03-05T15:35:00+00:00", 131, 136, 130, 135.5, 165, 5),
         ("2024-03-05T15:40:00+00:00", 136, 141, 135, 140.5, 190, 5),
     ]
+
+
+def _resampled_5m(db, symbol):
+    with db.connection() as conn:
+        return conn.execute("SELECT ts, open, high, low, close, volume, bar_count FROM bars_5m WHERE symbol = %s "
+                            "ORDER BY ts", (symbol,)).fetchall()
+
+
+def test_resampled_bars_follow_a_corrected_file_at_once(database, tmp_path):
+    """A file that corrects bars already aggregated shows in the resampled timeframe the moment
+    the ingest returns: on TimescaleDB that needs the refresh of the touched buckets (a
+    materialized bucket is not re-read by real-time aggregation); native views need nothing."""
+    first = tmp_path / "RC.txt"
+    first.write_text("".join(f"20240305 09{m:02d}00;100;101;99;100.5;10\n" for m in range(31, 41)))
+    ingest_file(database, first, "RC", "1m", tz="America/Chicago")
+    assert [row[4] for row in _resampled_5m(database, "RC")] == [100.5, 100.5]
+    if storage_mode(database) == "timescaledb":  # as if the refresh policy had run: both buckets materialized
+        with database.connection() as conn:
+            conn.autocommit = True
+            conn.execute("CALL refresh_continuous_aggregate('bars_5m_agg', NULL, NULL)")
+            conn.autocommit = False
+    corrected = tmp_path / "RC-corrected.txt"
+    corrected.write_text("20240305 093300;100;103;99;102.5;10\n20240305 093500;100;101;97;99.5;10\n")
+    report = ingest_file(database, corrected, "RC", "1m", tz="America/Chicago")
+    assert report.rows_updated == 2
+    got = _resampled_5m(database, "RC")
+    assert [(g[2], g[3], g[4]) for g in got] == [(103, 97, 99.5), (101, 99, 100.5)]
+
+
+def test_refresh_windows_cover_every_touched_bucket_on_timescaledb_and_none_natively(database):
+    mode = storage_mode(database)
+    first, last = pd.Timestamp("2024-03-05 15:33", tz="UTC"), pd.Timestamp("2024-03-05 16:02", tz="UTC")
+    with database.connection() as conn:
+        windows = conn.execute("SELECT aggregate, window_start, window_end FROM "
+                               "smc_resampled_refresh_windows('1m', %s, %s) ORDER BY aggregate", (first, last)).fetchall()
+        other = conn.execute("SELECT count(*) FROM smc_resampled_refresh_windows('5m', %s, %s)",
+                             (first, last)).fetchone()[0]
+    assert other == 0  # the aggregates read 1-minute bars only
+    if mode == "native":
+        assert windows == []
+        return
+    widths = {"bars_15m_agg": pd.Timedelta("15min"), "bars_1h_agg": pd.Timedelta("1h"), "bars_5m_agg": pd.Timedelta("5min")}
+    assert [w[0] for w in windows] == sorted(widths)
+    for aggregate, start, end in windows:
+        width = widths[aggregate]
+        # the bucket holding `first` starts after start, the one holding `last` ends before end
+        assert pd.Timestamp(start) <= first - width + pd.Timedelta("1us") and pd.Timestamp(end) >= last + width - pd.Timedelta("1us")
+
+
+def test_timescaledb_aggregates_are_real_time_with_bounded_refresh_policies(database):
+    if storage_mode(database) != "timescaledb":
+        pytest.skip("TimescaleDB is not installed on this server; the native views are always current")
+    with database.connection() as conn:
+        realtime = dict(conn.execute(
+            "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates "
+            "WHERE view_name IN ('bars_5m_agg', 'bars_15m_agg', 'bars_1h_agg')").fetchall())
+        policies = conn.execute(
+            "SELECT hypertable_name, config FROM timescaledb_information.jobs j "
+            "JOIN timescaledb_information.continuous_aggregates c "
+            "  ON c.materialization_hypertable_name = j.hypertable_name "
+            "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' "
+            "  AND c.view_name IN ('bars_5m_agg', 'bars_15m_agg', 'bars_1h_agg')").fetchall()
+    assert realtime == {"bars_5m_agg": False, "bars_15m_agg": False, "bars_1h_agg": False}
+    assert len(policies) == 3
+    assert all(config.get("start_offset") not in (None, "") for _, config in policies), policies
 
 
 def test_embedded_server_is_the_default_without_database_url(tmp_path):

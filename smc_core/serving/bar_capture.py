@@ -24,7 +24,7 @@ import pandas as pd
 import psycopg
 
 from smc_core.db import Database
-from smc_core.ingest import LiveCounts, write_live_bars
+from smc_core.ingest import LiveCounts, refresh_resampled, write_live_bars
 from smc_core.serving.prediction_log import WRITE_TIMEOUT_S, direct_connection, permanent
 from smc_core.serving.spool import DurableWriter, Spool
 
@@ -138,6 +138,11 @@ def bar_writer(database, spool: Spool, stats: CaptureStats,
     def write(rows: list[LiveBar]) -> None:
         with connection.transaction() as conn:
             counts = store_live_bars(conn, rows)
+        with connection.outside_transaction() as conn:  # committed: now the resampled timeframes can see them
+            for timeframe in {row.timeframe for row in rows}:
+                stamps = [row.ts for row in rows if row.timeframe == timeframe]
+                refresh_resampled(conn, timeframe, pd.Timestamp(min(stamps), tz="UTC"),
+                                  pd.Timestamp(max(stamps), tz="UTC"))
         stats.inserted += counts.inserted
         stats.unchanged += counts.unchanged
         stats.conflicting += counts.conflicting

@@ -28,7 +28,7 @@ import pandas as pd
 from smc_core.ab_test import CHALLENGER_ARM, CHAMPION_ARM, SHADOW_ARM, arm_bucket
 from smc_core.errors import ConfigError, SmcError
 from smc_core.features import CATALOGUE
-from smc_core.ingest import check_symbol, write_live_bars
+from smc_core.ingest import check_symbol, refresh_resampled, write_live_bars
 from smc_core.policy import PolicyConfig
 from smc_core.serving.bar_capture import BarBook, CaptureStats, LiveBar, bar_values, bar_writer, load_recent
 from smc_core.serving.engine import (BACKENDS, AliasFollower, LoadedModel, ModelSlot, Prepared, answer, forward,
@@ -444,6 +444,14 @@ class Runtime:
             log.warning("POST /bars: database unavailable: %s", error)
             raise RequestError(503, "database unavailable; nothing was stored, send the bars again",
                                {"reason": type(error).__name__}) from None
+        try:
+            with self._db().connection(timeout=WRITE_TIMEOUT_S) as conn:
+                refresh_resampled(conn, timeframe, parsed.frame["ts"].iloc[0], parsed.frame["ts"].iloc[-1])
+        except Exception as error:
+            log.warning("POST /bars: bars stored, resampled timeframes not refreshed: %s", error)
+            raise RequestError(503, "the bars were stored but the resampled timeframes were not refreshed; "
+                               "send the bars again (stored ones come back unchanged)",
+                               {"reason": type(error).__name__, "ingest_id": counts.ingest_id}) from None
         frame = parsed.frame
         self.book.observe(symbol, timeframe, pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8,
                        bar_values(*(frame[c].to_numpy() for c in ("open", "high", "low", "close", "volume",
