@@ -42,15 +42,17 @@ def partitions_of(context) -> list[tuple[str, date]]:
     return sorted((split_bar_partition_key(key) for key in context.partition_keys), key=lambda k: (k[1], k[0]))
 
 
-def read_once(db, landing, partitions: list[tuple[str, date]], *, history: int = 0, future: int = 0) -> dict:
-    """Each symbol's bars for all its ``partitions`` (``SessionBars``: what ``load_session_bars``
-    gives per day, read in three queries per symbol instead of three per day)."""
+def read_once(db, landing, partitions: list[tuple[str, date]], *, history: int = 0, future: int = 0,
+              timeframe: str | None = None, resampled: bool = False) -> dict:
+    """Each symbol's bars of ``timeframe`` (default: the landing's) for all its ``partitions``
+    (``SessionBars``: what ``load_session_bars`` gives per day, read in three queries per symbol
+    instead of three per day); ``resampled``: the database's resampling of the 1-minute bars."""
     from smc_core.store import SessionBars
 
     symbols = sorted({symbol for symbol, _ in partitions})
-    return {symbol: SessionBars(db, symbol, landing.timeframe, checked(lambda: landing.calendar(symbol)),
+    return {symbol: SessionBars(db, symbol, timeframe or landing.timeframe, checked(lambda: landing.calendar(symbol)),
                                 [day for s, day in partitions if s == symbol], include_outside=landing.include_outside,
-                                history=history, future=future) for symbol in symbols}
+                                history=history, future=future, resampled=resampled) for symbol in symbols}
 
 
 class PartitionLog:
@@ -84,12 +86,8 @@ def combined(results: list[tuple[str, MaterializeResult]], additive: tuple[str, 
     metadata = {"partitions": len(results), "first_partition": results[0][0], "last_partition": results[-1][0]}
     for name in additive:
         metadata[name] = sum(int(_plain(result.metadata.get(name, 0))) for _, result in results)
-    by_check: dict[str, list[tuple[str, AssetCheckResult]]] = {}
-    for key, result in results:
-        for check in result.check_results or ():
-            by_check.setdefault(check.check_name, []).append((key, check))
     checks = []
-    for name, entries in by_check.items():
+    for name, entries in _checks_by_name(results).items():
         failed = [(key, check) for key, check in entries if not check.passed]
         listed = [{"partition": key, "description": check.description,
                    **{k: _plain(v) for k, v in (check.metadata or {}).items()}} for key, check in failed[:_LISTED_FAILURES]]
@@ -100,6 +98,40 @@ def combined(results: list[tuple[str, MaterializeResult]], additive: tuple[str, 
             metadata={"partitions_checked": len(entries), "partitions_failed": len(failed),
                       "failed_partitions": MetadataValue.json(listed)}))
     return MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def per_timeframe(results: list[tuple[str, MaterializeResult]]) -> MaterializeResult:
+    """One partition's result over its timeframes (``results``: timeframe and its result, the data's
+    own timeframe first): the first timeframe's metadata as it is, each other's under
+    ``"<name> (<timeframe>)"``; each check passes when it passed on every timeframe."""
+    if len(results) == 1:
+        return results[0][1]
+
+    def suffixed(entries, timeframe, first):
+        return {(name if first else f"{name} ({timeframe})"): value for name, value in (entries or {}).items()}
+
+    metadata = {}
+    for i, (timeframe, result) in enumerate(results):
+        metadata.update(suffixed(result.metadata, timeframe, i == 0))
+    checks = []
+    for name, entries in _checks_by_name(results).items():
+        check_metadata = {}
+        for i, (timeframe, check) in enumerate(entries):
+            check_metadata.update(suffixed(check.metadata, timeframe, i == 0))
+        described = [f"{timeframe}: {check.description}" for timeframe, check in entries if check.description]
+        checks.append(AssetCheckResult(check_name=name, passed=all(check.passed for _, check in entries),
+                                       severity=entries[0][1].severity, description="; ".join(described) or None,
+                                       metadata=check_metadata))
+    return MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _checks_by_name(results: list[tuple[str, MaterializeResult]]) -> dict[str, list[tuple[str, AssetCheckResult]]]:
+    """Each check's results, with the key (partition or timeframe) of the result they came from."""
+    by_check: dict[str, list[tuple[str, AssetCheckResult]]] = {}
+    for key, result in results:
+        for check in result.check_results or ():
+            by_check.setdefault(check.check_name, []).append((key, check))
+    return by_check
 
 
 def _plain(value):

@@ -1,4 +1,5 @@
-"""The ``features`` asset: point-in-time SMC and technical features per symbol × trading day.
+"""The ``features`` asset: point-in-time SMC and technical features per symbol × trading day, for
+the data's timeframe and each resampled one (``landing.resampled``: 5m … 1h from 1-minute bars).
 
 A partition reads its day's bars plus the tail of the previous partition (the longest
 lookback minus one bar), so computing day by day gives exactly the values of computing
@@ -26,7 +27,7 @@ from smc_assets.bars import bars
 from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE, compute_features
-from smc_assets.common import PartitionLog, combined, partitions_of, read_once
+from smc_assets.common import PartitionLog, checked, combined, partitions_of, per_timeframe, read_once
 from smc_core.store import SessionBars, no_session_bars, write_features
 
 SPOT_CHECKS = 25
@@ -53,31 +54,39 @@ def features(context: AssetExecutionContext, database: DatabaseResource, landing
     db = database.database()
     partitions = partitions_of(context)
     log = PartitionLog(context, len(partitions))
-    bars_of = read_once(db, landing, partitions, history=CATALOGUE.max_lookback - 1)
-    days = [(f"{day}|{symbol}", *_features_day(log, db, landing, symbol, day, bars_of[symbol]))
-            for symbol, day in partitions]
-    result = combined([(key, day_result) for key, day_result, _ in days], additive=("rows",))
-    rows = [day_rows for _, _, day_rows in days if len(day_rows)]
+    timeframes = checked(lambda: landing.timeframes)
+    done = {}  # (symbol, day) → [(timeframe, result, rows)], the data's timeframe first
+    for timeframe, resampled in timeframes:
+        bars_of = read_once(db, landing, partitions, history=CATALOGUE.max_lookback - 1, timeframe=timeframe,
+                            resampled=resampled)
+        for symbol, day in partitions:
+            done.setdefault((symbol, day), []).append(
+                (timeframe, *_features_day(log, db, landing, timeframe, symbol, day, bars_of[symbol])))
+    result = combined([(f"{day}|{symbol}", per_timeframe([(timeframe, day_result) for timeframe, day_result, _ in each]))
+                       for (symbol, day), each in done.items()],
+                      additive=("rows", *(f"rows ({timeframe})" for timeframe, _ in timeframes[1:])))
+    rows = [each[0][2] for each in done.values() if len(each[0][2])]
     summary = {"summary": MetadataValue.md(_summary_table(pd.concat(rows)))} if rows else {}
     return MaterializeResult(metadata={**result.metadata, "features": len(CATALOGUE.names),
-                                       "feature_set": CATALOGUE.version, **summary},
+                                       "feature_set": CATALOGUE.version,
+                                       "timeframes": ", ".join(timeframe for timeframe, _ in timeframes), **summary},
                              check_results=result.check_results)
 
 
-def _features_day(log: PartitionLog, db, landing: LandingResource, symbol: str, day, session_bars: SessionBars
-                  ) -> tuple[MaterializeResult, pd.DataFrame]:
-    """One partition's feature rows written and checked: its result and the rows (none without a
-    session)."""
+def _features_day(log: PartitionLog, db, landing: LandingResource, timeframe: str, symbol: str, day,
+                  session_bars: SessionBars) -> tuple[MaterializeResult, pd.DataFrame]:
+    """One partition's feature rows of one timeframe written and checked: its result and the rows
+    (none without a session)."""
     calendar = session_bars.calendar
     first, end = calendar.partition_bounds(day)
     window, in_day = session_bars.of(day)
     if not in_day.any():
         if calendar.is_trading_day(day):
-            raise Failure(description=f"no bars to compute features from for {symbol} on {day}: "
+            raise Failure(description=f"no {timeframe} bars to compute features from for {symbol} on {day}: "
                                       + no_session_bars(db, symbol, landing.timeframe, day, calendar))
         no_rows = pd.DataFrame(columns=CATALOGUE.names, index=pd.DatetimeIndex([], tz="UTC", name="ts"),
                                dtype="float64")
-        write_features(db, symbol, landing.timeframe, no_rows, CATALOGUE, first, end)
+        write_features(db, symbol, timeframe, no_rows, CATALOGUE, first, end)
         log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
         return MaterializeResult(
             metadata={"rows": 0, "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
@@ -86,13 +95,13 @@ def _features_day(log: PartitionLog, db, landing: LandingResource, symbol: str, 
                                                                                        "causality_spot_check")]
         ), no_rows
     if len(window) < CATALOGUE.max_lookback:  # the first days of the data: every row is still warming up
-        log.info(f"{len(window)} bars of {symbol} stored up to {day}, features need {CATALOGUE.max_lookback} "
+        log.info(f"{len(window)} {timeframe} bars of {symbol} stored up to {day}, features need {CATALOGUE.max_lookback} "
                  "(the longest lookback): the day's rows are warm-up rows (NaN)")
         computed = pd.DataFrame(np.nan, index=pd.DatetimeIndex(window["ts"], name="ts"), columns=CATALOGUE.names)
     else:
         computed = compute_features(window, calendar=calendar)
     rows = computed[in_day]
-    written = write_features(db, symbol, landing.timeframe, rows, CATALOGUE, first, end)
+    written = write_features(db, symbol, timeframe, rows, CATALOGUE, first, end)
 
     lookbacks = np.array([s.lookback for s in CATALOGUE.specs])
     position = np.arange(len(window))[in_day][:, None]
@@ -106,7 +115,7 @@ def _features_day(log: PartitionLog, db, landing: LandingResource, symbol: str, 
         worst = {CATALOGUE.names[i]: int(per_feature[i]) for i in np.argsort(-per_feature)[:5] if per_feature[i]}
 
     mismatches, sampled = _spot_check(window, computed, in_day, symbol, day, calendar)
-    log.info(f"{symbol} {day}: {written} feature rows ({len(CATALOGUE.names)} features, "
+    log.info(f"{symbol} {day} {timeframe}: {written} feature rows ({len(CATALOGUE.names)} features, "
              f"set {CATALOGUE.version}); causality spot check {sampled - mismatches}/{sampled} identical")
     return MaterializeResult(
         metadata={"rows": written, "history_bars": int((~in_day).sum())},

@@ -1,4 +1,5 @@
-"""The ``labels`` asset: triple-barrier outcomes per symbol × trading day, one set per horizon.
+"""The ``labels`` asset: triple-barrier outcomes per symbol × trading day, one set per horizon and
+timeframe (the data's and each resampled one; a horizon counts bars of its timeframe).
 
 Labels are the one place that reads the future. Each keeps ``t1``, the close time of the
 bar at which its outcome became known, so training can purge and embargo around it.
@@ -26,11 +27,11 @@ from smc_assets.features import features
 from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.features import CATALOGUE
-from smc_assets.common import PartitionLog, combined, partitions_of, read_once
+from smc_assets.common import PartitionLog, checked, combined, partitions_of, per_timeframe, read_once
 from smc_core.labels import (LABELS, SESSION_END_WARNING, Horizon, horizon_fit, label_counts, session_end_share,
                              triple_barrier)
 from smc_core.store import SessionBars, no_session_bars, read_features, write_labels
-from smc_core.timeframe import is_daily
+from smc_core.timeframe import is_daily, parse_timeframe
 
 
 class HorizonConfig(Config):
@@ -71,37 +72,44 @@ def labels(context: AssetExecutionContext, config: LabelsConfig, database: Datab
     partitions = partitions_of(context)
     log = PartitionLog(context, len(partitions))
     longest = max(h.bars for h in config.horizons)
-    # a daily position is held from session to session, so its outcome needs the bars after the day
-    bars_of = read_once(db, landing, partitions, future=longest if is_daily(landing.width()) else 0)
-    return combined([(f"{day}|{symbol}", _labels_day(log, config, db, landing, symbol, day, bars_of[symbol]))
-                     for symbol, day in partitions], additive=("bars",))
+    timeframes = checked(lambda: landing.timeframes)
+    done = {}  # (symbol, day) → [(timeframe, result)], the data's timeframe first
+    for timeframe, resampled in timeframes:
+        # a daily position is held from session to session, so its outcome needs the bars after the day
+        bars_of = read_once(db, landing, partitions, future=longest if is_daily(parse_timeframe(timeframe)) else 0,
+                            timeframe=timeframe, resampled=resampled)
+        for symbol, day in partitions:
+            done.setdefault((symbol, day), []).append(
+                (timeframe, _labels_day(log, config, db, landing, timeframe, symbol, day, bars_of[symbol])))
+    return combined([(f"{day}|{symbol}", per_timeframe(each)) for (symbol, day), each in done.items()],
+                    additive=("bars", *(f"bars ({timeframe})" for timeframe, _ in timeframes[1:])))
 
 
-def _labels_day(log: PartitionLog, config: LabelsConfig, db, landing: LandingResource, symbol: str,
+def _labels_day(log: PartitionLog, config: LabelsConfig, db, landing: LandingResource, timeframe: str, symbol: str,
                 day, session_bars: SessionBars) -> MaterializeResult:
     calendar = session_bars.calendar
-    width = landing.width()
+    width = parse_timeframe(timeframe)
     first, end = calendar.partition_bounds(day)
     daily = is_daily(width)
     longest = max(h.bars for h in config.horizons)
     frame, mine = session_bars.of(day)
     if not mine.any():
         if calendar.is_trading_day(day):
-            raise Failure(description=f"no bars to label for {symbol} on {day}: "
+            raise Failure(description=f"no {timeframe} bars to label for {symbol} on {day}: "
                                       + no_session_bars(db, symbol, landing.timeframe, day, calendar))
         for horizon_config in config.horizons:
-            write_labels(db, symbol, landing.timeframe, horizon_config.horizon().name, frame.iloc[:0][["ts"]].assign(
+            write_labels(db, symbol, timeframe, horizon_config.horizon().name, frame.iloc[:0][["ts"]].assign(
                 label=[], t1=[], ret=[], barrier=[]), first, end)
         log.info(f"{symbol} {day}: no session on the {calendar.name} calendar (weekend or holiday)")
         return MaterializeResult(
             metadata={"bars": 0, "session": f"none ({day:%A}: weekend or holiday on the {calendar.name} calendar)"},
             check_results=[AssetCheckResult(check_name=name, passed=True, severity=AssetCheckSeverity.WARN)
                            for name in ("labels_resolved", "horizon_fits_session")])
-    atr = read_features(db, symbol, landing.timeframe, first, end, CATALOGUE)["atr"]
+    atr = read_features(db, symbol, timeframe, first, end, CATALOGUE)["atr"]
     own = frame[mine]
     if len(atr) != len(own) or not atr.index.equals(pd.DatetimeIndex(own["ts"])):
-        raise Failure(description=f"{len(atr)} feature rows for {len(own)} bars of {symbol} on {day}: "
-                                  "materialize the features partition first")
+        raise Failure(description=f"{len(atr)} {timeframe} feature rows for {len(own)} {timeframe} bars of {symbol} "
+                                  f"on {day}: materialize the features partition first")
     frame = frame.assign(atr=atr.reindex(pd.DatetimeIndex(frame["ts"])).to_numpy(),
                          session=calendar.position_sessions(frame["ts"], width))
     if daily:  # over once the bars the longest horizon needs are stored
@@ -114,7 +122,7 @@ def _labels_day(log: PartitionLog, config: LabelsConfig, db, landing: LandingRes
     for horizon_config in config.horizons:
         horizon = horizon_config.horizon()
         result = triple_barrier(frame, horizon, last_session_complete=session_over and not daily)[mine]
-        write_labels(db, symbol, landing.timeframe, horizon.name,
+        write_labels(db, symbol, timeframe, horizon.name,
                      pd.concat([own[["ts"]], result], axis=1), first, end)
         counts = label_counts(result)
         balance[horizon.name] = counts
@@ -124,8 +132,8 @@ def _labels_day(log: PartitionLog, config: LabelsConfig, db, landing: LandingRes
         warning = horizon_fit(horizon, bars_per_session, shares[horizon.name])
         if warning:
             warnings.append(warning)
-            log.warning(f"{symbol} {day}: {warning}")
-        log.info(f"{symbol} {day} {horizon.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            log.warning(f"{symbol} {day} {timeframe}: {warning}")
+        log.info(f"{symbol} {day} {timeframe} {horizon.name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     return MaterializeResult(
         metadata={

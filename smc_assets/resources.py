@@ -15,7 +15,7 @@ from smc_core.instruments import Instrument, instrument
 from smc_core.db import Database, shared_database
 from smc_core.migrations import migrate
 from smc_core.registry import TrackingConfig, configure
-from smc_core.settings import OUT_OF_SESSION_CHOICES, Settings
+from smc_core.settings import OUT_OF_SESSION_CHOICES, Settings, resampled_timeframes
 from smc_core.timeframe import parse_timeframe
 
 _migrated: set[str] = set()
@@ -47,6 +47,11 @@ class LandingResource(ConfigurableResource):
 
     path: str = Field(default=str(_SETTINGS.landing_dir), description="Landing folder (absolute path; SMC_LANDING_DIR).")
     timeframe: str = Field(default=_SETTINGS.timeframe, description="Bar timeframe of the data (SMC_TIMEFRAME).")
+    resampled: Optional[str] = Field(
+        default=_SETTINGS.resampled,
+        description="Higher timeframes (5m, 15m, 1h, comma-separated) that features and labels are also computed "
+                    "for, from the database's resampling of the 1-minute bars (SMC_RESAMPLED); empty: none; unset: "
+                    "5m on 1-minute data, none otherwise.")
     timezone: Optional[str] = Field(
         default=None, description="Zone of naive timestamps in files; empty: each symbol's, from the instruments file.")
     skip_invalid: bool = Field(
@@ -81,6 +86,13 @@ class LandingResource(ConfigurableResource):
 
     def width(self):
         return parse_timeframe(self.timeframe)
+
+    @property
+    def timeframes(self) -> list[tuple[str, bool]]:
+        """Every timeframe the lineage computes, with whether the database resamples it: the
+        base timeframe of the data first, then the resampled ones."""
+        resampled = resampled_timeframes(self.timeframe, self.resampled, "landing.resampled")
+        return [(self.timeframe, False), *((timeframe, True) for timeframe in resampled)]
 
 
 class ModelStoreResource(ConfigurableResource):

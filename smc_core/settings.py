@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smc_core.calendar import zone
 from smc_core.errors import ConfigError
-from smc_core.timeframe import parse_timeframe
+from smc_core.timeframe import RESAMPLED_FROM_1M, parse_timeframe
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Settings:
     log_level: str
     timeframe: str = "1m"
     """Bar timeframe of the data the assets, sensors and commands work on (SMC_TIMEFRAME)."""
+    resampled: str | None = None
+    """Higher timeframes (5m, 15m, 1h, comma-separated) the lineage also computes features and
+    labels for, from the database's resampling of the 1-minute bars (SMC_RESAMPLED); None: the
+    default of ``resampled_timeframes``."""
     instruments_file: Path | None = None
     """Your instrument specifications, merged over the built-in ones (SMC_INSTRUMENTS)."""
     out_of_session: str = "exclude"
@@ -62,6 +66,8 @@ class Settings:
         landing = Path(env.get("SMC_LANDING_DIR", str(home / "landing"))).expanduser().resolve()
         timeframe = env.get("SMC_TIMEFRAME") or cls.timeframe
         parse_timeframe(timeframe)
+        resampled = env.get("SMC_RESAMPLED")
+        resampled_timeframes(timeframe, resampled, "SMC_RESAMPLED")
         out_of_session = (env.get("SMC_OUT_OF_SESSION") or cls.out_of_session).lower()
         if out_of_session not in OUT_OF_SESSION_CHOICES:
             raise ConfigError(f"SMC_OUT_OF_SESSION={out_of_session!r} is not one of {', '.join(OUT_OF_SESSION_CHOICES)}")
@@ -74,12 +80,29 @@ class Settings:
             partition_end=end,
             log_level=level,
             timeframe=timeframe,
+            resampled=resampled,
             instruments_file=Path(env.get("SMC_INSTRUMENTS") or home / "instruments.toml").expanduser().resolve(),
             out_of_session=out_of_session,
         )
 
 
 OUT_OF_SESSION_CHOICES = ("exclude", "include", "fail")
+
+
+def resampled_timeframes(base: str, value: str | None, name: str) -> tuple[str, ...]:
+    """The resampled timeframes of ``value`` (a comma list; None: the default, 5m on 1-minute data
+    and none otherwise), checked: the database resamples 1-minute bars only."""
+    if value is None:
+        return ("5m",) if base == "1m" else ()
+    chosen = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in RESAMPLED_FROM_1M]
+    if unknown:
+        raise ConfigError(f"{name}={','.join(chosen)}: {', '.join(unknown)} cannot be resampled; the database "
+                          f"resamples 1-minute bars to {', '.join(RESAMPLED_FROM_1M)}")
+    if chosen and base != "1m":
+        raise ConfigError(f"{name}={','.join(chosen)} needs 1-minute bars, but the base timeframe is {base}: "
+                          f"set {name}= (empty) or SMC_TIMEFRAME=1m")
+    return chosen
 
 HOME_SETTINGS = "settings.env"
 

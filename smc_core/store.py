@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from smc_core.db import Database, redact
+from smc_core.errors import ConfigError
+from smc_core.timeframe import RESAMPLED_FROM_1M
 
 if TYPE_CHECKING:  # the bar layer must not import the feature code
     from smc_core.calendar import SessionCalendar
@@ -23,28 +25,46 @@ BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "delta"]
 LABEL_COLUMNS = ["label", "t1", "ret", "barrier"]
 
 
+def bar_source(symbol: str, timeframe: str, resampled: bool = False) -> tuple[str, tuple]:
+    """The FROM … WHERE of one bar series and its parameters: stored bars of ``timeframe``, or,
+    ``resampled``, the database's resampling of the 1-minute bars (``bars_5m`` … ``bars_1h``:
+    views, or real-time continuous aggregates on TimescaleDB; sql/004, sql/015).
+
+    A resampled bar is known at its close, once every 1-minute bar of its bucket is: so the
+    bucket still filling (its close after the newest stored 1-minute bar) is left out, and
+    nothing of an unfinished bar reaches a feature."""
+    if not resampled:
+        return "bars WHERE symbol = %s AND timeframe = %s", (symbol, timeframe)
+    if timeframe not in RESAMPLED_FROM_1M:
+        raise ConfigError(f"timeframe {timeframe} is not resampled in the database: use one of "
+                          f"{', '.join(RESAMPLED_FROM_1M)}")
+    return (f"bars_{timeframe} WHERE symbol = %s AND ts <= "
+            "(SELECT max(ts) FROM bars WHERE symbol = %s AND timeframe = '1m')"), (symbol, symbol)
+
+
 def load_bars(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
-              *, history: int = 0) -> pd.DataFrame:
+              *, history: int = 0, resampled: bool = False) -> pd.DataFrame:
     """Bars with close in (start, end], preceded by up to ``history`` earlier bars (the
-    tail a lookback needs), oldest first; ``delta`` is NaN where the data had none."""
+    tail a lookback needs), oldest first; ``delta`` is NaN where the data had none.
+    ``resampled``: the series the database resamples from 1-minute bars (``bar_source``)."""
+    source, params = bar_source(symbol, timeframe, resampled)
     with db.connection() as conn:
         rows = conn.execute(
-            """SELECT ts, open, high, low, close, volume, delta FROM bars
-               WHERE symbol = %s AND timeframe = %s AND ts > %s AND ts <= %s ORDER BY ts""",
-            (symbol, timeframe, start, end),
+            f"SELECT ts, open, high, low, close, volume, delta FROM {source} AND ts > %s AND ts <= %s ORDER BY ts",
+            (*params, start, end),
         ).fetchall()
         earlier = []
         if history > 0:
             earlier = conn.execute(
-                """SELECT ts, open, high, low, close, volume, delta FROM bars
-                   WHERE symbol = %s AND timeframe = %s AND ts <= %s ORDER BY ts DESC LIMIT %s""",
-                (symbol, timeframe, start, history),
+                f"SELECT ts, open, high, low, close, volume, delta FROM {source} AND ts <= %s ORDER BY ts DESC LIMIT %s",
+                (*params, start, history),
             ).fetchall()[::-1]
     return _frame(earlier + rows)
 
 
 def load_session_bars(db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar", day, *,
-                      include_outside: bool, history: int = 0, future: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+                      include_outside: bool, history: int = 0, future: int = 0,
+                      resampled: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
     """The bars trading day ``day``'s partition computes on, oldest first, and which of them are the
     day's own: its session's bars (with ``include_outside``, also the bars outside every session
     that lead into it), preceded by ``history`` and followed by ``future`` bars of the same kind.
@@ -54,7 +74,7 @@ def load_session_bars(db: Database, symbol: str, timeframe: str, calendar: "Sess
     feature's lookback either.
     """
     return SessionBars(db, symbol, timeframe, calendar, [day], include_outside=include_outside, history=history,
-                       future=future).of(day)
+                       future=future, resampled=resampled).of(day)
 
 
 class SessionBars:
@@ -63,13 +83,14 @@ class SessionBars:
     (a run over a range of partitions reads its bars once)."""
 
     def __init__(self, db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar", days, *,
-                 include_outside: bool, history: int = 0, future: int = 0):
+                 include_outside: bool, history: int = 0, future: int = 0, resampled: bool = False):
         self.calendar, self.include_outside, self.history, self.future = calendar, include_outside, history, future
         bounds = [self._bounds(day) for day in days]
         start, end = min(b[0] for b in bounds), max(b[1] for b in bounds)
-        own = _kept(load_bars(db, symbol, timeframe, start, end), calendar, include_outside)
-        before = _neighbours(db, symbol, timeframe, calendar, start, history, include_outside, "before")
-        after = _neighbours(db, symbol, timeframe, calendar, end, future, include_outside, "after")
+        source = bar_source(symbol, timeframe, resampled)
+        own = _kept(load_bars(db, symbol, timeframe, start, end, resampled=resampled), calendar, include_outside)
+        before = _neighbours(db, source, calendar, start, history, include_outside, "before")
+        after = _neighbours(db, source, calendar, end, future, include_outside, "after")
         self.bars = pd.concat([before, own, after], ignore_index=True) if len(before) or len(after) else own
         self._ns = pd.DatetimeIndex(self.bars["ts"]).as_unit("ns").asi8
 
@@ -95,17 +116,19 @@ def _kept(frame: pd.DataFrame, calendar: "SessionCalendar", include_outside: boo
     return frame[calendar.in_session(frame["ts"])].reset_index(drop=True)
 
 
-def _neighbours(db: Database, symbol: str, timeframe: str, calendar: "SessionCalendar", edge: pd.Timestamp,
+def _neighbours(db: Database, source: tuple[str, tuple], calendar: "SessionCalendar", edge: pd.Timestamp,
                 count: int, include_outside: bool, side: str) -> pd.DataFrame:
-    """Up to ``count`` kept bars just before (ts <= edge) or after (ts > edge) ``edge``."""
+    """Up to ``count`` kept bars of ``source`` (``bar_source``) just before (ts <= edge) or after
+    (ts > edge) ``edge``."""
     if count <= 0:
         return _frame([])
-    query = ("SELECT ts, open, high, low, close, volume, delta FROM bars WHERE symbol = %s AND timeframe = %s "
+    where, params = source
+    query = (f"SELECT ts, open, high, low, close, volume, delta FROM {where} "
              + ("AND ts <= %s ORDER BY ts DESC" if side == "before" else "AND ts > %s ORDER BY ts") + " LIMIT %s")
     fetch = count
     while True:
         with db.connection() as conn:
-            rows = conn.execute(query, (symbol, timeframe, edge, fetch)).fetchall()
+            rows = conn.execute(query, (*params, edge, fetch)).fetchall()
         frame = _frame(rows[::-1] if side == "before" else rows)
         kept = _kept(frame, calendar, include_outside)
         if len(kept) >= count or len(rows) < fetch:  # enough, or nothing more is stored

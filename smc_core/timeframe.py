@@ -10,6 +10,9 @@ import numpy as np
 from smc_core.errors import ConfigError
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+RESAMPLED_FROM_1M = ("5m", "15m", "1h")
+"""Timeframes the database resamples from 1-minute bars (``bars_5m`` … ``bars_1h``, sql/004)."""
 _PATTERN = re.compile(r"^([1-9][0-9]*)([smhd])$")
 
 

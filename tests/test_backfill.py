@@ -55,8 +55,10 @@ def test_a_ranged_backfill_stores_what_a_run_per_day_stores(home, database):
     assert "4 of 4 partition(s) materialized, 0 failed (1 run(s))" in ranged.stdout
 
     with database.connection() as conn:
-        counts = dict(conn.execute("SELECT symbol, count(*) FROM features GROUP BY symbol").fetchall())
-    assert counts["ES"] == counts["MES"] == 4 * 1380
+        counts = dict(conn.execute("SELECT symbol || ' ' || timeframe, count(*) FROM features "
+                                   "GROUP BY symbol, timeframe").fetchall())
+    assert counts["ES 1m"] == counts["MES 1m"] == 4 * 1380
+    assert counts["ES 5m"] == counts["MES 5m"] == 4 * 276  # resampled in the database: SMC_RESAMPLED's default
     assert rows_differing(database, "features", "ts, timeframe, feature_set, values", "ES", "MES") == 0
     assert rows_differing(database, "labels", "ts, timeframe, horizon, label, t1, ret, barrier", "ES", "MES") == 0
 
@@ -89,6 +91,8 @@ def test_a_failing_day_inside_a_range_is_named_and_the_other_days_are_kept(home,
     assert len(failed) == 1 and re.match(r"failed 2024-03-05\|MNQ \(run \w+-.*\): .*no bars for MNQ on 2024-03-05",
                                          failed[0]), failed
     with database.connection() as conn:
-        featured = conn.execute("SELECT count(*) FROM features WHERE symbol = 'MNQ'").fetchone()[0]
-        labelled = conn.execute("SELECT count(*) FROM labels WHERE symbol = 'MNQ'").fetchone()[0]
+        featured = conn.execute("SELECT count(*) FROM features WHERE symbol = 'MNQ' AND timeframe = '1m'"
+                                ).fetchone()[0]
+        labelled = conn.execute("SELECT count(*) FROM labels WHERE symbol = 'MNQ' AND timeframe = '1m'"
+                                ).fetchone()[0]
     assert featured == labelled == 3 * 1380

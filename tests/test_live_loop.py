@@ -154,7 +154,10 @@ def test_replayed_days_are_stored_exactly_and_the_sensor_closes_the_loop(without
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
     with database.connection() as conn:
-        assert conn.execute("SELECT count(*) FROM features WHERE symbol = 'ES'").fetchone()[0] == len(market)
+        assert conn.execute("SELECT count(*) FROM features WHERE symbol = 'ES' AND timeframe = '1m'"
+                            ).fetchone()[0] == len(market)
+        assert conn.execute("SELECT count(*) FROM features WHERE symbol = 'ES' AND timeframe = '5m'"
+                            ).fetchone()[0] == len(market) // 5
     resolve_outcomes(database, horizon=Horizon().name)
     with database.connection() as conn:
         unresolved = conn.execute(

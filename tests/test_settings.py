@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smc_core.errors import ConfigError
-from smc_core.settings import Settings, read_home_settings, write_home_settings
+from smc_core.settings import Settings, read_home_settings, resampled_timeframes, write_home_settings
 from smc_jobs.demo import DemoPlan, partition_range, record_partition_range
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +122,24 @@ def test_workers_and_tls_options_are_checked_before_bentoml_starts(tmp_path):
         ServerOptions.from_env({"SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(other_key)})  # a key of another cert
     with pytest.raises(ConfigError, match="not a PEM certificate and its private key"):
         ServerOptions.from_env({"SSL_CERTFILE": str(key), "SSL_KEYFILE": str(key)})  # a key is no certificate
+
+
+def test_resampled_timeframes_default_to_5m_on_minute_data_and_are_checked(tmp_path):
+    from smc_assets.resources import LandingResource
+
+    home = {"SMC_HOME": str(tmp_path)}
+    assert resampled_timeframes("1m", Settings.from_env(home).resampled, "SMC_RESAMPLED") == ("5m",)
+    assert resampled_timeframes("1h", None, "SMC_RESAMPLED") == ()
+    assert resampled_timeframes("1m", "15m, 1h,15m", "SMC_RESAMPLED") == ("15m", "1h")
+    assert resampled_timeframes("1m", "", "SMC_RESAMPLED") == ()
+    with pytest.raises(ConfigError, match="SMC_RESAMPLED=5m,30m: 30m cannot be resampled; the database resamples "
+                                          "1-minute bars to 5m, 15m, 1h"):
+        Settings.from_env({**home, "SMC_RESAMPLED": "5m,30m"})
+    with pytest.raises(ConfigError, match="SMC_RESAMPLED=5m needs 1-minute bars, but the base timeframe is 1h"):
+        Settings.from_env({**home, "SMC_TIMEFRAME": "1h", "SMC_RESAMPLED": "5m"})
+    # a run config that changes only the timeframe gets that timeframe's default, not an error
+    assert LandingResource(path=str(tmp_path), timeframe="1h", resampled=None).timeframes == [("1h", False)]
+    assert LandingResource(path=str(tmp_path), timeframe="1m", resampled="15m").timeframes == [("1m", False),
+                                                                                               ("15m", True)]
+    with pytest.raises(ConfigError, match="landing.resampled=2m: 2m cannot be resampled"):
+        LandingResource(path=str(tmp_path), resampled="2m").timeframes
