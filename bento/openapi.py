@@ -135,9 +135,15 @@ failure (no traceback), 503 not ready, 504 over the time budget (`TIMEOUT_MS`).
 def _served(model: dict | None) -> str:
     if model is None:
         return "No model is loaded yet (`GET /model` answers 503 until one is)."
-    return (f"The served model `{model['model_version']}` takes `{model['timeframe']}` bars of "
+    text = (f"The served model `{model['model_version']}` takes `{model['timeframe']}` bars of "
             f"{', '.join(f'`{s}`' for s in model['symbols'])} and needs **{model['required_bars']} bars** in all: "
             f"`current_bar` and {model['required_bars'] - 1} `context_bars` (`GET /model` says so for any model).")
+    others = (model.get("lines") or [model])[1:]
+    if others:
+        text += (" Other model lines, chosen by `metadata.timeframe` (and `metadata.horizon`): "
+                 + "; ".join(f"`{line['model_version']}` for `{line['timeframe']}` bars ({line['horizon']}), "
+                             f"{line['required_bars']} bars" for line in others) + ".")
+    return text
 
 
 def _schemas(*models: type[BaseModel]) -> dict:
@@ -208,8 +214,9 @@ def _describe_model(schemas: dict, model: dict | None) -> None:
     if model is None:
         return
     metadata_props = schemas["Metadata"]["properties"]
-    metadata_props["timeframe"]["enum"] = [model["timeframe"]]
-    metadata_props["symbol"]["enum"] = sorted(model["symbols"])
+    lines = model.get("lines") or [model]
+    metadata_props["timeframe"]["enum"] = list(dict.fromkeys(line["timeframe"] for line in lines))
+    metadata_props["symbol"]["enum"] = sorted({symbol for line in lines for symbol in line["symbols"]})
     bars = schemas["PredictRequest"]["properties"]["context_bars"]
     bars["description"] += (f" The served model ({model['model_version']}) needs {model['required_bars']} bars in "
                             f"all: send {model['required_bars'] - 1} here.")

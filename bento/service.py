@@ -120,7 +120,7 @@ class Metrics:
                                             documentation="1 while trading is halted for the scope (a symbol, or "
                                                           "'all'): every answer for it is skip",
                                             labelnames=["scope"], multiprocess_mode="livemax")
-        self._version = None
+        self._versions: set[str] = set()
         self._halted: set[str] = set()
 
     def prediction(self, body: dict, mismatches: dict) -> None:
@@ -136,15 +136,16 @@ class Metrics:
     def bar_conflicts(self, count: int) -> None:
         self.conflicts.inc(count)
 
-    def model(self, version, reloaded) -> None:
+    def model(self, versions: list[str], reloaded) -> None:
+        """The versions served now (one per model line): 1 for each, 0 for those no longer served."""
         if reloaded is not None:
             self.reloads.labels(result="ok" if reloaded else "refused").inc()
-        if version != self._version:
-            if self._version is not None:
-                self.info.labels(version=self._version).set(0)
-            if version is not None:
-                self.info.labels(version=version).set(1)
-            self._version = version
+        current = set(versions)
+        for gone in self._versions - current:
+            self.info.labels(version=gone).set(0)
+        for version in current - self._versions:
+            self.info.labels(version=version).set(1)
+        self._versions = current
 
     def halts(self, state) -> None:
         """The kill switch's state (``smc_core.safety.HaltState``): 1 per halted scope, 0 once lifted."""
@@ -409,10 +410,12 @@ class SmcPredictor:
         model = None
         try:
             info = self.runtime.model_info()
-            model = {key: info[key] for key in ("model_version", "timeframe", "symbols", "required_bars")}
+            keys = ("model_version", "timeframe", "horizon", "symbols", "required_bars")
+            model = {key: info[key] for key in keys}
+            model["lines"] = [{key: line[key] for key in keys} for line in info["lines"]]
         except RequestError:
             pass
-        key = None if model is None else model["model_version"]
+        key = None if model is None else tuple(line["model_version"] for line in model["lines"])
         if key not in self._documents:
             settings = self.runtime.settings
             self._documents = {key: document(app, PROJECT, settings, model, settings.max_batch_size,

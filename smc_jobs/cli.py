@@ -428,9 +428,10 @@ def serve(dev: bool, from_bento: bool, host: str | None, port: int | None) -> No
     if port is not None:
         os.environ["PORT"] = str(port)
     settings = ServiceSettings.from_env()  # a bad setting fails here, with its name, before BentoML starts
-    if settings.model_path is not None and not settings.model_path.exists():
-        raise SmcError(f"MODEL_PATH={settings.model_path} does not exist: point it at a model package folder, "
-                       "or unset it to serve the registry's champion")
+    for path in settings.model_paths:
+        if not path.exists():
+            raise SmcError(f"MODEL_PATH={path} does not exist: point it at a model package folder (one per "
+                           "model line, comma-separated), or unset it to serve the registry's champion")
     _check_port_free(settings.host, settings.port)
     target = "bento.service:SmcPredictor"
     if from_bento:
@@ -470,7 +471,8 @@ def _check_port_free(host: str, port: int) -> None:
 Examples:
   smc replay --symbol ES --day 2024-01-03                          # service on 127.0.0.1:8000
   smc replay --symbol NQ --day 2024-03-05 --url http://10.0.0.5:8080 --api-key "$API_KEY"
-  smc replay --symbol ES --day 2024-01-03 --quiet > es-0103.json""")
+  smc replay --symbol ES --day 2024-01-03 --quiet > es-0103.json
+  smc replay --symbol ES --day 2024-01-03 --timeframe 5m            # the 5-minute line""")
 @click.option("--symbol", required=True, help="Symbol whose stored bars are replayed.")
 @click.option("--day", required=True, help="Trading day to replay (YYYY-MM-DD).")
 @click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
@@ -490,6 +492,7 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet:
     from smc_core.jsonable import plain
     from smc_core.instruments import instrument
     from smc_core.serving.replay import replay_stored_day
+    from smc_core.settings import resampled_timeframes
 
     check_symbol(symbol)
     trading_day = _parse_date(day, "--day")
@@ -511,9 +514,11 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet:
             shown = bars.Bar(f"replay {symbol} {trading_day}", total, on=bars.enabled(quiet))
         shown.set(done)
 
+    settings = _settings()  # a resampled timeframe (SMC_RESAMPLED) is replayed from the 1-minute bars, like its features
+    resampled = timeframe in resampled_timeframes(settings.timeframe, settings.resampled, "SMC_RESAMPLED")
     try:
         report = replay_stored_day(database, symbol, trading_day, predict, timeframe=timeframe, progress=progress,
-                                   calendar=instrument(symbol).calendar())
+                                   resampled=resampled, calendar=instrument(symbol).calendar())
     finally:
         if shown is not None:
             shown.close()

@@ -144,8 +144,9 @@ def test_replay_of_a_day_without_data_lists_the_days_that_exist(env, stored):
 def test_replay_of_an_unknown_symbol_or_timeframe_names_what_is_stored(env, stored):
     line = one_error_line(smc(env, "replay", "--symbol", "CL", "--day", "2024-01-03"))
     assert "no stored bars for symbol 'CL' in the database " in line and re.search(r"\(it holds [A-Z, ]*NQ", line)
-    line = one_error_line(smc(env, "replay", "--symbol", "NQ", "--day", "2024-01-03", "--timeframe", "5m"))
-    assert "no stored 5m bars for NQ in the database " in line and "(it holds NQ at 1m)" in line
+    # 5m is resampled from the 1-minute bars (SMC_RESAMPLED's default); 15m is neither stored nor resampled
+    line = one_error_line(smc(env, "replay", "--symbol", "NQ", "--day", "2024-01-03", "--timeframe", "15m"))
+    assert "no stored 15m bars for NQ in the database " in line and "(it holds NQ at 1m)" in line
     line = one_error_line(smc(env, "replay", "--symbol", "nq", "--day", "2024-01-03"))
     assert "symbol 'nq' is not valid" in line and "did you mean 'NQ'?" in line
     line = one_error_line(smc(env, "replay", "--symbol", "NQ", "--day", "2024-01-32"))

@@ -143,3 +143,16 @@ def test_resampled_timeframes_default_to_5m_on_minute_data_and_are_checked(tmp_p
                                                                                                ("15m", True)]
     with pytest.raises(ConfigError, match="landing.resampled=2m: 2m cannot be resampled"):
         LandingResource(path=str(tmp_path), resampled="2m").timeframes
+
+
+def test_model_lines_are_read_from_comma_separated_uris_and_paths(tmp_path):
+    from smc_core.serving.runtime import CHAMPION_URI, ServiceSettings
+
+    base = {"SMC_HOME": str(tmp_path), "SMC_DEV_MODE": "1"}
+    assert ServiceSettings.from_env(base).model_uris == (CHAMPION_URI,)
+    two = ServiceSettings.from_env({**base, "MODEL_URI": "models:/smc-lora@champion, models:/smc-lora-5m-h15@champion"})
+    assert two.model_uris == ("models:/smc-lora@champion", "models:/smc-lora-5m-h15@champion")
+    paths = ServiceSettings.from_env({**base, "MODEL_PATH": f"{tmp_path / 'a'},{tmp_path / 'b'},"}).model_paths
+    assert paths == (tmp_path / "a", tmp_path / "b")
+    with pytest.raises(ConfigError, match="MODEL_URI 'smc-lora-5m' must look like models:/<name>@<alias>"):
+        ServiceSettings.from_env({**base, "MODEL_URI": "models:/smc-lora@champion,smc-lora-5m"})

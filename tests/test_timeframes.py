@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
-from serving_setup import Server, request_for
+from serving_setup import KEY, Server, request_for
 
 from smc_assets.bars import bars
 from smc_assets.features import features
@@ -21,6 +21,7 @@ from smc_core.calendar import CME_EQUITY
 from smc_core.features import CATALOGUE, compute_features
 from smc_core.ingest import write_live_bars
 from smc_core.model.pipeline import train_small_package
+from smc_core.serving.replay import replay_stored_day
 from smc_core.store import load_bars, read_features
 from smc_core.synthetic import Instrument, SyntheticConfig, generate_bars, write_synthetic
 
@@ -63,9 +64,11 @@ def test_a_bar_by_bar_replay_of_one_minute_bars_rewrites_no_resampled_reading(da
 DAYS = [date(2024, 3, 5), date(2024, 3, 6), date(2024, 3, 7)]
 
 
-@pytest.mark.slow  # a trained model and a server; the data layer it reads is repeated on the embedded server above
-def test_the_service_serving_a_five_minute_model_recomputes_the_stored_features_bit_for_bit(database,
-                                                                                            tmp_path_factory):
+@pytest.mark.slow  # trained models and a server; the data layer it reads is repeated on the embedded server above
+def test_one_service_serves_a_line_per_timeframe_with_the_stored_features_bit_for_bit(database, tmp_path_factory):
+    """Two model lines in one process (MODEL_PATH lists a 1-minute and a 5-minute package): each
+    request goes to the line of its metadata.timeframe, is answered by that line's model, and
+    the features it logs are exactly the ones the `features` asset stored for that timeframe."""
     landing = tmp_path_factory.mktemp("landing")
     write_synthetic(SyntheticConfig(days=len(DAYS), start=DAYS[0], instrument=Instrument(symbol="ES"), seed=8,
                                     edge="smc"), landing)
@@ -78,36 +81,71 @@ def test_the_service_serving_a_five_minute_model_recomputes_the_stored_features_
                            instance=instance).success
     first, _ = CME_EQUITY.session_bounds(DAYS[0])
     _, last = CME_EQUITY.session_bounds(DAYS[-1])
-    five = load_bars(database, "ES", "5m", first, last, resampled=True)
-    stored = read_features(database, "ES", "5m", first, last, CATALOGUE)
-    assert len(five) == len(stored) == 3 * 276
-    package = tmp_path_factory.mktemp("pkg") / "model"
-    train_small_package(package, {"ES": five}, epochs=1, timeframe="5m")
-    server = Server({"MODEL_PATH": str(package), "DATABASE_URL": database.url, "RATE_LIMIT_PER_SECOND": "1000",
-                     "RATE_LIMIT_BURST": "2000"}, tmp_path_factory.mktemp("home")).wait()
+    series = {timeframe: load_bars(database, "ES", timeframe, first, last, resampled=timeframe != "1m")
+              for timeframe in ("1m", "5m")}
+    stored = {timeframe: read_features(database, "ES", timeframe, first, last, CATALOGUE) for timeframe in series}
+    assert len(series["5m"]) == len(stored["5m"]) == 3 * 276 and len(stored["1m"]) == 3 * 1380
+    packages = tmp_path_factory.mktemp("packages")
+    for timeframe, frame in series.items():
+        train_small_package(packages / f"model-{timeframe}", {"ES": frame}, epochs=1, timeframe=timeframe)
+    server = Server({"MODEL_PATH": f"{packages / 'model-1m'},{packages / 'model-5m'}", "DATABASE_URL": database.url,
+                     "RATE_LIMIT_PER_SECOND": "1000", "RATE_LIMIT_BURST": "2000"},
+                    tmp_path_factory.mktemp("home")).wait()
     try:
-        ends = [120, 400, 700]
-        ids = []
-        for end in ends:
-            payload = request_for(five, end)
-            payload["metadata"]["timeframe"] = "5m"
-            response = server.predict(payload)
-            assert response.status_code == 200, response.text
-            ids.append(response.json()["request_id"])
-        one_minute = request_for(five, 700)  # a 1-minute request to the 5-minute model names the mismatch
-        refused = server.predict(one_minute)
-        assert refused.status_code == 422 and "5m" in refused.text, refused.text
+        described = server.client.get("/model", headers={"X-API-Key": KEY})
+        assert described.status_code == 200, described.text
+        lines = described.json()["lines"]
+        assert [(line["timeframe"], line["horizon"], line["model_version"]) for line in lines] == [
+            ("1m", "h15_u1.5_d1.5", "local/model-1m"), ("5m", "h15_u1.5_d1.5", "local/model-5m")]
+        assert [line["model_version"] for line in server.client.get("/health").json()["lines"]] == [
+            "local/model-1m", "local/model-5m"]
+        schema = server.client.get("/openapi.json").json()["components"]["schemas"]["Metadata"]["properties"]
+        assert schema["timeframe"]["enum"] == ["1m", "5m"] and "horizon" in schema
+        sent = []  # (timeframe, row, request id)
+        for timeframe, ends in (("1m", [600, 2000, 4000]), ("5m", [120, 400, 700])):
+            for end in ends:
+                payload = request_for(series[timeframe], end)
+                payload["metadata"]["timeframe"] = timeframe
+                if end == ends[-1]:
+                    payload["metadata"]["horizon"] = "h15"  # naming the line's horizon routes the same way
+                response = server.predict(payload)
+                assert response.status_code == 200, response.text
+                assert response.json()["model_version"] == f"local/model-{timeframe}"
+                sent.append((timeframe, end, response.json()["request_id"]))
+        unserved = request_for(series["5m"], 300)
+        unserved["metadata"]["timeframe"] = "15m"
+        refused = server.predict(unserved)
+        assert refused.status_code == 422
+        assert refused.json()["details"]["errors"] == [{
+            "path": "metadata.timeframe",
+            "message": "no model line serves 15m: this service serves 1m (h15_u1.5_d1.5), 5m (h15_u1.5_d1.5)"}]
+        other_horizon = request_for(series["5m"], 300)
+        other_horizon["metadata"].update(timeframe="5m", horizon="h60")
+        refused = server.predict(other_horizon)
+        assert refused.status_code == 422 and refused.json()["details"]["errors"][0]["path"] == "metadata.horizon"
+        for timeframe in ("5m", "1m"):  # a stored day, bar by bar through the service, as NinjaTrader would
+            def predict(payload: dict) -> dict:
+                response = server.predict(payload)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            report = replay_stored_day(database, "ES", DAYS[2], predict, timeframe=timeframe,
+                                       resampled=timeframe == "5m")
+            assert report.requests == (1380 if timeframe == "1m" else 276)
+            assert report.versions == {f"local/model-{timeframe}"}
+        ids = [request_id for _, _, request_id in sent]
         deadline, rows = time.monotonic() + 15, []
         while time.monotonic() < deadline and len(rows) < len(ids):
             with database.connection() as conn:
-                rows = conn.execute("SELECT request_id, ts, features FROM predictions WHERE request_id = ANY(%s)",
-                                    (ids,)).fetchall()
+                rows = conn.execute("SELECT request_id, ts, timeframe, model_version, features FROM predictions "
+                                    "WHERE request_id = ANY(%s)", (ids,)).fetchall()
             time.sleep(0.2)
     finally:
         server.stop()
     assert len(rows) == len(ids)
     by_id = {row[0]: row for row in rows}
-    for request_id, end in zip(ids, ends):
-        _, ts, served = by_id[request_id]
-        assert ts == five["ts"].iloc[end].to_pydatetime()
-        assert np.array_equal(np.array(served), stored.loc[five["ts"].iloc[end]].to_numpy(), equal_nan=True)
+    for timeframe, end, request_id in sent:
+        _, ts, logged_timeframe, version, served = by_id[request_id]
+        bar_time = series[timeframe]["ts"].iloc[end]
+        assert (ts, logged_timeframe, version) == (bar_time.to_pydatetime(), timeframe, f"local/model-{timeframe}")
+        assert np.array_equal(np.array(served), stored[timeframe].loc[bar_time].to_numpy(), equal_nan=True)

@@ -49,6 +49,9 @@ class ModelTerms:
     symbols: frozenset[str]
     """Symbols it serves: ALLOWED_SYMBOLS, else those it was trained on."""
     risk: RiskTerms
+    horizon: str | None = None
+    """The labels' horizon it was trained on (``lineage.json``), e.g. ``h15_u1.5_d1.5``: with the
+    timeframe, the model line it belongs to."""
 
     @classmethod
     def of(cls, lineage: dict, allowed_symbols: frozenset[str] | None, risk: RiskTerms) -> "ModelTerms":
@@ -60,7 +63,12 @@ class ModelTerms:
         symbols = allowed_symbols if allowed_symbols is not None else frozenset(data.get("symbols") or ())
         if not symbols:
             raise ConfigError("the package's lineage names no symbols: set ALLOWED_SYMBOLS to the symbols to serve")
-        return cls(timeframe, parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000, symbols, risk)
+        return cls(timeframe, parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000, symbols, risk,
+                   data.get("horizon"))
+
+    def has_horizon(self, asked: str) -> bool:
+        """``asked`` names this model's horizon: in full (``h15_u1.5_d1.5``) or by its bars (``h15``)."""
+        return self.horizon is not None and (asked == self.horizon or self.horizon.split("_")[0] == asked)
 
 
 @dataclass(frozen=True)

@@ -78,14 +78,16 @@ def replay(bars: pd.DataFrame, first: int, predict: Callable[[dict], dict], *, s
 
 
 def replay_stored_day(db, symbol: str, day, predict: Callable[[dict], dict], *, timeframe: str = "1m",
-                      context: int = 49, calendar: SessionCalendar = CME_EQUITY,
+                      resampled: bool = False, context: int = 49, calendar: SessionCalendar = CME_EQUITY,
                       progress: Callable[[int, int], None] | None = None) -> ReplayReport:
-    """Replay every stored bar of one trading day, with the ``context - 1`` bars before it as history."""
+    """Replay every stored bar of one trading day, with the ``context - 1`` bars before it as history;
+    ``resampled``: the database's resampling of the 1-minute bars (what the lineage computes a
+    resampled timeframe's features from), not bars stored at ``timeframe``."""
     from smc_core.errors import SmcError
     from smc_core.store import load_bars, missing_day
 
     session_open, session_close = calendar.session_bounds(day)
-    bars = load_bars(db, symbol, timeframe, session_open, session_close, history=context - 1)
+    bars = load_bars(db, symbol, timeframe, session_open, session_close, history=context - 1, resampled=resampled)
     first = max(context - 1, int((bars["ts"] <= session_open).sum()))
     if not (bars["ts"] > session_open).any():
         raise SmcError(missing_day(db, symbol, timeframe, day, calendar))

@@ -108,7 +108,12 @@ class Metadata(BaseModel):
     symbol: str = Field(min_length=1, max_length=32, description="Instrument root (e.g. ES); one the served "
                                                                  "model serves (GET /model → symbols).")
     timeframe: str = Field(min_length=1, max_length=16, description="Bar timeframe, `<number><s|m|h|d>`; must be "
-                                                                    "the served model's (GET /model → timeframe).")
+                                                                    "a served model line's (GET /model → lines); "
+                                                                    "it chooses the line.")
+    horizon: Optional[str] = Field(default=None, max_length=64,
+                                   description="With several model lines for the timeframe, which one: its label "
+                                               "horizon, `h15` or in full `h15_u1.5_d1.5` (GET /model → lines); "
+                                               "absent: the first line serving the timeframe.")
     session: Optional[str] = Field(default=None, description="Informational (e.g. RTH or ETH).")
     request_time: Optional[Time] = Field(default=None, description="When the client sent the request; "
                                                                    "informational.")

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -123,8 +123,12 @@ all the bars the model needs and REDIS_URL shares the rate limit."""
 class ServiceSettings:
     """DESIGN §7, read once at start; a bad value stops the service with its name."""
 
-    model_path: Path | None
-    model_uri: str
+    model_paths: tuple[Path, ...]
+    """MODEL_PATH: model packages served as they are, one per model line (comma-separated); empty:
+    the registry (MODEL_URI)."""
+    model_uris: tuple[str, ...]
+    """MODEL_URI: ``models:/<name>@<alias>`` of each model line served (comma-separated), each
+    followed through its aliases (champion, shadow, A/B)."""
     host: str
     port: int
     api_key: str | None
@@ -172,8 +176,9 @@ class ServiceSettings:
         env = os.environ if env is None else env
         dev = env.get("SMC_DEV_MODE", "").lower() in {"1", "true", "yes"}
         settings = cls(
-            model_path=Path(env["MODEL_PATH"]).expanduser().resolve() if env.get("MODEL_PATH") else None,
-            model_uri=env.get("MODEL_URI", CHAMPION_URI),
+            model_paths=tuple(Path(p.strip()).expanduser().resolve()
+                              for p in env.get("MODEL_PATH", "").split(",") if p.strip()),
+            model_uris=_model_uris(env.get("MODEL_URI") or CHAMPION_URI),
             host=env.get("HOST", "127.0.0.1"),
             port=env_number(env, "PORT", 8000, int, 1, 65535),
             api_key=secret(env, "API_KEY"),
@@ -215,6 +220,35 @@ class ServiceSettings:
         return settings
 
 
+class ModelLine:
+    """One model line the service serves (DESIGN §6): a (timeframe, horizon) with its own model, from
+    a package path or a registered model followed through its aliases, each in a slot of its own:
+    the champion that answers, the shadow that is logged beside it, an A/B test's challenger."""
+
+    def __init__(self, source: Path | str):
+        self.source = source
+        self.slot, self.shadow, self.ab = ModelSlot(), ModelSlot(), ModelSlot()
+        self.followers: list[AliasFollower] = []
+
+    @property
+    def registered(self) -> tuple[str, str] | None:
+        """(registered name, alias) of a registry line; None for a package path."""
+        return None if isinstance(self.source, Path) else _parse_alias_uri(self.source)
+
+    def serves(self, width_ns: int, horizon: str | None) -> bool:
+        model = self.slot.current
+        return (model is not None and model.terms.width_ns == width_ns
+                and (horizon is None or model.terms.has_horizon(horizon)))
+
+    def describe(self) -> dict:
+        model = self.slot.current
+        return {"source": str(self.source), "timeframe": model.terms.timeframe if model else None,
+                "horizon": model.terms.horizon if model else None, "model_version": model.version if model else None,
+                "shadow_version": self.shadow.current.version if self.shadow.current else None,
+                "ab_version": self.ab.current.version if self.ab.current else None,
+                "last_reload_error": self.slot.last_error}
+
+
 class Runtime:
     def __init__(self, settings: ServiceSettings, metrics=None, database=None, worker: int | None = None,
                  signal_settings: SignalSettings | None = None):
@@ -224,19 +258,16 @@ class Runtime:
         self.signals: SignalHub | None = None
         self.metrics = metrics
         self.worker = worker
-        self.slot = ModelSlot()
-        self.shadow = ModelSlot()
-        self.ab = ModelSlot()
-        """An A/B test's challenger (``ab_alias``); it answers its share of the requests."""
-        self.ab_follower: AliasFollower | None = None
+        self.lines = [ModelLine(path) for path in settings.model_paths] or [ModelLine(uri)
+                                                                           for uri in settings.model_uris]
+        """The model lines served, in the configured order; a request goes to the first whose model
+        serves its timeframe (and horizon, when it names one)."""
         self._ab_shares: dict[str, float] = {}
         self.halts = HaltSwitch(self._db, settings.halt_file, settings.halt_poll_seconds, on_change=self._halts_changed)
         self.limiter = rate_limiter(settings.rate_limit_per_second, settings.rate_limit_burst, settings.redis_url)
         self._database = database
         self._migrated = database is not None
         self._db_lock = threading.Lock()
-        self.follower: AliasFollower | None = None
-        self.shadow_follower: AliasFollower | None = None
         self.log: DurableWriter | None = None
         self.capture: DurableWriter | None = None
         self.capture_stats = CaptureStats()
@@ -263,19 +294,12 @@ class Runtime:
             self.capture = bar_writer(self._db, claim_spool(spool / "bars", limit, self.worker), self.capture_stats,
                                       on_conflict=self._conflicts, on_drop=self._lost).start()
         self.signals = SignalHub(self.signal_settings, spool, limit, on_drop=self._lost, worker=self.worker).start()
-        if self.settings.model_path is not None:
-            self.slot.replace_with(lambda: self._load_path(self.settings.model_path))
-        else:
+        if not self.settings.model_paths:
             from smc_core.registry import TrackingConfig, configure
 
             configure(TrackingConfig.from_settings(Settings.from_env()))
-            name, alias = _parse_alias_uri(self.settings.model_uri)
-            self.follower = self._follow(self.slot, name, alias, on_swap=lambda ok: self._record_model(reloaded=ok))
-            if self.settings.shadow_alias:
-                self.shadow_follower = self._follow(self.shadow, name, self.settings.shadow_alias, clear_when_unset=True)
-            if self.settings.ab_alias:
-                self.ab_follower = self._follow(self.ab, name, self.settings.ab_alias, clear_when_unset=True,
-                                                load=lambda version: self._load_ab(name, version))
+        for line in self.lines:
+            self._start_line(line)
         self._halts_changed(self.halts.state)
         self._record_model()
         self._housekeeping.start()
@@ -284,8 +308,8 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
         self.halts.stop()
-        for follower in (self.follower, self.shadow_follower, self.ab_follower):
-            if follower is not None:
+        for line in self.lines:
+            for follower in line.followers:
                 follower.stop()
         for writer in (self.log, self.capture):
             if writer is not None:
@@ -293,9 +317,36 @@ class Runtime:
         if self.signals is not None:
             self.signals.stop(5)
 
+    def _start_line(self, line: ModelLine) -> None:
+        """Load a line's package, or its registered champion, shadow and A/B challenger, and follow them."""
+        if line.registered is None:
+            line.slot.replace_with(lambda: self._load_path(line.source))
+            return
+        name, alias = line.registered
+        line.followers.append(self._follow(line.slot, name, alias, on_swap=lambda ok: self._record_model(reloaded=ok)))
+        if self.settings.shadow_alias:
+            line.followers.append(self._follow(line.shadow, name, self.settings.shadow_alias, clear_when_unset=True))
+        if self.settings.ab_alias:
+            line.followers.append(self._follow(line.ab, name, self.settings.ab_alias, clear_when_unset=True,
+                                               load=lambda version: self._load_ab(name, version)))
+
+    @property
+    def slot(self) -> ModelSlot:
+        """The first line's champion slot (the only one when one line is served)."""
+        return self.lines[0].slot
+
+    @property
+    def shadow(self) -> ModelSlot:
+        return self.lines[0].shadow
+
+    @property
+    def ab(self) -> ModelSlot:
+        return self.lines[0].ab
+
     @property
     def ready(self) -> bool:
-        return self.slot.current is not None
+        """Every configured line has a model to answer with."""
+        return all(line.slot.current is not None for line in self.lines)
 
     # --- requests ----------------------------------------------------------------------
 
@@ -312,11 +363,43 @@ class Runtime:
                                                             "burst": self.settings.rate_limit_burst})
         return key
 
-    def model(self) -> LoadedModel:
-        model = self.slot.current
+    def model(self, line: ModelLine | None = None) -> LoadedModel:
+        line = line or self.lines[0]
+        model = line.slot.current
         if model is None:
-            raise RequestError(503, "no model loaded yet", {"last_error": self.slot.last_error})
+            raise RequestError(503, "no model loaded yet", {"last_error": line.slot.last_error,
+                                                            "line": str(line.source)})
         return model
+
+    def line_for(self, payload: object) -> ModelLine:
+        """The line a /predict payload goes to: the first whose model serves its
+        ``metadata.timeframe`` (and ``metadata.horizon``: ``h15`` or the full name, when given).
+        With one line, that line: its own checks then name any mismatch."""
+        if len(self.lines) == 1:
+            return self.lines[0]
+        metadata = payload.get("metadata") if isinstance(payload, dict) else None
+        timeframe = metadata.get("timeframe") if isinstance(metadata, dict) else None
+        horizon = metadata.get("horizon") if isinstance(metadata, dict) else None
+        if not isinstance(timeframe, str):  # parse_request names what is wrong with the payload
+            return next((line for line in self.lines if line.slot.current is not None), self.lines[0])
+        if horizon is not None and not isinstance(horizon, str):
+            raise _invalid("metadata.horizon", "a label horizon such as h15 (or its full name, h15_u1.5_d1.5)")
+        try:
+            width_ns = parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000
+        except ConfigError as error:
+            raise _invalid("metadata.timeframe", str(error)) from None
+        for line in self.lines:
+            if line.serves(width_ns, horizon):
+                return line
+        waiting = [str(line.source) for line in self.lines if line.slot.current is None]
+        if waiting:
+            raise RequestError(503, "no model loaded yet", {"lines_loading": waiting})
+        served = ", ".join(f"{m.terms.timeframe} ({m.terms.horizon})" for m in (line.slot.current for line in self.lines))
+        same_timeframe = any(line.serves(width_ns, None) for line in self.lines)
+        path = "metadata.horizon" if horizon is not None and same_timeframe else "metadata.timeframe"
+        asked = f"{timeframe} ({horizon})" if horizon is not None else timeframe
+        raise RequestError(422, "request does not match the model", {"errors": [{
+            "path": path, "message": f"no model line serves {asked}: this service serves {served}"}]})
 
     def predict_payload(self, payload: object, started: float) -> dict:
         """One /predict request: its answer, or RequestError."""
@@ -327,22 +410,20 @@ class Runtime:
 
     def predict_many(self, requests: Sequence[tuple[object, float]]) -> list[dict | RequestError]:
         """Several /predict requests (payload, start time) with one forward pass per model: a
-        micro-batch. Each is checked, routed (A/B arm), its bars kept and its answer logged on its
-        own, and a refused one never fails the others; the outcomes come back in order."""
-        champion = self.slot.current
-        if champion is None:
-            return [RequestError(503, "no model loaded yet", {"last_error": self.slot.last_error})] * len(requests)
+        micro-batch. Each is checked, routed (model line, A/B arm), its bars kept and its answer
+        logged on its own, and a refused one never fails the others; the outcomes come back in order."""
         outcomes: list[dict | RequestError | None] = [None] * len(requests)
-        groups: dict[str, tuple[LoadedModel, list[tuple[int, Prepared, float, str | None]]]] = {}
+        groups: dict[str, tuple[LoadedModel, ModelLine, list[tuple[int, Prepared, float, str | None]]]] = {}
         for index, (payload, started) in enumerate(requests):
             try:
-                prepared, model, arm = self._prepare(payload, champion)
+                line = self.line_for(payload)
+                prepared, model, arm = self._prepare(payload, self.model(line), line)
             except RequestError as error:
                 outcomes[index] = error
                 continue
-            groups.setdefault(model.version, (model, []))[1].append((index, prepared, started, arm))
-        served: list[tuple[Prepared, str]] = []
-        for model, items in groups.values():
+            groups.setdefault(model.version, (model, line, []))[2].append((index, prepared, started, arm))
+        served: dict[int, tuple[ModelLine, LoadedModel, list[tuple[Prepared, str]]]] = {}
+        for model, line, items in groups.values():
             policy = self.policy(model)
             for (index, prepared, started, arm), probabilities in zip(
                     items, _forward(model, [item[1] for item in items])):
@@ -361,14 +442,17 @@ class Runtime:
                 self._observe(prepared.request, model, prediction, shadow=False, arm=arm or CHAMPION_ARM,
                               halted=halt is not None)
                 outcomes[index] = body
-                served.append((prepared, request_id))
-        self._shadow_predict(champion, served)
+                champion = line.slot.current or model
+                served.setdefault(id(line), (line, champion, []))[2].append((prepared, request_id))
+        for line, champion, items in served.values():
+            self._shadow_predict(line, champion, items)
         return outcomes
 
-    def _prepare(self, payload: object, champion: LoadedModel) -> tuple[Prepared, LoadedModel, str | None]:
-        """Validate a /predict payload against the champion, keep its bars, route it (A/B), complete
-        it from the store when short, and compute its features."""
-        request, columns, from_store, model, arm = self.validate(payload, champion)
+    def _prepare(self, payload: object, champion: LoadedModel, line: ModelLine
+                 ) -> tuple[Prepared, LoadedModel, str | None]:
+        """Validate a /predict payload against its line's champion, keep its bars, route it (A/B),
+        complete it from the store when short, and compute its features."""
+        request, columns, from_store, model, arm = self.validate(payload, champion, line)
         try:
             return prepare(request, columns, model.predictor.spec.sequence_length, from_store), model, arm
         except RequestError:
@@ -380,8 +464,8 @@ class Runtime:
             log.exception("feature computation failed")
             raise RequestError(500, "model failure", {"type": type(error).__name__}) from None
 
-    def validate(self, payload: object, champion: LoadedModel) -> tuple[PredictRequest, dict, int, LoadedModel,
-                                                                        str | None]:
+    def validate(self, payload: object, champion: LoadedModel, line: ModelLine | None = None
+                 ) -> tuple[PredictRequest, dict, int, LoadedModel, str | None]:
         """The request, its bar columns (completed from stored bars when short), how many were
         stored, and the model and A/B arm it is routed to; its bars are kept even when it cannot
         be served."""
@@ -391,13 +475,13 @@ class Runtime:
         check_against_model(request, sent["ts"].asi8, terms.timeframe, terms.width_ns, terms.symbols)
         symbol = request.metadata.symbol
         self._keep_bars(symbol, terms.timeframe, sent, "live:predict")
-        model, arm = self._route(request, champion)
+        model, arm = self._route(request, champion, line or self.lines[0])
         columns, from_store = self._complete(sent, symbol, terms.timeframe, model.required_bars)
         return request, columns, from_store, model, arm
 
-    def _shadow_predict(self, model: LoadedModel, served: list[tuple[Prepared, str]]) -> None:
-        """The shadow model on the served requests, in one forward pass; logged, never answered."""
-        shadow = self.shadow.current
+    def _shadow_predict(self, line: ModelLine, model: LoadedModel, served: list[tuple[Prepared, str]]) -> None:
+        """The line's shadow model on its served requests, in one forward pass; logged, never answered."""
+        shadow = line.shadow.current
         if shadow is None or shadow.version == model.version or not served:
             return
         try:
@@ -500,25 +584,31 @@ class Runtime:
         return PolicyConfig(half_threshold=threshold, full_threshold=max(threshold, self.settings.full_threshold))
 
     def reload(self, announce: bool = True) -> dict:
-        """Admin: load the configured model again (or the alias's current version), then swap;
-        ``announce``: tell the service's other workers to do the same (they reload with False)."""
-        if self.settings.model_path is not None:
-            path = self.settings.model_path
-            ok = self.slot.replace_with(lambda: self._load_path(path))
-        else:
-            name, alias = _parse_alias_uri(self.settings.model_uri)
-            version = _alias_version(name, alias)
-            if version is None:
-                raise RequestError(409, f"the registry has no {name}@{alias}", {})
-            ok = self.slot.replace_with(lambda: self._load_registered(name, version))
-        self._record_model(reloaded=ok)
-        if not ok:
-            raise RequestError(409, "reload refused; the previous model keeps serving",
-                               {"reason": self.slot.last_error, "serving": self.slot.current.version
-                                if self.slot.current else None})
+        """Admin: load every line's configured model again (or its alias's current version), then
+        swap; a line whose new model is refused keeps its previous one. ``announce``: tell the
+        service's other workers to do the same (they reload with False)."""
+        refused = []
+        for line in self.lines:
+            if line.registered is None:
+                ok = line.slot.replace_with(lambda: self._load_path(line.source))
+            else:
+                name, alias = line.registered
+                version = _alias_version(name, alias)
+                if version is None:
+                    raise RequestError(409, f"the registry has no {name}@{alias}", {})
+                ok = line.slot.replace_with(lambda: self._load_registered(name, version))
+            self._record_model(reloaded=ok)
+            if not ok:
+                refused.append(line)
         if announce:
             self.reload_notice.announce()
-        return {"status": "reloaded", "model_version": self.slot.current.version}
+        if refused:
+            line = refused[0]
+            raise RequestError(409, "reload refused; the previous model keeps serving",
+                               {"reason": line.slot.last_error, "line": str(line.source),
+                                "serving": line.slot.current.version if line.slot.current else None})
+        return {"status": "reloaded", "model_version": self.slot.current.version,
+                "lines": [line.slot.current.version for line in self.lines]}
 
     def health(self) -> dict:
         current = self.slot.current
@@ -531,19 +621,26 @@ class Runtime:
         publisher = self.signals.publisher if self.signals is not None else None
         lost = sum(w.stats.dropped for w in (*writers.values(), publisher) if w)
         spooled = sum(w.spool.rows for w in (*writers.values(), publisher) if w)
-        return {"status": "ok" if current else "loading", "model_loaded": current is not None,
+        return {"status": "ok" if self.ready else "loading", "model_loaded": current is not None,
                 "model_version": current.version if current else None,
                 "inference_backend": current.inference.backend if current else None,
                 "last_reload_error": self.slot.last_error,
                 "shadow_version": self.shadow.current.version if self.shadow.current else None,
-                "ab_version": self.ab.current.version if self.ab.current else None, "halts": self.halts.health(),
+                "ab_version": self.ab.current.version if self.ab.current else None,
+                "lines": [line.describe() for line in self.lines], "halts": self.halts.health(),
                 "storage": "losing rows" if lost else "spooling" if spooled else "ok",
                 **storage, "worker": self.worker, "rate_limit": self._rate_limit_scope(),
                 "signals": self.signals.health() if self.signals is not None else None,
                 "uptime_s": round(time.time() - self.started_at, 1)}
 
     def model_info(self) -> dict:
-        model = self.model()
+        """The first line's model, and every line served (``lines``: each one's model as here)."""
+        first = self._model_info(self.lines[0])
+        others = [self._model_info(line) for line in self.lines[1:] if line.slot.current is not None]
+        return {**first, "lines": [first, *others]}
+
+    def _model_info(self, line: ModelLine) -> dict:
+        model = self.model(line)
         spec = model.predictor.spec
         policy = self.policy(model)
         terms = model.terms
@@ -552,13 +649,14 @@ class Runtime:
                 "lookback": spec.lookback, "feature_set_version": spec.feature_set_version,
                 "features": list(spec.feature_names), "labels": list(model.predictor.labels),
                 "temperature": model.predictor.temperature,
-                "timeframe": terms.timeframe, "symbols": sorted(terms.symbols),
+                "timeframe": terms.timeframe, "horizon": terms.horizon, "source": str(line.source),
+                "symbols": sorted(terms.symbols),
                 "risk_terms": {"stop_atr": terms.risk.stop_atr, "target_atr": terms.risk.target_atr,
                                "max_holding_bars": terms.risk.max_holding_bars, "tick_size": terms.risk.tick_size},
                 "thresholds": {"half_size": policy.half_threshold, "full_size": policy.full_threshold},
                 "inference": asdict(model.inference),
                 "loaded_at": datetime.fromtimestamp(model.loaded_at, timezone.utc).isoformat(),
-                "ab_test": self._ab_info(model)}
+                "ab_test": self._ab_info(line, model)}
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every received bar and logged prediction so far is in the database (and every signal in Redis)."""
@@ -661,11 +759,12 @@ class Runtime:
         if self.metrics is not None and hasattr(self.metrics, "halts"):
             self.metrics.halts(state)
 
-    def _route(self, request: PredictRequest, champion: LoadedModel) -> tuple[LoadedModel, str | None]:
-        """The A/B split (``smc_core.ab_test``): the challenger answers the bars whose bucket falls
-        below its share; arm None when no test runs. A request the challenger cannot serve (its
-        symbols, timeframe) stays with the champion."""
-        challenger = self.ab.current
+    def _route(self, request: PredictRequest, champion: LoadedModel, line: ModelLine
+               ) -> tuple[LoadedModel, str | None]:
+        """The line's A/B split (``smc_core.ab_test``): the challenger answers the bars whose bucket
+        falls below its share; arm None when no test runs. A request the challenger cannot serve
+        (its symbols, timeframe) stays with the champion."""
+        challenger = line.ab.current
         if challenger is None or challenger.version == champion.version:
             return champion, None
         metadata = request.metadata
@@ -687,10 +786,10 @@ class Runtime:
         self._ab_shares[model.version] = share
         return model
 
-    def _ab_info(self, champion: LoadedModel) -> dict | None:
+    def _ab_info(self, line: ModelLine, champion: LoadedModel) -> dict | None:
         from smc_core.ab_test import ASSIGNMENT
 
-        challenger = self.ab.current
+        challenger = line.ab.current
         if challenger is None or challenger.version == champion.version:
             return None
         return {"champion": champion.version, "challenger": challenger.version,
@@ -723,15 +822,15 @@ class Runtime:
                 log.debug("housekeeping: %s", error)
 
     def _warm_book(self) -> None:
-        model = self.slot.current
-        if model is None:
-            return
-        for symbol in sorted(model.terms.symbols):
-            key = (symbol, model.terms.timeframe)
-            if key not in self._warmed:
-                loaded = load_recent(self._db(), self.book, symbol, model.terms.timeframe, 4 * model.required_bars)
-                self._warmed.add(key)
-                log.info("bar book: %d stored %s %s bars loaded", loaded, symbol, model.terms.timeframe)
+        for model in (line.slot.current for line in self.lines):
+            if model is None:
+                continue
+            for symbol in sorted(model.terms.symbols):
+                key = (symbol, model.terms.timeframe)
+                if key not in self._warmed:
+                    loaded = load_recent(self._db(), self.book, symbol, model.terms.timeframe, 4 * model.required_bars)
+                    self._warmed.add(key)
+                    log.info("bar book: %d stored %s %s bars loaded", loaded, symbol, model.terms.timeframe)
 
     def _report_losses(self) -> None:
         lost = self._lost_unreported
@@ -753,7 +852,7 @@ class Runtime:
 
     def _record_model(self, reloaded: bool | None = None) -> None:
         if self.metrics is not None:
-            self.metrics.model(self.slot.current.version if self.slot.current else None, reloaded)
+            self.metrics.model([line.slot.current.version for line in self.lines if line.slot.current], reloaded)
 
 
 def _forward(model: LoadedModel, batch: list[Prepared]) -> list:
@@ -837,6 +936,14 @@ def parse_json(body: bytes, limit: int) -> object:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(400, "malformed JSON", {"message": str(error)}) from None
 
+
+
+def _model_uris(text: str) -> tuple[str, ...]:
+    """MODEL_URI's comma-separated ``models:/<name>@<alias>``, each checked."""
+    uris = tuple(part.strip() for part in text.split(",") if part.strip())
+    for uri in uris:
+        _parse_alias_uri(uri)
+    return uris
 
 
 def _parse_alias_uri(uri: str) -> tuple[str, str]:
