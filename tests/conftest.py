@@ -3,10 +3,19 @@ the tiny trained model package the serving tests load."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
+
+# The suite never reads a developer's state: SMC_HOME (default ./.smc, where `make demo` records
+# its partition range in settings.env, read by every process as defaults) is a fresh folder per
+# test process, set before any project module reads the settings.
+os.environ["SMC_HOME"] = tempfile.mkdtemp(prefix="smc-test-home-")
+atexit.register(shutil.rmtree, os.environ["SMC_HOME"], ignore_errors=True)
 
 import psycopg
 import pytest

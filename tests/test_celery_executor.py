@@ -84,6 +84,10 @@ def deployment(pipeline, database, admin_url, broker, tmp_path_factory):
                DATABASE_URL=database.url, SMC_HOME=str(pipeline.settings.smc_home), CELERY_BROKER_URL=broker,
                CELERY_BACKEND_URL=broker, PYTHONPATH=str(ROOT),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    # the instance's tables first, as the compose file's migrate service does: two workers creating
+    # them at once on a fresh database collide (a duplicate-key error on the table's type)
+    subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance", "migrate"], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=300)
     workers = [_start_worker(f"smc-test-{k}", env, folder / f"worker{k}.log") for k in (1, 2)]
     patch = pytest.MonkeyPatch()
     patch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])  # this process reads the instance too

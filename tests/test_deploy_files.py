@@ -205,11 +205,15 @@ def test_compose_names_only_what_exists():
         if "build" not in service:
             continue
         assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]).resolve() == DAGSTER_DOCKERFILE
-        program = service.get("command", ["dagster"])[0]
-        assert program in scripts or program in provided, f"{name}: {program}"
-        if program in provided:
-            package = provided[program]
-            assert f'"{package}' in dockerfile or _lock_pin(package), f"{name}: {package} not installed"
+        command = service.get("command", ["dagster"])
+        # `sh -c "a … && b …"`: each program the shell runs
+        programs = [part.split()[0] for part in command[2].split("&&")] if command[:2] == ["sh", "-c"] else command[:1]
+        for program in programs:
+            assert program in scripts or program in provided, f"{name}: {program}"
+            if program in provided:
+                package = provided[program]
+                assert f'"{package}' in dockerfile or _lock_pin(package), f"{name}: {package} not installed"
+    assert services["migrate"]["command"][2] == "smc db migrate && dagster instance migrate"
     code = services["dagster-code"]["command"]
     assert code[code.index("-m") + 1] == "smc_jobs.definitions"
     workspace = yaml.safe_load((COMPOSE / "workspace.yaml").read_text())["load_from"][0]["grpc_server"]

@@ -183,6 +183,9 @@ namespace Smc.Tests
                 Check(request.Contains("\"features\":{}") && request.Contains("\"metadata\":{\"symbol\":\"ES\",\"timeframe\":\"1m\",\"request_time\":\"2024-03-05T14:32:00.1000000Z\"}"),
                       request);
                 Check(Json.Parse<PredictRequest>(request).CurrentBar.Delta == -12, "round trip");
+                string withHorizon = Json.ToText(PredictRequest.For(bars, "ES", "5m", new DateTime(2024, 3, 5, 14, 32, 0, DateTimeKind.Utc), "h15"));
+                Check(withHorizon.Contains("\"metadata\":{\"symbol\":\"ES\",\"timeframe\":\"5m\",\"horizon\":\"h15\",\"request_time\":"),
+                      withHorizon);  // the model line's horizon, only when the strategy names one (above: none)
                 var german = new CultureInfo("de-DE");
                 CultureInfo saved = Thread.CurrentThread.CurrentCulture;
                 Thread.CurrentThread.CurrentCulture = german;  // NinjaTrader runs in the user's culture: "5000,25" must never appear

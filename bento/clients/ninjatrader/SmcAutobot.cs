@@ -106,6 +106,11 @@ namespace NinjaTrader.NinjaScript.Strategies
         public bool PredictHistoricalBars { get; set; }
 
         [NinjaScriptProperty]
+        [Display(Name = "Model line horizon, e.g. h15 (blank: the service's first line for the chart's timeframe)",
+                 Order = 8, GroupName = "Service")]
+        public string Horizon { get; set; }
+
+        [NinjaScriptProperty]
         [Range(1, int.MaxValue)]
         [Display(Name = "Contracts at full size", Order = 1, GroupName = "Trading")]
         public int Contracts { get; set; }
@@ -141,6 +146,7 @@ namespace NinjaTrader.NinjaScript.Strategies
                 ServiceUrl = "http://127.0.0.1:8000";
                 ApiKey = "";
                 ServiceSymbol = "";
+                Horizon = "";
                 RequiredBars = 49;
                 DeadlineMs = 300;
                 UploadHistory = true;
@@ -387,7 +393,8 @@ namespace NinjaTrader.NinjaScript.Strategies
                 }
                 bars.Add(bar);
             }
-            return SmcPredictRequest.For(bars, symbol, timeframe, requestTimeUtc);
+            return SmcPredictRequest.For(bars, symbol, timeframe, requestTimeUtc,
+                                         string.IsNullOrWhiteSpace(Horizon) ? null : Horizon.Trim());
         }
 
         // The chart's closed bars, once, in the background; the server keeps what it lacks.

@@ -70,8 +70,10 @@ namespace Smc.Client
     {
         [DataMember(Name = "symbol", Order = 0)] public string Symbol { get; set; }
         [DataMember(Name = "timeframe", Order = 1)] public string Timeframe { get; set; }
-        [DataMember(Name = "session", Order = 2, EmitDefaultValue = false)] public string Session { get; set; }
-        [DataMember(Name = "request_time", Order = 3, EmitDefaultValue = false)] public string RequestTime { get; set; }
+        /// <summary>With several model lines for the timeframe, which one (e.g. h15); null: the service's first.</summary>
+        [DataMember(Name = "horizon", Order = 2, EmitDefaultValue = false)] public string Horizon { get; set; }
+        [DataMember(Name = "session", Order = 3, EmitDefaultValue = false)] public string Session { get; set; }
+        [DataMember(Name = "request_time", Order = 4, EmitDefaultValue = false)] public string RequestTime { get; set; }
     }
 
     /// <summary>POST /predict: the seed-000 request at top level.</summary>
@@ -84,8 +86,10 @@ namespace Smc.Client
         [DataMember(Name = "features", Order = 2)] public Dictionary<string, double> Features { get; set; }
         [DataMember(Name = "metadata", Order = 3)] public Metadata Metadata { get; set; }
 
-        /// <summary>The request for <paramref name="bars"/> in time order; the last one is the bar that just closed.</summary>
-        public static PredictRequest For(IList<Bar> bars, string symbol, string timeframe, DateTime requestTimeUtc)
+        /// <summary>The request for <paramref name="bars"/> in time order; the last one is the bar that just closed.
+        /// <paramref name="horizon"/>: the model line's horizon when the service serves several for the timeframe.</summary>
+        public static PredictRequest For(IList<Bar> bars, string symbol, string timeframe, DateTime requestTimeUtc,
+                                         string horizon = null)
         {
             if (bars == null || bars.Count < 2)
                 throw new ArgumentException("a request needs the current bar and at least one context bar", "bars");
@@ -95,7 +99,8 @@ namespace Smc.Client
             return new PredictRequest
             {
                 ContextBars = context, CurrentBar = bars[bars.Count - 1], Features = new Dictionary<string, double>(),
-                Metadata = new Metadata { Symbol = symbol, Timeframe = timeframe, RequestTime = SmcTime.Format(requestTimeUtc) }
+                Metadata = new Metadata { Symbol = symbol, Timeframe = timeframe, Horizon = horizon,
+                                          RequestTime = SmcTime.Format(requestTimeUtc) }
             };
         }
     }
