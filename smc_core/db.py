@@ -158,18 +158,13 @@ class DirectConnection:
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """The connection inside one transaction; on any error it is closed and the error raised."""
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url(), autocommit=True, **self._options)
-        try:
-            with self._conn.transaction():
-                yield self._conn
-        except BaseException:
-            self.close()
-            raise
+        with self.outside_transaction() as conn, conn.transaction():
+            yield conn
 
     @contextmanager
     def outside_transaction(self) -> Iterator[psycopg.Connection]:
-        """The connection in autocommit, for statements that refuse a transaction block."""
+        """The connection in autocommit (statements that refuse a transaction block); on any error it
+        is closed and the error raised."""
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self._url(), autocommit=True, **self._options)
         try:

@@ -30,6 +30,11 @@ def parse_timeframe(value: str) -> timedelta:
         raise ConfigError(f"timeframe {value!r} is not valid: longer than any bar") from None
 
 
+def timeframe_ns(value: str) -> int:
+    """The bar width of ``value`` in nanoseconds (the unit bar stamps are compared in), or ConfigError."""
+    return parse_timeframe(value) // timedelta(microseconds=1) * 1000
+
+
 def format_timeframe(width: timedelta) -> str:
     """``1m``, ``5m``, ``1h``, ``1d``, ``30s``: the inverse of ``parse_timeframe``."""
     seconds = int(width.total_seconds())

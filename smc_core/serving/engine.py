@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import uuid
-from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,7 @@ from smc_core.model.package import reference_windows
 from smc_core.policy import PolicyConfig
 from smc_core.risk import RiskTerms
 from smc_core.serving.request import CLIENT_INDICATORS, PredictRequest, RequestError
-from smc_core.timeframe import parse_timeframe
+from smc_core.timeframe import timeframe_ns
 
 log = logging.getLogger("smc.serving")
 
@@ -63,7 +62,7 @@ class ModelTerms:
         symbols = allowed_symbols if allowed_symbols is not None else frozenset(data.get("symbols") or ())
         if not symbols:
             raise ConfigError("the package's lineage names no symbols: set ALLOWED_SYMBOLS to the symbols to serve")
-        return cls(timeframe, parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000, symbols, risk,
+        return cls(timeframe, timeframe_ns(timeframe), symbols, risk,
                    data.get("horizon"))
 
     def has_horizon(self, asked: str) -> bool:

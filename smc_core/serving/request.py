@@ -18,7 +18,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       field_validator, model_validator)
 
 from smc_core.errors import ConfigError
-from smc_core.timeframe import off_grid, parse_timeframe
+from smc_core.timeframe import off_grid, timeframe_ns
 
 MAX_PRICE = 1e9     # no futures contract trades above; keeps every derived feature finite
 MAX_VOLUME = 1e12
@@ -226,7 +226,7 @@ def check_against_model(request: PredictRequest, stamps_ns: np.ndarray, timefram
     spacing (a 5-minute chart sent as ``1m``), or a symbol the model does not serve."""
     meta = request.metadata
     try:
-        sent = parse_timeframe(meta.timeframe) // timedelta(microseconds=1) * 1000
+        sent = timeframe_ns(meta.timeframe)
     except ConfigError as error:
         raise _mismatch("metadata.timeframe", str(error))
     if sent != width_ns:

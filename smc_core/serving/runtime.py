@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +43,7 @@ from smc_core.serving.signals import SignalHub
 from smc_core.serving.spool import DurableWriter, claim_spool
 from smc_core.settings import Settings, env_flag, env_number, secret
 from smc_core.signals import SignalSettings, signal_of
-from smc_core.timeframe import format_timeframe, parse_timeframe
+from smc_core.timeframe import format_timeframe, parse_timeframe, timeframe_ns
 
 log = logging.getLogger("smc.serving")
 CHAMPION_URI = "models:/smc-lora@champion"
@@ -385,17 +385,17 @@ class Runtime:
         if horizon is not None and not isinstance(horizon, str):
             raise _invalid("metadata.horizon", "a label horizon such as h15 (or its full name, h15_u1.5_d1.5)")
         try:
-            width_ns = parse_timeframe(timeframe) // timedelta(microseconds=1) * 1000
+            width = timeframe_ns(timeframe)
         except ConfigError as error:
             raise _invalid("metadata.timeframe", str(error)) from None
         for line in self.lines:
-            if line.serves(width_ns, horizon):
+            if line.serves(width, horizon):
                 return line
         waiting = [str(line.source) for line in self.lines if line.slot.current is None]
         if waiting:
             raise RequestError(503, "no model loaded yet", {"lines_loading": waiting})
         served = ", ".join(f"{m.terms.timeframe} ({m.terms.horizon})" for m in (line.slot.current for line in self.lines))
-        same_timeframe = any(line.serves(width_ns, None) for line in self.lines)
+        same_timeframe = any(line.serves(width, None) for line in self.lines)
         path = "metadata.horizon" if horizon is not None and same_timeframe else "metadata.timeframe"
         asked = f"{timeframe} ({horizon})" if horizon is not None else timeframe
         raise RequestError(422, "request does not match the model", {"errors": [{
