@@ -149,3 +149,34 @@ def test_one_service_serves_a_line_per_timeframe_with_the_stored_features_bit_fo
         bar_time = series[timeframe]["ts"].iloc[end]
         assert (ts, logged_timeframe, version) == (bar_time.to_pydatetime(), timeframe, f"local/model-{timeframe}")
         assert np.array_equal(np.array(served), stored[timeframe].loc[bar_time].to_numpy(), equal_nan=True)
+
+
+def test_a_line_still_loading_holds_readiness_and_its_requests_and_a_horizon_picks_among_lines(package, tmp_path):
+    """Routing decided both ways without a server: a request for a line whose model is not loaded
+    yet is a 503 (the service is not ready), one for a loaded line goes to it; with two 1-minute
+    lines, a named horizon picks the one serving it and an unserved one is a 422 on the horizon."""
+    from smc_core.serving.engine import load_model
+    from smc_core.serving.request import RequestError
+    from smc_core.serving.runtime import Runtime, ServiceSettings
+
+    settings = ServiceSettings.from_env({"SMC_DEV_MODE": "1", "LOG_PREDICTIONS": "false", "CAPTURE_BARS": "false",
+                                         "SMC_HOME": str(tmp_path), "MODEL_PATH": f"{tmp_path / 'a'},{tmp_path / 'b'}"})
+    runtime = Runtime(settings)
+    first, second = runtime.lines
+    first.slot.swap(load_model(package, "local/a"))
+    payload = {"metadata": {"symbol": "ES", "timeframe": "1m"}}
+    assert not runtime.ready and runtime.line_for(payload) is first
+    with pytest.raises(RequestError) as loading:
+        runtime.line_for({"metadata": {"symbol": "ES", "timeframe": "5m"}})
+    assert loading.value.status == 503 and loading.value.details == {"lines_loading": [str(tmp_path / "b")]}
+
+    second.slot.swap(load_model(package, "local/b"))
+    assert runtime.ready
+    assert runtime.line_for({"metadata": {"symbol": "ES", "timeframe": "1m", "horizon": "h15"}}) is first
+    with pytest.raises(RequestError) as unserved:
+        runtime.line_for({"metadata": {"symbol": "ES", "timeframe": "1m", "horizon": "h60"}})
+    assert unserved.value.status == 422
+    assert unserved.value.details["errors"][0]["path"] == "metadata.horizon"
+    with pytest.raises(RequestError) as other:
+        runtime.line_for({"metadata": {"symbol": "ES", "timeframe": "5m"}})
+    assert other.value.status == 422 and other.value.details["errors"][0]["path"] == "metadata.timeframe"
