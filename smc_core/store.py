@@ -15,7 +15,7 @@ import pandas as pd
 
 from smc_core.db import Database, redact
 from smc_core.errors import ConfigError
-from smc_core.timeframe import RESAMPLED_FROM_1M
+from smc_core.timeframe import RESAMPLED_FROM_1M, timeframe_ns
 
 if TYPE_CHECKING:  # the bar layer must not import the feature code
     from smc_core.calendar import SessionCalendar
@@ -25,40 +25,68 @@ BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "delta"]
 LABEL_COLUMNS = ["label", "t1", "ret", "barrier"]
 
 
-def bar_source(symbol: str, timeframe: str, resampled: bool = False) -> tuple[str, tuple]:
-    """The FROM … WHERE of one bar series and its parameters: stored bars of ``timeframe``, or,
-    ``resampled``, the database's resampling of the 1-minute bars (``bars_5m`` … ``bars_1h``:
-    views, or real-time continuous aggregates on TimescaleDB; sql/004, sql/015).
+_COLUMNS = "ts, open, high, low, close, volume, delta"
+_BEFORE, _AFTER = "-infinity", "infinity"
+
+
+def _series(symbol: str, timeframe: str, resampled: bool, after, until) -> tuple[str, tuple]:
+    """The FROM … WHERE of one bar series' bars with close in (after, until], and its parameters:
+    stored bars of ``timeframe``, or, ``resampled``, the database's resampling of the 1-minute
+    bars (``smc_resampled_bars``: the views ``bars_5m`` … ``bars_1h`` bounded by time; sql/016).
 
     A resampled bar is known at its close, once every 1-minute bar of its bucket is: so the
     bucket still filling (its close after the newest stored 1-minute bar) is left out, and
     nothing of an unfinished bar reaches a feature."""
     if not resampled:
-        return "bars WHERE symbol = %s AND timeframe = %s", (symbol, timeframe)
+        return ("bars WHERE symbol = %s AND timeframe = %s AND ts > %s::timestamptz AND ts <= %s::timestamptz",
+                (symbol, timeframe, after, until))
     if timeframe not in RESAMPLED_FROM_1M:
         raise ConfigError(f"timeframe {timeframe} is not resampled in the database: use one of "
                           f"{', '.join(RESAMPLED_FROM_1M)}")
-    return (f"bars_{timeframe} WHERE symbol = %s AND ts <= "
-            "(SELECT max(ts) FROM bars WHERE symbol = %s AND timeframe = '1m')"), (symbol, symbol)
+    return "smc_resampled_bars(%s, %s, %s::timestamptz, %s::timestamptz) WHERE true", (symbol, timeframe, after, until)
+
+
+def _rows_between(conn, symbol: str, timeframe: str, resampled: bool, after, until) -> list:
+    source, params = _series(symbol, timeframe, resampled, after, until)
+    return conn.execute(f"SELECT {_COLUMNS} FROM {source} ORDER BY ts", params).fetchall()
+
+
+def _rows_next_to(conn, symbol: str, timeframe: str, resampled: bool, edge, count: int, side: str) -> list:
+    """Up to ``count`` bars just before (close <= edge) or after (close > edge) ``edge``, oldest
+    first. A resampled read is bounded first: ``count + 1`` buckets' worth of 1-minute bars
+    (a bucket holds at most that many) span at least ``count`` finished buckets."""
+    after, until = (_BEFORE, edge) if side == "before" else (edge, _AFTER)
+    if resampled:
+        bound = _one_minute_bar_away(conn, symbol, edge, (count + 1) * _bucket_minutes(timeframe), side)
+        after, until = (bound or _BEFORE, edge) if side == "before" else (edge, bound or _AFTER)
+    source, params = _series(symbol, timeframe, resampled, after, until)
+    order = "DESC" if side == "before" else ""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM {source} ORDER BY ts {order} LIMIT %s", (*params, count)).fetchall()
+    return rows[::-1] if side == "before" else rows
+
+
+def _bucket_minutes(timeframe: str) -> int:
+    return timeframe_ns(timeframe) // timeframe_ns("1m")
+
+
+def _one_minute_bar_away(conn, symbol: str, edge, steps: int, side: str):
+    """The close of the 1-minute bar ``steps`` bars before ``edge`` (the bars in (it, edge] are
+    that many) or after it; None when fewer are stored."""
+    query = ("SELECT ts FROM bars WHERE symbol = %s AND timeframe = '1m' AND ts <= %s ORDER BY ts DESC OFFSET %s LIMIT 1"
+             if side == "before" else
+             "SELECT ts FROM bars WHERE symbol = %s AND timeframe = '1m' AND ts > %s ORDER BY ts OFFSET %s LIMIT 1")
+    row = conn.execute(query, (symbol, edge, steps)).fetchone()
+    return row[0] if row else None
 
 
 def load_bars(db: Database, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp,
               *, history: int = 0, resampled: bool = False) -> pd.DataFrame:
     """Bars with close in (start, end], preceded by up to ``history`` earlier bars (the
     tail a lookback needs), oldest first; ``delta`` is NaN where the data had none.
-    ``resampled``: the series the database resamples from 1-minute bars (``bar_source``)."""
-    source, params = bar_source(symbol, timeframe, resampled)
+    ``resampled``: the series the database resamples from 1-minute bars (``_series``)."""
     with db.connection() as conn:
-        rows = conn.execute(
-            f"SELECT ts, open, high, low, close, volume, delta FROM {source} AND ts > %s AND ts <= %s ORDER BY ts",
-            (*params, start, end),
-        ).fetchall()
-        earlier = []
-        if history > 0:
-            earlier = conn.execute(
-                f"SELECT ts, open, high, low, close, volume, delta FROM {source} AND ts <= %s ORDER BY ts DESC LIMIT %s",
-                (*params, start, history),
-            ).fetchall()[::-1]
+        rows = _rows_between(conn, symbol, timeframe, resampled, start, end)
+        earlier = _rows_next_to(conn, symbol, timeframe, resampled, start, history, "before") if history > 0 else []
     return _frame(earlier + rows)
 
 
@@ -87,10 +115,10 @@ class SessionBars:
         self.calendar, self.include_outside, self.history, self.future = calendar, include_outside, history, future
         bounds = [self._bounds(day) for day in days]
         start, end = min(b[0] for b in bounds), max(b[1] for b in bounds)
-        source = bar_source(symbol, timeframe, resampled)
+        series = (symbol, timeframe, resampled)
         own = _kept(load_bars(db, symbol, timeframe, start, end, resampled=resampled), calendar, include_outside)
-        before = _neighbours(db, source, calendar, start, history, include_outside, "before")
-        after = _neighbours(db, source, calendar, end, future, include_outside, "after")
+        before = _neighbours(db, series, calendar, start, history, include_outside, "before")
+        after = _neighbours(db, series, calendar, end, future, include_outside, "after")
         self.bars = pd.concat([before, own, after], ignore_index=True) if len(before) or len(after) else own
         self._ns = pd.DatetimeIndex(self.bars["ts"]).as_unit("ns").asi8
 
@@ -116,20 +144,17 @@ def _kept(frame: pd.DataFrame, calendar: "SessionCalendar", include_outside: boo
     return frame[calendar.in_session(frame["ts"])].reset_index(drop=True)
 
 
-def _neighbours(db: Database, source: tuple[str, tuple], calendar: "SessionCalendar", edge: pd.Timestamp,
+def _neighbours(db: Database, series: tuple[str, str, bool], calendar: "SessionCalendar", edge: pd.Timestamp,
                 count: int, include_outside: bool, side: str) -> pd.DataFrame:
-    """Up to ``count`` kept bars of ``source`` (``bar_source``) just before (ts <= edge) or after
-    (ts > edge) ``edge``."""
+    """Up to ``count`` kept bars of ``series`` (symbol, timeframe, resampled) just before
+    (ts <= edge) or after (ts > edge) ``edge``."""
     if count <= 0:
         return _frame([])
-    where, params = source
-    query = (f"SELECT ts, open, high, low, close, volume, delta FROM {where} "
-             + ("AND ts <= %s ORDER BY ts DESC" if side == "before" else "AND ts > %s ORDER BY ts") + " LIMIT %s")
     fetch = count
     while True:
         with db.connection() as conn:
-            rows = conn.execute(query, (*params, edge, fetch)).fetchall()
-        frame = _frame(rows[::-1] if side == "before" else rows)
+            rows = _rows_next_to(conn, *series, edge, fetch, side)
+        frame = _frame(rows)
         kept = _kept(frame, calendar, include_outside)
         if len(kept) >= count or len(rows) < fetch:  # enough, or nothing more is stored
             return kept.iloc[-count:] if side == "before" else kept.iloc[:count]

@@ -19,10 +19,10 @@ from smc_assets.partitions import SYMBOLS, bar_partition_key
 from smc_assets.resources import DatabaseResource, LandingResource
 from smc_core.calendar import CME_EQUITY
 from smc_core.features import CATALOGUE, compute_features
-from smc_core.ingest import write_live_bars
+from smc_core.ingest import write_live_bars, write_logged
 from smc_core.model.pipeline import train_small_package
 from smc_core.serving.replay import replay_stored_day
-from smc_core.store import load_bars, read_features
+from smc_core.store import _frame, _rows_next_to, load_bars, read_features
 from smc_core.synthetic import Instrument, SyntheticConfig, generate_bars, write_synthetic
 
 MINUTES = 600  # 120 five-minute and 40 fifteen-minute bars: both get past the 30-bar lookback
@@ -59,6 +59,36 @@ def test_a_bar_by_bar_replay_of_one_minute_bars_rewrites_no_resampled_reading(da
         complete = [row for _, row in sorted(readings[timeframe].items())][CATALOGUE.max_lookback - 1:]
         assert len(complete) == count - CATALOGUE.max_lookback + 1 and np.isfinite(np.array(complete)).all()
     assert partial_buckets_seen == MINUTES - MINUTES // 5  # so leaving the unfinished bucket out is what keeps them
+
+
+def test_ranged_resampled_reads_equal_the_whole_views_rows_across_gaps(database):
+    """Resampled reads bound the 1-minute bars they aggregate (sql/016): the same bars as the
+    unbounded views, finished buckets only, for ranges, history and the bars after an edge, on
+    data with session breaks and missing minutes."""
+    minute = generate_bars(SyntheticConfig(days=3, seed=5))
+    kept = np.random.default_rng(5).random(len(minute)) > 0.07
+    minute = minute[kept].iloc[:-2].reset_index(drop=True)  # end inside a bucket: one still filling
+    write_logged(database, source="gaps", sha256=None, fmt="test", symbol="RG", timeframe="1m", frame=minute,
+                 rows_read=len(minute), rejections=[])
+    newest = minute["ts"].iloc[-1]
+    rng = np.random.default_rng(6)
+    for timeframe in ("5m", "15m", "1h"):
+        with database.connection() as conn:
+            view = _frame(conn.execute(f"SELECT ts, open, high, low, close, volume, delta FROM bars_{timeframe} "
+                                       "WHERE symbol = 'RG' AND ts <= %s ORDER BY ts", (newest,)).fetchall())
+        assert view["ts"].iloc[-1] <= newest
+        for _ in range(6):
+            start, end = sorted(rng.choice(minute["ts"].to_numpy(), 2, replace=False))
+            start, end = pd.Timestamp(start), pd.Timestamp(end) + pd.Timedelta(rng.integers(0, 2), "h")
+            history = int(rng.integers(1, 60))
+            got = load_bars(database, "RG", timeframe, start, end, history=history, resampled=True)
+            inside = view[(view["ts"] > start) & (view["ts"] <= end)]
+            expected = pd.concat([view[view["ts"] <= start].tail(history), inside], ignore_index=True)
+            pd.testing.assert_frame_equal(got, expected)
+            future = int(rng.integers(1, 60))
+            with database.connection() as conn:
+                after = _frame(_rows_next_to(conn, "RG", timeframe, True, end, future, "after"))
+            pd.testing.assert_frame_equal(after, view[view["ts"] > end].head(future).reset_index(drop=True))
 
 
 DAYS = [date(2024, 3, 5), date(2024, 3, 6), date(2024, 3, 7)]
