@@ -20,6 +20,7 @@ from dagster import (DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilt
 from smc_assets.partitions import bar_partition_key
 from smc_assets.resources import DatabaseResource, TrackingResource
 from smc_core.db import Database
+from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.monitoring import Episode, MonitoringSettings, episode_id, newest_trading_days
 
 REFRESH_JOB = "market_data_job"
@@ -61,11 +62,20 @@ def refresh_requests(db: Database, timeframe: str, settings: MonitoringSettings,
     return requests
 
 
-def retrain_run_config(settings: MonitoringSettings) -> dict:
-    """SMC_RETRAIN_CONFIG's run config with the sliding window (``recent_days``) filled in."""
+def retrain_job_name(line: ModelLine) -> str:
+    """``retrain_job``; an added model line's ends in its slug (``retrain_job_5m_h15``)."""
+    return RETRAIN_JOB if line.main else f"{RETRAIN_JOB}_{line.slug}"
+
+
+def retrain_run_config(settings: MonitoringSettings, line: ModelLine = MAIN_LINE) -> dict:
+    """SMC_RETRAIN_CONFIG's run config with the sliding window (``recent_days``) filled in; an added
+    line's steps carry its prefix, so the same config is given to them."""
     config = copy.deepcopy(settings.retrain_config or {})
-    lora = config.setdefault("ops", {}).setdefault("lora_model", {}).setdefault("config", {})
-    lora.setdefault("recent_days", settings.retrain_days)
+    ops = config.setdefault("ops", {})
+    if not line.main:
+        config["ops"] = ops = {f"{line.key_prefix[0]}__{step}": value for step, value in ops.items()}
+    lora = ops.setdefault(f"{line.key_prefix[0]}__lora_model" if not line.main else "lora_model", {})
+    lora.setdefault("config", {}).setdefault("recent_days", settings.retrain_days)
     return config
 
 
@@ -92,13 +102,19 @@ def fire(context: SensorEvaluationContext, kind: str, condition: bool, version: 
     return SensorResult(run_requests=requests, cursor=json.dumps(state, sort_keys=True))
 
 
-def build_retrain_chain_sensor(settings: MonitoringSettings, minimum_interval_seconds: int = 30):
+def build_retrain_chain_sensor(settings: MonitoringSettings, lines: tuple[ModelLine, ...] = (MAIN_LINE,), jobs=None,
+                               minimum_interval_seconds: int = 30):
+    """``jobs``: the retrain jobs of ``lines`` when there is more than the main line (``line_jobs``)."""
+    retrain_jobs = [retrain_job_name(line) for line in lines]
+
     @sensor(
         name="retrain_chain_sensor",
-        job_name=RETRAIN_JOB,
+        job_name=None if jobs else RETRAIN_JOB,
+        jobs=jobs or None,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status(settings),
-        description="Starts retrain_job once every market-data run of a retrain episode has succeeded.",
+        description="Starts every model line's retrain job (retrain_job, retrain_job_<line>) once every market-data "
+                    "run of a retrain episode has succeeded.",
     )
     def retrain_chain_sensor(context: SensorEvaluationContext):
         done = set(json.loads(context.cursor)) if context.cursor else set()
@@ -108,7 +124,7 @@ def build_retrain_chain_sensor(settings: MonitoringSettings, minimum_interval_se
         requests, waiting = [], []
         for episode in sorted(set(episodes) - done):
             runs = instance.get_runs(filters=RunsFilter(tags={EPISODE_TAG: episode}))
-            if any(run.job_name == RETRAIN_JOB for run in runs):
+            if any(run.job_name in retrain_jobs for run in runs):
                 done.add(episode)
                 continue
             refresh = [run for run in runs if run.job_name == REFRESH_JOB]
@@ -121,8 +137,9 @@ def build_retrain_chain_sensor(settings: MonitoringSettings, minimum_interval_se
                 context.log.error(f"retrain episode {episode} abandoned: market-data run(s) {', '.join(failed)} failed")
                 continue
             tags = {key: value for key, value in refresh[0].tags.items() if key in (EPISODE_TAG, TRIGGER_TAG, REASON_TAG)}
-            requests.append(RunRequest(run_key=episode, job_name=RETRAIN_JOB, tags=tags,
-                                       run_config=retrain_run_config(settings)))
+            requests += [RunRequest(run_key=episode if line.main else f"{episode}|{line.slug}",
+                                    job_name=retrain_job_name(line), tags=tags,
+                                    run_config=retrain_run_config(settings, line)) for line in lines]
         cursor = json.dumps(sorted(done))
         if requests:
             return SensorResult(run_requests=requests, cursor=cursor)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason, trigger_of
@@ -28,12 +28,12 @@ from smc_core.model.calibration import expected_calibration_error, reliability_p
 from smc_core.model.backbone import check_checkpoint
 from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
+from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.provenance import code_revision
-from smc_core.registry import MODEL_NAME, PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dicts
+from smc_core.registry import PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dicts
 from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
 
-BASE_KEY = AssetKey("base_model")
 
 
 class TrainingConfig(Config):
@@ -119,124 +119,136 @@ class LoraModelConfig(TrainingConfig):
                                                  lora_dropout=self.lora_dropout))
 
 
-@asset(
-    deps=[features],
-    required_resource_keys={"database", "landing", "model_store", "mlflow"},
-    group_name="model",
-    kinds={"pytorch", "mlflow"},
-    description="Qwen2 backbone pretrained on next-bar return buckets of all stored bars (or a local checkpoint).",
-)
-def base_model(context: AssetExecutionContext, config: BaseModelConfig) -> MaterializeResult:
-    if config.checkpoint:
-        checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
-    data = _load(context, config, horizon=None)
-    mlflow = context.resources.mlflow
-    mlflow.set_tags({"stage": "base_model", "mlflow.runName":
-                     f"base {context.resources.landing.timeframe} · {trigger_of(context)}"})
-    mlflow.log_params({"base_" + k: v for k, v in config.model_dump().items()})
-    context.log.info(f"pretraining on {len(data)} windows of {', '.join(data.symbols)}")
-    base = checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
-    path = context.resources.model_store.directory("base", context.run.run_id)
-    save_base(path, base.state, base.spec, base.backbone_config,
-              {**base.info, "dagster_run_id": context.run.run_id, "mlflow_run_id": mlflow.active_run().info.run_id})
-    mlflow.log_artifact(str(path / "base.json"), "base_model")
-    return MaterializeResult(metadata={
-        "path": MetadataValue.path(str(path)),
-        "trained_until": base.info["trained_until"],
-        "windows_train": base.info["windows_train"],
-        "windows_valid": base.info["windows_valid"],
-        "best_valid_loss": base.info["best_valid_loss"],
-        "backbone": MetadataValue.json(vars(base.backbone_config)),
-        "checkpoint": config.checkpoint or "none (default backbone)",
-        "history": MetadataValue.md(_history_markdown({"pretrain": base.info["history"]})),
-        "mlflow_run_id": mlflow.active_run().info.run_id,
-    })
+def model_assets(line: ModelLine = MAIN_LINE) -> tuple[AssetsDefinition, AssetsDefinition]:
+    """``base_model`` and ``lora_model`` of one model line (``smc_core.lines``): the line's timeframe,
+    horizon and registered model; an added line's keys carry its prefix."""
+    timeframe_of = _timeframe_of(line)
+
+    @asset(
+        key=[*line.key_prefix, "base_model"],
+        deps=[features],
+        required_resource_keys={"database", "landing", "model_store", "mlflow"},
+        group_name="model",
+        kinds={"pytorch", "mlflow"},
+        description="Qwen2 backbone pretrained on next-bar return buckets of all stored bars (or a local checkpoint).",
+    )
+    def base_model(context: AssetExecutionContext, config: BaseModelConfig) -> MaterializeResult:
+        if config.checkpoint:
+            checked(lambda: check_checkpoint(Path(config.checkpoint)))  # before any data is read
+        data = _load(context, config, line, horizon=None)
+        mlflow = context.resources.mlflow
+        mlflow.set_tags({"stage": "base_model", "mlflow.runName":
+                         f"base {timeframe_of(context)} · {trigger_of(context)}"})
+        mlflow.log_params({"base_" + k: v for k, v in config.model_dump().items()})
+        context.log.info(f"pretraining on {len(data)} windows of {', '.join(data.symbols)}")
+        base = checked(lambda: pretrain_base(data, CATALOGUE, config.base_config(), progress=_progress(context)))
+        path = context.resources.model_store.directory("base", context.run.run_id)
+        save_base(path, base.state, base.spec, base.backbone_config,
+                  {**base.info, "dagster_run_id": context.run.run_id, "mlflow_run_id": mlflow.active_run().info.run_id})
+        mlflow.log_artifact(str(path / "base.json"), "base_model")
+        return MaterializeResult(metadata={
+            "path": MetadataValue.path(str(path)),
+            "trained_until": base.info["trained_until"],
+            "windows_train": base.info["windows_train"],
+            "windows_valid": base.info["windows_valid"],
+            "best_valid_loss": base.info["best_valid_loss"],
+            "backbone": MetadataValue.json(vars(base.backbone_config)),
+            "checkpoint": config.checkpoint or "none (default backbone)",
+            "history": MetadataValue.md(_history_markdown({"pretrain": base.info["history"]})),
+            "mlflow_run_id": mlflow.active_run().info.run_id,
+        })
 
 
-@asset(
-    deps=[base_model, features, labels],
-    required_resource_keys={"database", "landing", "model_store", "mlflow"},
-    group_name="model",
-    kinds={"pytorch", "mlflow"},
-    description="LoRA adapter on the base, calibrated, scored beside LightGBM and a from-scratch transformer, "
-                "packaged and registered in MLflow with the alias 'challenger'.",
-)
-def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> MaterializeResult:
-    base = _latest_base(context)
-    horizon = config.horizon.horizon().name
-    data = _load(context, config, horizon=horizon)
-    mlflow = context.resources.mlflow
-    run_id = mlflow.active_run().info.run_id
-    mlflow.set_tags({"stage": "lora_model", "horizon": horizon, "base_model": base.info["path"]})
-    mlflow.log_params({k: v for k, v in config.model_dump().items() if k != "horizon"} | {"horizon": horizon})
-    context.log.info(f"fine-tuning on {len(data)} labelled windows of {', '.join(data.symbols)} ({horizon})")
-    run = checked(lambda: train_lora_run(data, base, CATALOGUE, config.run_config(),
-                                          progress=_progress(context, mlflow)))
-    for model_name, report in run.reports.items():
-        mlflow.log_metrics({f"{model_name}_{k}": v for k, v in report.items() if v == v})
-    calibration = run.calibration
-    mlflow.log_metrics({"temperature": calibration.temperature, "ece_before": calibration.ece_raw,
-                        "ece_after": calibration.ece, "nll_before": calibration.nll_raw, "nll_after": calibration.nll})
+    @asset(
+        key=[*line.key_prefix, "lora_model"],
+        deps=[base_model, features, labels],
+        required_resource_keys={"database", "landing", "model_store", "mlflow"},
+        group_name="model",
+        kinds={"pytorch", "mlflow"},
+        description="LoRA adapter on the base, calibrated, scored beside LightGBM and a from-scratch transformer, "
+                    "packaged and registered in MLflow with the alias 'challenger'.",
+    )
+    def lora_model(context: AssetExecutionContext, config: LoraModelConfig) -> MaterializeResult:
+        base = _latest_base(context, line)
+        horizon = checked(lambda: line.horizon(config.horizon.horizon())).name
+        data = _load(context, config, line, horizon=horizon)
+        mlflow = context.resources.mlflow
+        run_id = mlflow.active_run().info.run_id
+        mlflow.set_tags({"stage": "lora_model", "horizon": horizon, "base_model": base.info["path"]})
+        mlflow.log_params({k: v for k, v in config.model_dump().items() if k != "horizon"} | {"horizon": horizon})
+        context.log.info(f"fine-tuning on {len(data)} labelled windows of {', '.join(data.symbols)} ({horizon})")
+        run = checked(lambda: train_lora_run(data, base, CATALOGUE, config.run_config(),
+                                              progress=_progress(context, mlflow)))
+        for model_name, report in run.reports.items():
+            mlflow.log_metrics({f"{model_name}_{k}": v for k, v in report.items() if v == v})
+        calibration = run.calibration
+        mlflow.log_metrics({"temperature": calibration.temperature, "ece_before": calibration.ece_raw,
+                            "ece_after": calibration.ece, "nll_before": calibration.nll_raw,
+                            "nll_after": calibration.nll})
 
-    importance = _log_importance(mlflow, run)
+        importance = _log_importance(mlflow, run, line.name)
 
-    artifact_uri = f"{mlflow.get_artifact_uri()}/{PACKAGE_ARTIFACT}"
-    version = register_package(run_id, artifact_uri, alias=None, tags={"dagster_run_id": context.run.run_id})
-    try:
-        lineage = _lineage(context, config, data, run.facts, base, horizon, run_id, version)
-        path = context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}")
-        save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage, run.reference,
-                     reference_probabilities=calibration.probs)
-        mlflow.log_artifacts(str(path), PACKAGE_ARTIFACT)
-        model_uri = log_pyfunc_model(path)  # the same package, loadable by mlflow.pyfunc / `mlflow models`
-        with tempfile.TemporaryDirectory() as scratch:
-            diagrams = [reliability_diagram(probs, run.valid_y, Path(scratch) / f"reliability_{name}.png", title)
-                        for name, probs, title in (("before", calibration.raw, "before calibration"),
-                                                   ("after", calibration.probs, "after calibration"))]
-            for diagram in diagrams:
-                mlflow.log_artifact(str(diagram), "calibration")
-            images = image_markdown(*diagrams)
-            if run.importance is not None:
-                chart = importance_chart(run.importance, Path(scratch) / "permutation.png",
-                                         f"{MODEL_NAME} v{version}: permutation importance (top 20)")
-                mlflow.log_artifact(str(chart), IMPORTANCE_ARTIFACT)
-                importance["feature_importance_chart"] = MetadataValue.md(image_markdown(chart))
-        mlflow.tracking_client.set_registered_model_alias(MODEL_NAME, "challenger", version)
-        mlflow.set_tag("mlflow.runName", f"lora {context.resources.landing.timeframe} {horizon.split('_')[0]} · "
-                                         f"{trigger_of(context)} · v{version}")
-    except BaseException:
-        mlflow.tracking_client.delete_model_version(MODEL_NAME, version)  # never leave a version without files
-        shutil.rmtree(context.resources.model_store.directory("packages", f"{MODEL_NAME}-v{version}"),
-                      ignore_errors=True)
-        raise
-    context.log.info(f"registered {MODEL_NAME}/{version} as challenger; package at {path}")
+        artifact_uri = f"{mlflow.get_artifact_uri()}/{PACKAGE_ARTIFACT}"
+        version = register_package(run_id, artifact_uri, name=line.name, alias=None,
+                                   tags={"dagster_run_id": context.run.run_id})
+        try:
+            lineage = _lineage(context, config, data, run.facts, base, horizon, run_id, version, line)
+            path = context.resources.model_store.directory("packages", f"{line.name}-v{version}")
+            save_package(path, run.model, run.spec, run.backbone_config, calibration.temperature, lineage,
+                         run.reference, reference_probabilities=calibration.probs)
+            mlflow.log_artifacts(str(path), PACKAGE_ARTIFACT)
+            model_uri = log_pyfunc_model(path)  # the same package, loadable by mlflow.pyfunc / `mlflow models`
+            with tempfile.TemporaryDirectory() as scratch:
+                diagrams = [reliability_diagram(probs, run.valid_y, Path(scratch) / f"reliability_{name}.png", title)
+                            for name, probs, title in (("before", calibration.raw, "before calibration"),
+                                                       ("after", calibration.probs, "after calibration"))]
+                for diagram in diagrams:
+                    mlflow.log_artifact(str(diagram), "calibration")
+                images = image_markdown(*diagrams)
+                if run.importance is not None:
+                    chart = importance_chart(run.importance, Path(scratch) / "permutation.png",
+                                             f"{line.name} v{version}: permutation importance (top 20)")
+                    mlflow.log_artifact(str(chart), IMPORTANCE_ARTIFACT)
+                    importance["feature_importance_chart"] = MetadataValue.md(image_markdown(chart))
+            mlflow.tracking_client.set_registered_model_alias(line.name, "challenger", version)
+            mlflow.set_tag("mlflow.runName", f"lora {timeframe_of(context)} {horizon.split('_')[0]} · "
+                                             f"{trigger_of(context)} · v{version}")
+        except BaseException:
+            mlflow.tracking_client.delete_model_version(line.name, version)  # never leave a version without files
+            shutil.rmtree(context.resources.model_store.directory("packages", f"{line.name}-v{version}"),
+                          ignore_errors=True)
+            raise
+        context.log.info(f"registered {line.name}/{version} as challenger; package at {path}")
 
-    lora = run.reports["lora"]
-    no_trades = "undefined: no validation window reached the trade threshold"
-    return MaterializeResult(metadata={
-        "model_version": f"{MODEL_NAME}/{version}",
-        "mlflow_run_id": run_id,
-        "mlflow_model": model_uri,
-        "package_path": MetadataValue.path(str(path)),
-        "comparison": MetadataValue.md(comparison_markdown(run.reports)),
-        "log_loss": lora["log_loss"],
-        "macro_f1": lora["macro_f1"],
-        "trade_precision": number_or_reason(lora["trade_precision"], no_trades),
-        "trade_edge": number_or_reason(lora["trade_edge"], no_trades),
-        "temperature": calibration.temperature,
-        "ece_before": calibration.ece_raw,
-        "ece_after": calibration.ece,
-        "nll_before": calibration.nll_raw,
-        "nll_after": calibration.nll,
-        "reliability": MetadataValue.md(_reliability_inline(calibration, run.valid_y)),
-        "reliability_chart": MetadataValue.md(images),
-        "history": MetadataValue.md(_history_markdown(run.histories)),
-        "split": MetadataValue.json(run.facts),
-        **importance,
-        "best_epoch": run.result.best_epoch,
-        "trainable_parameters": run.result.n_trainable,
-        "windows_per_second": run.result.windows_per_second,
-    })
+        lora = run.reports["lora"]
+        no_trades = "undefined: no validation window reached the trade threshold"
+        return MaterializeResult(metadata={
+            "model_version": f"{line.name}/{version}",
+            "mlflow_run_id": run_id,
+            "mlflow_model": model_uri,
+            "package_path": MetadataValue.path(str(path)),
+            "comparison": MetadataValue.md(comparison_markdown(run.reports)),
+            "log_loss": lora["log_loss"],
+            "macro_f1": lora["macro_f1"],
+            "trade_precision": number_or_reason(lora["trade_precision"], no_trades),
+            "trade_edge": number_or_reason(lora["trade_edge"], no_trades),
+            "temperature": calibration.temperature,
+            "ece_before": calibration.ece_raw,
+            "ece_after": calibration.ece,
+            "nll_before": calibration.nll_raw,
+            "nll_after": calibration.nll,
+            "reliability": MetadataValue.md(_reliability_inline(calibration, run.valid_y)),
+            "reliability_chart": MetadataValue.md(images),
+            "history": MetadataValue.md(_history_markdown(run.histories)),
+            "split": MetadataValue.json(run.facts),
+            **importance,
+            "best_epoch": run.result.best_epoch,
+            "trainable_parameters": run.result.n_trainable,
+            "windows_per_second": run.result.windows_per_second,
+        })
+
+    return base_model, lora_model
+
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -246,15 +258,16 @@ IMPORTANCE_ARTIFACT = "feature_importance"
 windows), ``lightgbm_gain.json`` (the baseline) and the chart."""
 
 
-def _log_importance(mlflow, run) -> dict:
+def _log_importance(mlflow, run, name: str) -> dict:
     """Log the run's importances to MLflow (JSON artifacts, one ``importance.<feature>`` metric each,
     so runs compare in MLflow's UI) and describe them beside the champion's: the metadata entries."""
     measured = [(f"{IMPORTANCE_ARTIFACT}/{kind}.json", importance, key) for kind, importance, key in (
         ("permutation", run.importance, "feature_importance"),
         ("lightgbm_gain", run.lightgbm_importance, "lightgbm_gain")) if importance is not None]
-    champion = alias_version("champion")
+    champion = alias_version("champion", name=name)
     label = f"the champion (v{champion})" if champion else "the champion"
-    previous_ones = run_dicts(champion, *(path for path, _, _ in measured)) if champion else [None] * len(measured)
+    previous_ones = (run_dicts(champion, *(path for path, _, _ in measured), name=name) if champion
+                     else [None] * len(measured))
     metadata = {}
     for (path, importance, key), previous in zip(measured, previous_ones):
         mlflow.log_dict(importance.as_dict(), path)
@@ -265,9 +278,15 @@ def _log_importance(mlflow, run) -> dict:
     return metadata
 
 
-def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optional[str]) -> TrainingData:
+def _timeframe_of(line: ModelLine):
+    """The line's timeframe in a run: an added line's own, the data's on the main line."""
+    return lambda context: line.timeframe or context.resources.landing.timeframe
+
+
+def _load(context: AssetExecutionContext, config: TrainingConfig, line: ModelLine,
+          horizon: Optional[str]) -> TrainingData:
     db = context.resources.database.database()
-    timeframe = context.resources.landing.timeframe
+    timeframe = _timeframe_of(line)(context)
     symbols = config.symbols or feature_symbols(db, timeframe, CATALOGUE)
     if not symbols:
         raise Failure(description=f"no stored features of feature set {CATALOGUE.version} for {timeframe}: "
@@ -276,7 +295,9 @@ def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optio
     if config.recent_days is not None:
         if config.recent_days < 2:
             raise Failure(description=f"recent_days must be at least 2, got {config.recent_days}")
-        window = window_start(db, timeframe, config.recent_days, context.resources.landing.calendar(symbols[0]))
+        # trading days are those of the stored bars, the data's timeframe, whichever the line's
+        window = window_start(db, context.resources.landing.timeframe, config.recent_days,
+                              context.resources.landing.calendar(symbols[0]))
         if window is not None and window > start:
             start = window
             context.log.info(f"training window: the newest {config.recent_days} trading days, from {start}")
@@ -284,10 +305,11 @@ def _load(context: AssetExecutionContext, config: TrainingConfig, horizon: Optio
                                                config.sequence_length))
 
 
-def _latest_base(context: AssetExecutionContext) -> PretrainedBase:
-    event = context.instance.get_latest_materialization_event(BASE_KEY)
+def _latest_base(context: AssetExecutionContext, line: ModelLine) -> PretrainedBase:
+    key = AssetKey([*line.key_prefix, "base_model"])
+    event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
-        raise Failure(description="no base_model has been materialized yet: materialize base_model first")
+        raise Failure(description=f"no {key.to_user_string()} has been materialized yet: materialize it first")
     path = Path(event.asset_materialization.metadata["path"].value)
     stored = checked(lambda: load_base(path))
     context.log.info(f"base model {path} (pretrained until {stored.info['trained_until']})")
@@ -310,15 +332,15 @@ def _progress(context: AssetExecutionContext, mlflow=None):
 
 
 def _lineage(context, config: LoraModelConfig, data: TrainingData, facts: dict, base: PretrainedBase, horizon: str,
-             mlflow_run_id: str, version: str) -> dict:
+             mlflow_run_id: str, version: str, line: ModelLine) -> dict:
     ends, codes = pd.DatetimeIndex(data.row_ts[data.ends]), data.row_symbol[data.ends]
     partitions = sorted({f"{day}|{data.symbols[code]}" for code in np.unique(codes)
                          for day in context.resources.landing.calendar(data.symbols[code]).trading_day_of(
                              ends[codes == code])})
     return {
-        "registered_model": MODEL_NAME, "model_version": version, "mlflow_run_id": mlflow_run_id,
+        "registered_model": line.name, "model_version": version, "mlflow_run_id": mlflow_run_id,
         "dagster_run_id": context.run.run_id, "asset": "lora_model", "package_format": PACKAGE_FORMAT,
-        "data": {"symbols": data.symbols, "timeframe": context.resources.landing.timeframe, "horizon": horizon,
+        "data": {"symbols": data.symbols, "timeframe": _timeframe_of(line)(context), "horizon": horizon,
                  "feature_set_version": CATALOGUE.version, "partitions": partitions, **facts},
         "base": {key: base.info.get(key) for key in ("path", "trained_until", "dagster_run_id", "mlflow_run_id",
                                                       "checkpoint")},
@@ -352,3 +374,6 @@ def _utc(text: str, name: str) -> pd.Timestamp:
     except ValueError:
         raise Failure(description=f"{name} {text!r} is not an ISO date or time") from None
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+base_model, lora_model = model_assets(MAIN_LINE)

@@ -42,6 +42,8 @@ class Settings:
     """Higher timeframes (5m, 15m, 1h, comma-separated) the lineage also computes features and
     labels for, from the database's resampling of the 1-minute bars (SMC_RESAMPLED); None: the
     default of ``resampled_timeframes``."""
+    lines: str | None = None
+    """Model lines added to the main one (SMC_MODEL_LINES: ``5m``, ``15m:8``; see ``smc_core.lines``)."""
     instruments_file: Path | None = None
     """Your instrument specifications, merged over the built-in ones (SMC_INSTRUMENTS)."""
     out_of_session: str = "exclude"
@@ -68,6 +70,8 @@ class Settings:
         parse_timeframe(timeframe)
         resampled = env.get("SMC_RESAMPLED")
         resampled_timeframes(timeframe, resampled, "SMC_RESAMPLED")
+        lines = env.get("SMC_MODEL_LINES")
+        _lines(timeframe, resampled, lines)
         out_of_session = (env.get("SMC_OUT_OF_SESSION") or cls.out_of_session).lower()
         if out_of_session not in OUT_OF_SESSION_CHOICES:
             raise ConfigError(f"SMC_OUT_OF_SESSION={out_of_session!r} is not one of {', '.join(OUT_OF_SESSION_CHOICES)}")
@@ -81,9 +85,21 @@ class Settings:
             log_level=level,
             timeframe=timeframe,
             resampled=resampled,
+            lines=lines,
             instruments_file=Path(env.get("SMC_INSTRUMENTS") or home / "instruments.toml").expanduser().resolve(),
             out_of_session=out_of_session,
         )
+
+
+    def model_lines(self):
+        """The main model line and those SMC_MODEL_LINES adds (``smc_core.lines.ModelLine``)."""
+        return _lines(self.timeframe, self.resampled, self.lines)
+
+
+def _lines(base: str, resampled: str | None, value: str | None):
+    from smc_core.lines import model_lines  # lines name registered models: the registry imports these settings
+
+    return model_lines(base, resampled, value)
 
 
 OUT_OF_SESSION_CHOICES = ("exclude", "include", "fail")

@@ -528,35 +528,46 @@ def replay(symbol: str, day: str, timeframe: str, url: str, api_key: str, quiet:
 @cli.command(epilog="""\b
 Examples:
   smc rollback --url http://127.0.0.1:8000 --api-key "$API_KEY"   # and measure the switch
-  smc rollback --no-wait                                          # only move the alias""")
+  smc rollback --no-wait                                          # only move the alias
+  smc rollback --model smc-lora-5m-h15                            # an added model line (probes on 5m)""")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True,
               help="The service, to measure the switch as clients see it.")
 @click.option("--api-key", envvar="API_KEY", default="", help="Predict key [env API_KEY].")
 @click.option("--symbol", default=None, help="Symbol whose newest stored bars make the probe request [default: first].")
-@click.option("--timeframe", default="1m", show_default=True, callback=_check_timeframe,
-              help="Bar width of the probe request's series.")
+@click.option("--timeframe", default=None, callback=_check_timeframe,
+              help="Bar width of the probe request's series [default: the model line's].")
+@click.option("--model", "model_name", default=None,
+              help="The model line's registered model (smc-lora-5m-h15 …; SMC_MODEL_LINES) [default: smc-lora].")
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
               help="Seconds to wait for every response to carry the restored version.")
 @click.option("--no-wait", is_flag=True, help="Move the alias and exit without measuring the switch.")
 @_debug_option
-def rollback(url: str, api_key: str, symbol: str | None, timeframe: str, timeout: float, no_wait: bool) -> None:
-    """Move the champion alias back to the previous version and measure until every response carries it."""
+def rollback(url: str, api_key: str, symbol: str | None, timeframe: str | None, model_name: str | None,
+             timeout: float, no_wait: bool) -> None:
+    """Move a model line's champion alias back to the previous version and measure until every response
+    carries it."""
     from smc_core.promotion import rollback as rollback_alias
-    from smc_core.registry import MODEL_NAME, TrackingConfig, configure
+    from smc_core.registry import TrackingConfig, configure
     from smc_core.serving.replay import request_payload
     from smc_core.serving.switchover import measure_switchover
     from smc_core.store import load_bars
 
     settings = _settings()
+    lines = {line.name: line for line in settings.model_lines()}
+    line = lines.get(model_name or "smc-lora")
+    if line is None:
+        raise SmcError(f"--model {model_name}: no such model line; the lines are {', '.join(lines)} (SMC_MODEL_LINES)")
+    timeframe = timeframe or line.timeframe or settings.timeframe
     configure(TrackingConfig.from_settings(settings))
     db = _database()
     payload = None
     if not no_wait:
-        payload = _probe_request(db, symbol, timeframe, load_bars, request_payload)
-    rolled_back, restored = rollback_alias(db)
+        payload = _probe_request(db, symbol, timeframe, load_bars, request_payload,
+                                 resampled=timeframe != settings.timeframe)
+    rolled_back, restored = rollback_alias(db, name=line.name)
     moved_at = time.monotonic()
-    expected = f"{MODEL_NAME}/{restored}"
-    click.echo(f"champion alias: {MODEL_NAME}/{rolled_back} → {expected} (recorded in model_promotions)")
+    expected = f"{line.name}/{restored}"
+    click.echo(f"champion alias: {line.name}/{rolled_back} → {expected} (recorded in model_promotions)")
     if no_wait:
         return
     client = _client(url, api_key, timeout=2.0, retry_delays=())  # a retried failure still counts
@@ -676,19 +687,21 @@ def signals_consume(group: str, consumer: str | None, redis_url: str, limit: int
     return stats
 
 
-def _probe_request(db, symbol, timeframe, load_bars, request_payload) -> dict:
-    """A valid /predict request from the newest stored bars (what a live client would send)."""
+def _probe_request(db, symbol, timeframe, load_bars, request_payload, resampled: bool = False) -> dict:
+    """A valid /predict request from the newest stored bars (what a live client would send);
+    ``resampled``: of the database's resampling of the 1-minute bars."""
     import pandas as pd
 
+    stored = "1m" if resampled else timeframe
     with db.connection() as connection:
         row = connection.execute(
             "SELECT symbol, max(ts) FROM bars WHERE timeframe = %s AND (%s::text IS NULL OR symbol = %s) "
-            "GROUP BY symbol ORDER BY symbol LIMIT 1", (timeframe, symbol, symbol)).fetchone()
+            "GROUP BY symbol ORDER BY symbol LIMIT 1", (stored, symbol, symbol)).fetchone()
     if row is None:
-        raise SmcError(f"no stored {timeframe} bars{' for ' + symbol if symbol else ''} to build a probe request "
+        raise SmcError(f"no stored {stored} bars{' for ' + symbol if symbol else ''} to build a probe request "
                        "from: ingest bars first, or use --no-wait")
     last = pd.Timestamp(row[1])
-    bars = load_bars(db, row[0], timeframe, last - pd.Timedelta(minutes=1), last, history=48)
+    bars = load_bars(db, row[0], timeframe, last, last, history=49, resampled=resampled)  # the 49 newest (finished)
     return request_payload(bars, row[0], timeframe)
 
 

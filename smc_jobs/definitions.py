@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, job
+from dagster import AssetSelection, AssetsDefinition, Definitions, define_asset_job, job
 from dagster_mlflow import end_mlflow_on_run_finished
 
 from sensors.drift import build_drift_sensor
 from sensors.file_drop import build_file_drop_sensor
 from sensors.live_bars import build_live_bars_sensor
 from sensors.performance import build_performance_sensor, build_skip_rate_sensor
-from sensors.retrain import (RETRAIN_JOB, SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor,
-                             default_status)
+from sensors.retrain import (SHADOW_REVIEW_JOB, build_retrain_chain_sensor, build_shadow_sensor, default_status,
+                             retrain_job_name)
 from sensors.run_failure import build_run_failure_sensor
 from sensors.safety import AB_REVIEW_JOB, build_ab_test_sensor, build_circuit_breaker_sensor
 from smc_assets.bars import bars
 from smc_assets.features import features
 from smc_assets.labels import labels
-from smc_assets.model import base_model, lora_model
+from smc_assets.model import base_model, lora_model, model_assets
 from smc_assets.monitoring import drift_report, outcomes, reports_dir
 from smc_assets.partitions import BAR_PARTITIONS
-from smc_assets.promotion import challenger_evaluation, champion, rollback_champion, shadow_review
+from smc_assets.promotion import challenger_evaluation, champion, promotion_assets, rollback_champion, shadow_review
 from smc_assets.safety import ab_review, halt_trading, resume_trading
 from smc_assets.resources import (DatabaseResource, LandingResource, ModelStoreResource, TrackingResource,
                                   mlflow_resource)
-from smc_assets.serving import bento_artifact
+from smc_assets.serving import bento_artifact, bento_asset
 from smc_core.execution import ExecutionSettings
+from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.monitoring import MonitoringSettings
 from smc_core.registry import TrackingConfig
 from smc_core.safety import SafetySettings
@@ -39,33 +40,43 @@ market_data_job = define_asset_job(
     description="One symbol × trading day: load and check bars, then compute features and labels.",
 )
 
-# One asset per job: dagster-mlflow's hook ends the MLflow run after the job's last step,
-# so each training stage gets its own MLflow run, tagged with its Dagster run id.
-base_model_job = define_asset_job(
-    "base_model_job", selection=AssetSelection.assets(base_model), hooks={end_mlflow_on_run_finished},
-    description="Pretrain the backbone on all stored bars (rarely: monthly, or after a feature-set change).",
-)
-train_job = define_asset_job(
-    "train_job", selection=AssetSelection.assets(lora_model), hooks={end_mlflow_on_run_finished},
-    description="Fine-tune a LoRA adapter on the current base, calibrate, compare with baselines, register as challenger.",
-)
+def line_jobs(line: ModelLine, base, lora, evaluation, decision, bento) -> tuple:
+    """base_model_job, train_job, promotion_job and retrain_job of one model line (an added line's
+    names end in its slug: train_job_5m_h15)."""
+    suffix, of = ("", "") if line.main else (f"_{line.slug}", f" of line {line.name}")
 
-promotion_job = define_asset_job(
-    "promotion_job", selection=AssetSelection.assets(challenger_evaluation, champion, bento_artifact),
-    description="Walk-forward backtest of the challenger, every gate a check; all passed: the champion alias moves "
-                "and the Bento is built; else the refusal is recorded and the run still succeeds.",
-)
+    # One asset per job: dagster-mlflow's hook ends the MLflow run after the job's last step,
+    # so each training stage gets its own MLflow run, tagged with its Dagster run id.
+    base_job = define_asset_job(
+        f"base_model_job{suffix}", selection=AssetSelection.assets(base), hooks={end_mlflow_on_run_finished},
+        description=f"Pretrain the backbone{of} on all stored bars (rarely: monthly, or after a feature-set change).")
+    train = define_asset_job(
+        f"train_job{suffix}", selection=AssetSelection.assets(lora), hooks={end_mlflow_on_run_finished},
+        description=f"Fine-tune a LoRA adapter{of} on the current base, calibrate, compare with baselines, register "
+                    "as challenger.")
+    promotion = define_asset_job(
+        f"promotion_job{suffix}", selection=AssetSelection.assets(evaluation, decision, bento),
+        description=f"Walk-forward backtest of the challenger{of}, every gate a check; all passed: the champion alias "
+                    "moves and the Bento is built; else the refusal is recorded and the run still succeeds.")
+    # The loop: retrain_chain_sensor starts this once the newest partitions are reloaded. lora_model
+    # opens the MLflow run (dagster-mlflow); the evaluation, gates and promotion of the same run
+    # are logged onto the challenger's MLflow run by id, and the hook ends it after the last step.
+    retrain = define_asset_job(
+        retrain_job_name(line), selection=AssetSelection.assets(lora, evaluation, decision, bento),
+        hooks={end_mlflow_on_run_finished},
+        description=f"Fine-tune a new LoRA adapter{of} on the current base (newest trading days), evaluate, gate, "
+                    "promote, rebuild the Bento; the running service follows the champion alias by itself.")
+    return base_job, train, promotion, retrain
 
 
-# The loop: retrain_chain_sensor starts this once the newest partitions are reloaded. lora_model
-# opens the MLflow run (dagster-mlflow); the evaluation, gates and promotion of the same run
-# are logged onto the challenger's MLflow run by id, and the hook ends it after the last step.
-retrain_job = define_asset_job(
-    RETRAIN_JOB, selection=AssetSelection.assets(lora_model, challenger_evaluation, champion, bento_artifact),
-    hooks={end_mlflow_on_run_finished},
-    description="Fine-tune a new LoRA adapter on the current base (newest trading days), evaluate, gate, promote, "
-                "rebuild the Bento; the running service follows the champion alias by itself.",
-)
+def line_assets(line: ModelLine) -> tuple[AssetsDefinition, ...]:
+    """An added line's base_model, lora_model, challenger_evaluation, champion and bento_artifact."""
+    return (*model_assets(line), *promotion_assets(line), bento_asset(line))
+
+
+base_model_job, train_job, promotion_job, retrain_job = line_jobs(
+    MAIN_LINE, base_model, lora_model, challenger_evaluation, champion, bento_artifact)
+
 
 shadow_review_job = define_asset_job(
     SHADOW_REVIEW_JOB, selection=AssetSelection.assets(shadow_review, bento_artifact),
@@ -79,7 +90,8 @@ monitoring_job = define_asset_job(
 )
 
 
-@job(description="Move the 'champion' alias back to 'previous' (the service follows within seconds).")
+@job(description="Move the 'champion' alias back to 'previous' (the service follows within seconds); config model: "
+                 "which line's registered model (default smc-lora).")
 def rollback_job():
     rollback_champion()
 
@@ -104,6 +116,8 @@ ab_review_job = define_asset_job(
 def build_definitions(settings: Settings | None = None, monitoring: MonitoringSettings | None = None,
                       safety: SafetySettings | None = None, execution: ExecutionSettings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
+    added = {line: line_assets(line) for line in settings.model_lines() if not line.main}
+    added_jobs = {line: line_jobs(line, *assets) for line, assets in added.items()}
     monitoring = monitoring or MonitoringSettings.from_env()
     safety = safety or SafetySettings.from_env()
     execution = execution or ExecutionSettings.from_env()
@@ -111,16 +125,17 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
     model_root = str(settings.smc_home / "models")
     return Definitions(
         assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact,
-                shadow_review, ab_review, outcomes, drift_report],
+                shadow_review, ab_review, outcomes, drift_report, *(a for assets in added.values() for a in assets)],
         jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, shadow_review_job, monitoring_job,
-              rollback_job, halt_job, resume_job, ab_review_job],
+              rollback_job, halt_job, resume_job, ab_review_job, *(j for jobs in added_jobs.values() for j in jobs)],
         schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
-                                  base_model_job=base_model_job),
+                                  base_model_jobs=[base_model_job, *(jobs[0] for jobs in added_jobs.values())]),
         sensors=[build_file_drop_sensor(market_data_job.name, default_status=default_status(monitoring)),
                  build_live_bars_sensor(market_data_job.name, default_status=default_status(monitoring)),
                  build_drift_sensor(monitoring, reports_dir(model_root)),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
-                 build_retrain_chain_sensor(monitoring), build_shadow_sensor(monitoring),
+                 build_retrain_chain_sensor(monitoring, settings.model_lines(),
+                                            [retrain_job, *(jobs[3] for jobs in added_jobs.values())] if added else None), build_shadow_sensor(monitoring),
                  build_run_failure_sensor(monitoring),
                  build_circuit_breaker_sensor(safety), build_ab_test_sensor(safety, monitoring)],
         resources={

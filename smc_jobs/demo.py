@@ -4,14 +4,17 @@ and jobs a user runs (``LocalRunner`` does one daemon tick at a time in this pro
 History: NinjaTrader exports of two symbols with a planted SMC edge land in the landing
 folder; the file sensor requests their partitions (bars, features, labels with checks);
 ``base_model_job`` pretrains the backbone, ``train_job`` fine-tunes LoRA, ``promotion_job``
-runs the walk-forward gates, moves the champion alias and builds the Bento; the real
-BentoML service serves the champion and a day is replayed through the Python client.
+runs the walk-forward gates, moves the champion alias and builds the Bento — for each model
+line: the main 1-minute one (``smc-lora``) and the 5-minute one (``smc-lora-5m-h15``, its own
+jobs, gates and champion, on the database's 5-minute resampling); the real BentoML service
+serves both champions in one process and a day is replayed on each timeframe through the
+Python client, each line answered by its own champion.
 
 The loop: the market changes (volatility ×4, and the setups now resolve the other way);
 the champion answers two days of it, logging every prediction; the drift sensor compares
 them with the reference sample in its package and requests a retrain; the refreshed
-partitions and ``retrain_job`` (LoRA on the current base, gates against the champion,
-promotion, Bento) run; the service picks up the new champion by itself. Everything runs
+partitions and every line's retrain job (LoRA on the current base, gates against the line's
+champion, promotion, Bento) run; the service picks up the new champion by itself. Everything runs
 against a persistent Dagster instance and MLflow store: ``make ui`` and ``make mlflow-ui``
 show it afterwards.
 """
@@ -23,10 +26,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from smc_core.settings import Settings
+
+if TYPE_CHECKING:
+    from smc_core.lines import ModelLine
 
 TRAINING = {
     "base_model": {"epochs": 3},
@@ -43,6 +50,9 @@ short record can afford few."""
 def retrain_config() -> dict:
     """The run config the demo's retrains use (what SMC_RETRAIN_CONFIG would hold)."""
     return {"ops": {name: {"config": config} for name, config in TRAINING.items() if name != "base_model"}}
+DEMO_LINES = "5m"
+"""The model line the demo adds to the main (1-minute) one, unless SMC_MODEL_LINES says otherwise:
+5-minute bars resampled from the same exports, 15-bar horizon, registered as smc-lora-5m-h15."""
 SEEDS = {"ES": 3, "NQ": 4, "YM": 5, "RTY": 6}
 EDGE_PUSH = 0.4
 """How hard the demo's planted setups drive price (ATR per bar; the synthetic default is 0.25).
@@ -111,6 +121,14 @@ def record_partition_range(plan: DemoPlan, home: Path) -> tuple[date, date]:
 
 
 def run_demo(settings: Settings, plan: DemoPlan) -> int:
+    from dataclasses import replace
+
+    from smc_core.settings import write_home_settings
+
+    if settings.lines is None:  # the UI's code location (make ui) reads the same settings.env
+        settings = replace(settings, lines=DEMO_LINES)
+        write_home_settings(settings.smc_home, {"SMC_MODEL_LINES": DEMO_LINES},
+                            "written by `smc demo`: its model lines (besides the main one)")
     os.environ.setdefault("DAGSTER_HOME", str(settings.smc_home / "dagster"))
     os.environ.setdefault("BENTOML_HOME", str(settings.smc_home / "bentoml"))
     ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
@@ -127,7 +145,8 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
     from smc_jobs.local import LocalRunner
 
     started = time.perf_counter()
-    steps = Steps(4 + (4 if plan.train else 0) + (5 if plan.train and plan.loop else 0))
+    lines = settings.model_lines()
+    steps = Steps(4 + (1 + 3 * len(lines) if plan.train else 0) + (5 if plan.train and plan.loop else 0))
     steps.say(f"database: {'DATABASE_URL' if settings.database_url else 'embedded PostgreSQL under ' + str(settings.smc_home)}")
     database = Database.from_settings(settings)
     migrate(database)
@@ -149,12 +168,14 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
         return 1
     if not plan.train:
         return _done(started, settings)
-    if not _history(runner, steps):
-        return 1
-    with DemoServer(settings) as server:
+    for line in lines:
+        if not _history(runner, steps, line):
+            return 1
+    with DemoServer(settings, lines) as server:
         steps.say(f"serving {server.describe()} with the real BentoML service (dev mode: no keys)")
         click.echo(f"      ready in {server.ready_in:.1f}s at {server.url}")
-        _replay(server, database, plan.symbols[0], [history_end], "the last history day")
+        for line in server.lines:
+            _replay(server, database, plan.symbols[0], [history_end], "the last history day", line, settings)
         if plan.loop and server.follows_champion:
             if not _loop(runner, settings, database, server, steps, plan, history_end):
                 return 1
@@ -253,18 +274,20 @@ def load_landing_files(runner):
     return requests, rows
 
 
-def _history(runner, steps: Steps) -> bool:
-    """base_model_job, train_job, promotion_job with their outcomes printed; False on a failed run.
-    A challenger refused by its gates is an outcome, not a failure: the demo prints why."""
+def _history(runner, steps: Steps, line: "ModelLine") -> bool:
+    """One model line's base_model_job, train_job, promotion_job with their outcomes printed; False on
+    a failed run. A challenger refused by its gates is an outcome, not a failure: the demo prints why."""
     from smc_jobs.local import materialized
 
+    suffix, prefix = ("", "") if line.main else (f"_{line.slug}", f"{line.key_prefix[0]}/")
     for job_name, asset in (("base_model_job", "base_model"), ("train_job", "lora_model"),
                             ("promotion_job", "challenger_evaluation")):
+        job_name += suffix
         steps.say(f"{job_name}: {runner.definitions.resolve_job_def(job_name).description}")
         stage = time.perf_counter()
-        ops = {name: {"config": config} for name, config in TRAINING.items()}
-        run = runner.run(job_name, {**PROGRESS, "ops": {asset: ops[asset]}}, raise_on_error=False)
-        metadata = materialized(run)
+        step = asset if line.main else f"{line.key_prefix[0]}__{asset}"
+        run = runner.run(job_name, {**PROGRESS, "ops": {step: {"config": TRAINING[asset]}}}, raise_on_error=False)
+        metadata = {key.removeprefix(prefix): meta for key, meta in materialized(run).items()}
         if asset not in metadata:
             click.echo(f"      FAILED: {_failure(run)}")
             return False
@@ -272,14 +295,17 @@ def _history(runner, steps: Steps) -> bool:
         _print_outcome(asset, metadata)
         if asset == "challenger_evaluation":
             failed = str(metadata[asset].get("failed_gates", ""))
-            steps.decided("history model", "champion" in metadata, "" if failed == "none" else failed)
+            stage_name = "history model" if line.main else f"history model, line {line.name}"
+            steps.decided(stage_name, "champion" in metadata, "" if failed == "none" else failed)
     return True
 
 
 def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Steps, plan: DemoPlan,
           history_end: date) -> bool:
     """The regime change, the drift sensor, the retrain through the gates, the service following."""
+    from sensors.retrain import retrain_job_name
     from smc_core.calendar import CME_EQUITY
+    from smc_core.lines import MAIN_LINE
     from smc_core.registry import alias_version
     from smc_jobs.local import RunFailed, materialized
 
@@ -291,7 +317,8 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
         return False
     new_days = CME_EQUITY.trading_days(first_new, new_end)
     before = alias_version("champion")
-    _replay(server, database, plan.symbols[0], new_days[-2:], "the newest two days of the new market")
+    _replay(server, database, plan.symbols[0], new_days[-2:], "the newest two days of the new market",
+            server.lines[0], settings)
     time.sleep(1.5)  # the service's prediction log writes in the background
 
     steps.say("drift_sensor tick: Evidently, the champion's newest live predictions vs its package's reference sample")
@@ -316,7 +343,8 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
     steps.say(f"retrain_job ({runner.definitions.resolve_job_def('retrain_job').description})")
     stage = time.perf_counter()
     try:
-        result = runner.execute(chained[0], run_config=PROGRESS)
+        result = runner.execute(next(r for r in chained if r.job_name == retrain_job_name(MAIN_LINE)),
+                                run_config=PROGRESS)
         ok = True
     except RunFailed as failure:  # refused gates stop the run before 'champion': an outcome, not a crash
         click.echo(f"      {failure}")
@@ -332,14 +360,43 @@ def _loop(runner, settings: Settings, database, server: "DemoServer", steps: Ste
     if not ok or after == before:
         _print_refused(runner)
         click.echo(f"      the champion stays smc-lora/{before}; the loop ran through the gates and they said no")
+    for line in settings.model_lines()[1:]:
+        request = next((r for r in chained if r.job_name == retrain_job_name(line)), None)
+        if request is not None:
+            _retrain_added_line(runner, steps, request, line)
+    if not ok or after == before:
         return True
     waited = server.wait_for_version(f"smc-lora/{after}")
     when = ("already when the retrain run finished" if waited < 0.05 else
             f"{waited:.1f}s after the retrain run finished")
     steps.say(f"the running service follows the alias (polled every second): every answer carries smc-lora/{after} "
               f"{when} — no restart, no reload call")
-    _replay(server, database, plan.symbols[0], new_days[-1:], "the newest day again, now with the new champion")
+    _replay(server, database, plan.symbols[0], new_days[-1:], "the newest day again, now with the new champion",
+            server.lines[0], settings)
     return True
+
+
+def _retrain_added_line(runner, steps: Steps, request, line: "ModelLine") -> None:
+    """The same episode's retrain of an added model line (retrain_chain_sensor requests one per
+    line), its outcome printed in short: the line's own gates decide for its own champion."""
+    from smc_core.registry import alias_version
+    from smc_jobs.local import RunFailed, materialized
+
+    before = alias_version("champion", name=line.name)
+    click.echo(f"      {request.job_name} (the same episode, line {line.name}):")
+    stage = time.perf_counter()
+    try:
+        metadata = materialized(runner.execute(request, run_config=PROGRESS))
+    except RunFailed as failure:
+        click.echo(f"      {failure}")
+        metadata = {}
+    after = alias_version("champion", name=line.name)
+    evaluation = metadata.get(f"{line.key_prefix[0]}/challenger_evaluation", {})
+    failed = _failed_gates(runner, line)
+    click.echo(f"      done in {time.perf_counter() - stage:.0f}s: {evaluation.get('model_version', 'no evaluation')} "
+               + (f"PROMOTED (previous {line.name}/{before})" if after != before else
+                  f"REFUSED ({failed}); the champion stays {line.name}/{before}"))
+    steps.decided(f"regime-change retrain, line {line.name}", after != before, failed)
 
 
 def run_monitoring(runner, steps: Steps | None, reason: str):
@@ -370,12 +427,17 @@ def run_monitoring(runner, steps: Steps | None, reason: str):
 # --- serving -----------------------------------------------------------------------------------
 
 class DemoServer:
-    """The real BentoML service in a subprocess, following the champion alias (or, when the gates
-    refused every model, serving the challenger by path, clearly marked)."""
+    """The real BentoML service in a subprocess serving every model line with a champion, each
+    followed through its registry alias (or, when the gates refused every model of the main line,
+    serving its challenger by path, clearly marked)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, lines: tuple["ModelLine", ...]):
         self.settings = settings
         self.follows_champion = False
+        from smc_core.registry import alias_version
+
+        self.lines = [line for line in lines if line.main or alias_version("champion", name=line.name) is not None]
+        """The lines served: the main one, and each added line with a champion."""
 
     def describe(self) -> str:
         return self._what
@@ -393,38 +455,15 @@ class DemoServer:
                "MODEL_POLL_SECONDS": "1"}
         if alias_version("champion") is not None:
             self.follows_champion = True
-            self._what = f"the champion smc-lora/{alias_version('champion')} (followed through the registry alias)"
+            env["MODEL_URI"] = ",".join(f"models:/{line.name}@champion" for line in self.lines)
+            self._what = ", ".join(f"the champion {line.name}/{alias_version('champion', name=line.name)}"
+                                   for line in self.lines) + " (each followed through its registry alias)"
         else:
+            self.lines = self.lines[:1]
             version = alias_version("challenger")
             env["MODEL_PATH"] = str(package_path(version))
             self._what = (f"the challenger smc-lora/{version} — REFUSED by the gates, served here only to show the "
                           "service; nothing follows the champion alias until a model passes")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        root = Path(__file__).resolve().parent.parent
-        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
-                                         "bento.service:SmcPredictor", "--host", "127.0.0.1", "--port", str(port)],
-                                        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}"
-        started = time.perf_counter()
-        while time.perf_counter() - started < 120:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    self.ready_in = time.perf_counter() - started
-                    sys.path.insert(0, str(root / "bento" / "clients" / "python"))
-                    from smc_client import SmcClient
-
-                    self.client = SmcClient(self.url, "dev", timeout=2.0)
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.3)
-        self.__exit__()
-        raise click.ClickException("the service did not start: run `smc serve --dev` to see why")
-
     def wait_for_version(self, version: str, timeout: float = 30.0) -> float:
         import httpx
 
@@ -443,16 +482,26 @@ class DemoServer:
         terminate(self.process)
 
 
-def _replay(server: DemoServer, database, symbol: str, days: list[date], what: str) -> None:
+def _replay(server: DemoServer, database, symbol: str, days: list[date], what: str, line: "ModelLine",
+            settings: Settings) -> None:
+    """Replay stored days bar by bar on the line's timeframe and say which model versions answered:
+    each line's requests must reach that line's champion only."""
+    from smc_core.registry import alias_version
     from smc_core.serving.replay import replay_stored_day
 
+    timeframe = line.timeframe or settings.timeframe
     for day in days:
-        report = replay_stored_day(database, symbol, day, server.client.predict_payload)
+        report = replay_stored_day(database, symbol, day, server.client.predict_payload, timeframe=timeframe,
+                                   resampled=timeframe != settings.timeframe)
         summary = report.summary()
-        click.echo(f"      replayed {what}: {symbol} {day} bar by bar through the Python client — "
-                   f"{summary['requests']} requests to {', '.join(summary['versions'])}, signals {summary['signals']}, "
-                   f"p50 {summary['latency_p50_ms']:.1f} ms / p99 {summary['latency_p99_ms']:.1f} ms; policy P&L with "
-                   f"costs {summary['net_pnl']:+,.0f} $ over {summary['trades']} trades")
+        expected = f"{line.name}/{alias_version('champion', name=line.name)}" if server.follows_champion else None
+        routed = ("" if expected is None else " (its line's champion: right)" if summary["versions"] == [expected]
+                  else f" — WRONG: this line's champion is {expected}")
+        click.echo(f"      replayed {what} on {timeframe}: {symbol} {day} bar by bar through the Python client — "
+                   f"{summary['requests']} requests to {', '.join(summary['versions'])}{routed}, signals "
+                   f"{summary['signals']}, p50 {summary['latency_p50_ms']:.1f} ms / p99 "
+                   f"{summary['latency_p99_ms']:.1f} ms; policy P&L with costs {summary['net_pnl']:+,.0f} $ over "
+                   f"{summary['trades']} trades")
 
 
 # --- printing ------------------------------------------------------------------------------------
@@ -481,10 +530,11 @@ def _print_outcome(asset: str, metadata: dict) -> None:
             click.echo(f"      REFUSED: {meta['model_version']} stays challenger; the champion alias did not move")
 
 
-def _failed_gates(runner) -> str:
+def _failed_gates(runner, line: "ModelLine | None" = None) -> str:
     from dagster import AssetKey
 
-    event = runner.instance.get_latest_materialization_event(AssetKey("challenger_evaluation"))
+    prefix = line.key_prefix if line is not None else []
+    event = runner.instance.get_latest_materialization_event(AssetKey([*prefix, "challenger_evaluation"]))
     if event is None or event.asset_materialization is None:
         return "no evaluation"
     failed = event.asset_materialization.metadata.get("failed_gates")

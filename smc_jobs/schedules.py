@@ -12,7 +12,7 @@ def _status(settings: MonitoringSettings) -> DefaultScheduleStatus:
     return DefaultScheduleStatus.RUNNING if settings.automation else DefaultScheduleStatus.STOPPED
 
 
-def build_schedules(settings: MonitoringSettings, *, refresh_job, monitoring_job, base_model_job) -> list:
+def build_schedules(settings: MonitoringSettings, *, refresh_job, monitoring_job, base_model_jobs) -> list:
     @schedule(name="weekly_retrain", cron_schedule="0 2 * * 0", execution_timezone="UTC", job=refresh_job,
               default_status=_status(settings),
               description="Sunday 02:00 UTC: reload the newest partitions, then retrain_job (LoRA on the current base, "
@@ -25,10 +25,10 @@ def build_schedules(settings: MonitoringSettings, *, refresh_job, monitoring_job
 
     daily_monitoring = _simple("daily_monitoring", "0 6 * * *", monitoring_job, settings,
                                "06:00 UTC daily: resolve live outcomes and write the drift report.")
-    monthly_base = _simple("monthly_base_model", "0 3 1 * *", base_model_job, settings,
-                           "03:00 UTC on the 1st: pretrain the backbone again on all stored bars (retrains then "
-                           "fine-tune on the new base).")
-    return [weekly_retrain, daily_monitoring, monthly_base]
+    monthly_bases = [_simple(job.name.replace("base_model_job", "monthly_base_model"), "0 3 1 * *", job, settings,
+                             f"03:00 UTC on the 1st: {job.name} pretrains the backbone again on all stored bars "
+                             "(retrains then fine-tune on the new base).") for job in base_model_jobs]
+    return [weekly_retrain, daily_monitoring, *monthly_bases]
 
 
 def _simple(name: str, cron: str, job, settings: MonitoringSettings, description: str):

@@ -39,9 +39,10 @@ class Pipeline:
 
 
 def trained_pipeline(database_url: str, home: Path, days: int, base_config: dict, lora_config: dict,
-                     seed: int = 11) -> Pipeline:
-    """Synthetic exports (planted edge) → market_data_job per day → base_model_job → train_job."""
-    settings = Settings.from_env({"DATABASE_URL": database_url, "SMC_HOME": str(home)})
+                     seed: int = 11, env: dict | None = None) -> Pipeline:
+    """Synthetic exports (planted edge) → market_data_job per day → base_model_job → train_job.
+    ``env``: more settings (SMC_MODEL_LINES …)."""
+    settings = Settings.from_env({"DATABASE_URL": database_url, "SMC_HOME": str(home), **(env or {})})
     config = SyntheticConfig(days=days, start=START, edge="smc", edge_strength=0.9, seed=seed,
                              instrument=Instrument(symbol=SYMBOL))
     write_synthetic(config, settings.landing_dir)
