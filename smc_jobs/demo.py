@@ -464,6 +464,32 @@ class DemoServer:
             env["MODEL_PATH"] = str(package_path(version))
             self._what = (f"the challenger smc-lora/{version} — REFUSED by the gates, served here only to show the "
                           "service; nothing follows the champion alias until a model passes")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve",
+                                         "bento.service:SmcPredictor", "--host", "127.0.0.1", "--port", str(port)],
+                                        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        while time.perf_counter() - started < 120:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    self.ready_in = time.perf_counter() - started
+                    sys.path.insert(0, str(root / "bento" / "clients" / "python"))
+                    from smc_client import SmcClient
+
+                    self.client = SmcClient(self.url, "dev", timeout=2.0)
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.3)
+        self.__exit__()
+        raise click.ClickException("the service did not start: run `smc serve --dev` to see why")
+
     def wait_for_version(self, version: str, timeout: float = 30.0) -> float:
         import httpx
 
