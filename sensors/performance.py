@@ -13,29 +13,30 @@ import time
 
 from dagster import SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from sensors.retrain import REFRESH_JOB, default_status, fire, serving_champion
+from sensors.retrain import REFRESH_JOB, default_status, fire, sensor_name, serving_champion
 from smc_assets.resources import DatabaseResource, LandingResource, TrackingResource
 from smc_core.alerts import raise_alert
+from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.model.package import package_horizon
 from smc_core.monitoring import Episode, MonitoringSettings, days_back, latest_prediction_time, live_window
 from smc_core.outcomes import live_summary, resolve_outcomes
 from smc_core.registry import package_path
 
 
-def build_performance_sensor(settings: MonitoringSettings):
+def build_performance_sensor(settings: MonitoringSettings, line: ModelLine = MAIN_LINE):
     @sensor(
-        name="performance_sensor",
+        name=sensor_name("performance_sensor", line),
         job_name=REFRESH_JOB,
         minimum_interval_seconds=settings.performance_interval_s,
         default_status=default_status(settings),
-        description=f"Every {settings.performance_interval_s} s: live hit rate of the champion's trades over "
+        description=f"Every {settings.performance_interval_s} s: live hit rate of {line.name}'s champion's trades over "
                     f"{settings.performance_days} trading days; retrains below {settings.min_hit_rate:.0%} "
                     f"(with ≥ {settings.min_trades} trades).",
     )
     def performance_sensor(context: SensorEvaluationContext, database: DatabaseResource, landing: LandingResource,
                            tracking: TrackingResource):
         state = json.loads(context.cursor) if context.cursor else {}
-        champion = serving_champion(context, tracking)
+        champion = serving_champion(context, tracking, line)
         if isinstance(champion, SensorResult):
             return champion
         model_version, version = champion
@@ -44,7 +45,7 @@ def build_performance_sensor(settings: MonitoringSettings):
         if newest is None:
             return SensorResult(skip_reason=SkipReason(f"{model_version} has served no predictions yet"),
                                 cursor=context.cursor)
-        horizon = package_horizon(package_path(version))
+        horizon = package_horizon(package_path(version, name=line.name))
         if horizon is None:
             return SensorResult(skip_reason=SkipReason(f"{model_version} records no label horizon in its lineage"),
                                 cursor=context.cursor)
@@ -58,22 +59,23 @@ def build_performance_sensor(settings: MonitoringSettings):
                  else f"{described} ≥ {settings.min_hit_rate:.0%}")
         return fire(context, "performance", decayed, model_version,
                     f"performance: {described} < {settings.min_hit_rate:.0%}", db, landing.timeframe, settings,
-                    state, quiet=quiet)
+                    state, quiet=quiet, line=line)
 
     return performance_sensor
 
 
-def build_skip_rate_sensor(settings: MonitoringSettings, minimum_interval_seconds: int = 300):
+def build_skip_rate_sensor(settings: MonitoringSettings, minimum_interval_seconds: int = 300,
+                           line: ModelLine = MAIN_LINE):
     @sensor(
-        name="skip_rate_sensor",
+        name=sensor_name("skip_rate_sensor", line),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status(settings),
-        description=f"Alerts when more than {settings.skip_rate_alert:.0%} of the champion's newest "
+        description=f"Alerts when more than {settings.skip_rate_alert:.0%} of {line.name}'s champion's newest "
                     f"{settings.skip_rate_window} answers are 'skip' (once per episode).",
     )
     def skip_rate_sensor(context: SensorEvaluationContext, database: DatabaseResource, tracking: TrackingResource):
         state = json.loads(context.cursor) if context.cursor else {}
-        champion = serving_champion(context, tracking)
+        champion = serving_champion(context, tracking, line)
         if isinstance(champion, SensorResult):
             return champion
         model_version, _ = champion

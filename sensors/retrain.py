@@ -28,21 +28,29 @@ RETRAIN_JOB = "retrain_job"
 EPISODE_TAG = "smc/retrain_episode"
 REASON_TAG = "smc/reason"
 TRIGGER_TAG = "smc/trigger"
+LINE_TAG = "smc/model_line"
+"""The registered model of the line whose monitoring started an episode (only that line then
+retrains); absent (the weekly schedule): every line retrains."""
 _FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def serving_champion(context: SensorEvaluationContext, tracking: TrackingResource):
-    """(``<name>/<version>``, registry version) of the model serving now, or the SensorResult a
+def serving_champion(context: SensorEvaluationContext, tracking: TrackingResource, line: ModelLine = MAIN_LINE):
+    """(``<name>/<version>``, registry version) of the line's model serving now, or the SensorResult a
     monitoring sensor returns when nothing serves. The package itself is fetched
     (``registry.package_path``) only by the sensors that need it, when they need it."""
-    from smc_core.registry import MODEL_NAME, alias_version
+    from smc_core.registry import alias_version
 
     tracking.client()  # configures MLflow for this process
-    version = alias_version("champion")
-    champion = None if version is None else (f"{MODEL_NAME}/{version}", version)
-    if champion is None:
-        return SensorResult(skip_reason=SkipReason("no champion: nothing is serving"), cursor=context.cursor)
-    return champion
+    version = alias_version("champion", name=line.name)
+    if version is None:
+        return SensorResult(skip_reason=SkipReason(f"no champion of {line.name}: nothing is serving"),
+                            cursor=context.cursor)
+    return f"{line.name}/{version}", version
+
+
+def sensor_name(name: str, line: ModelLine) -> str:
+    """``drift_sensor``; an added line's ends in its slug (``drift_sensor_5m_h15``)."""
+    return name if line.main else f"{name}_{line.slug}"
 
 
 def default_status(settings: MonitoringSettings) -> DefaultSensorStatus:
@@ -51,9 +59,11 @@ def default_status(settings: MonitoringSettings) -> DefaultSensorStatus:
 
 
 def refresh_requests(db: Database, timeframe: str, settings: MonitoringSettings, episode: str, trigger: str,
-                     reason: str) -> list[RunRequest]:
-    """Step 1 of a retrain: one market-data run per newest (symbol, trading day)."""
-    tags = {EPISODE_TAG: episode, TRIGGER_TAG: trigger, REASON_TAG: reason[:4000]}
+                     reason: str, line: ModelLine | None = None) -> list[RunRequest]:
+    """Step 1 of a retrain: one market-data run per newest (symbol, trading day); ``line``: the
+    model line whose monitoring asks (only it retrains), None: every line."""
+    tags = {EPISODE_TAG: episode, TRIGGER_TAG: trigger, REASON_TAG: reason[:4000],
+            **({LINE_TAG: line.name} if line is not None else {})}
     requests = []
     for symbol, days in newest_trading_days(db, timeframe, settings.refresh_days).items():
         for day in days:
@@ -80,7 +90,8 @@ def retrain_run_config(settings: MonitoringSettings, line: ModelLine = MAIN_LINE
 
 
 def fire(context: SensorEvaluationContext, kind: str, condition: bool, version: str, reason: str,
-         db: Database, timeframe: str, settings: MonitoringSettings, state: dict, quiet: str) -> SensorResult:
+         db: Database, timeframe: str, settings: MonitoringSettings, state: dict, quiet: str,
+         line: ModelLine = MAIN_LINE) -> SensorResult:
     """One tick of a trigger sensor: advance its episode and, when it fires, start a retrain.
 
     ``state`` is the decoded cursor (the episode is kept under ``episode``); ``quiet`` is the
@@ -94,7 +105,7 @@ def fire(context: SensorEvaluationContext, kind: str, condition: bool, version: 
         why = quiet if not condition else f"{reason} (episode {episode.active} already triggered; cooldown " \
                                           f"{settings.cooldown_hours:g} h)"
         return SensorResult(skip_reason=SkipReason(why), cursor=json.dumps(state, sort_keys=True))
-    requests = refresh_requests(db, timeframe, settings, run_key, kind, reason)
+    requests = refresh_requests(db, timeframe, settings, run_key, kind, reason, line)
     if not requests:
         return SensorResult(skip_reason=SkipReason(f"{reason}, but no stored bars to retrain on"),
                             cursor=json.dumps(state, sort_keys=True))
@@ -136,10 +147,13 @@ def build_retrain_chain_sensor(settings: MonitoringSettings, lines: tuple[ModelL
             if failed:
                 context.log.error(f"retrain episode {episode} abandoned: market-data run(s) {', '.join(failed)} failed")
                 continue
-            tags = {key: value for key, value in refresh[0].tags.items() if key in (EPISODE_TAG, TRIGGER_TAG, REASON_TAG)}
+            tags = {key: value for key, value in refresh[0].tags.items()
+                    if key in (EPISODE_TAG, TRIGGER_TAG, REASON_TAG, LINE_TAG)}
+            asking = tags.get(LINE_TAG)
             requests += [RunRequest(run_key=episode if line.main else f"{episode}|{line.slug}",
                                     job_name=retrain_job_name(line), tags=tags,
-                                    run_config=retrain_run_config(settings, line)) for line in lines]
+                                    run_config=retrain_run_config(settings, line))
+                         for line in lines if asking is None or asking == line.name]
         cursor = json.dumps(sorted(done))
         if requests:
             return SensorResult(run_requests=requests, cursor=cursor)

@@ -4,10 +4,11 @@ prediction log; the sensors in ``sensors/`` run the same smc_core code on their 
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, MetadataValue, asset
 
 from smc_assets.common import checked
 from smc_assets.labels import labels
+from smc_core.lines import MAIN_LINE, ModelLine, is_line_model
 from smc_core.model import load_package
 from smc_core.model.package import package_horizon
 from smc_core.monitoring import MonitoringSettings, check_drift, latest_prediction_time
@@ -45,42 +46,51 @@ def outcomes(context: AssetExecutionContext) -> MaterializeResult:
     })
 
 
-@asset(
-    required_resource_keys={"database", "tracking", "model_store"},
-    group_name="monitoring",
-    kinds={"evidently"},
-    description="Evidently drift of the champion's newest live predictions against the reference sample in its "
-                "package; stored in drift_reports with an HTML report.",
-)
-def drift_report(context: AssetExecutionContext) -> MaterializeResult:
-    settings = MonitoringSettings.from_env()
-    db = context.resources.database.database()
-    context.resources.tracking.client()
-    version = alias_version(CHAMPION)
-    if version is None:
-        raise Failure(description="no model version has the alias 'champion': nothing is serving")
-    model_version = f"{MODEL_NAME}/{version}"
-    if latest_prediction_time(db, model_version) is None:
-        raise Failure(description=f"{model_version} has served no predictions yet")
-    reports = reports_dir(context.resources.model_store.root)
-    check = checked(lambda: check_drift(db, load_package(package_path(version)), model_version, settings, reports,
-                                       reason=f"drift_report asset, run {context.run.run_id}"))
-    if check.result is None:
-        raise Failure(description=check.reason)
-    result = check.result
-    rows = sorted(result.features, key=lambda row: (not row.drifted, row.column))
-    table = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-    table += [f"| {row.column} | {row.method} | {_fmt(row.score)} | {_fmt(row.threshold)} | "
-              f"{'yes' if row.drifted else 'no'} |" for row in rows]
-    return MaterializeResult(metadata={
-        "model_version": model_version, "report_id": check.report_id, "drifted": check.drifted,
-        "drifted_share": result.drifted_share, "n_drifted": result.n_drifted,
-        "prediction_drift": "not measured" if result.prediction_drift is None else str(result.prediction_drift),
-        "summary": check.reason, "report_html": MetadataValue.path(str(check.html_path)),
-        "features": MetadataValue.md("\n".join(table)),
-        "window": MetadataValue.json({"start": check.window.start.isoformat(), "end": check.window.end.isoformat(),
-                                      "rows": len(check.window)}),
-    })
+def drift_report_asset(line: ModelLine = MAIN_LINE) -> AssetsDefinition:
+    """``drift_report`` of one model line's champion (an added line's: ``line_5m_h15/drift_report``)."""
+
+    @asset(
+        key=[*line.key_prefix, "drift_report"],
+        required_resource_keys={"database", "tracking", "model_store"},
+        group_name="monitoring",
+        kinds={"evidently"},
+        description=f"Evidently drift of {line.name}'s champion's newest live predictions against the reference "
+                    "sample in its package; stored in drift_reports with an HTML report.",
+    )
+    def drift_report(context: AssetExecutionContext) -> MaterializeResult:
+        settings = MonitoringSettings.from_env()
+        db = context.resources.database.database()
+        context.resources.tracking.client()
+        version = alias_version(CHAMPION, name=line.name)
+        if version is None:
+            raise Failure(description=f"{line.name} has no version with the alias 'champion': nothing is serving")
+        model_version = f"{line.name}/{version}"
+        if latest_prediction_time(db, model_version) is None:
+            raise Failure(description=f"{model_version} has served no predictions yet")
+        reports = reports_dir(context.resources.model_store.root)
+        check = checked(lambda: check_drift(db, load_package(package_path(version, name=line.name)), model_version,
+                                           settings, reports, reason=f"drift_report asset, run {context.run.run_id}"))
+        if check.result is None:
+            raise Failure(description=check.reason)
+        result = check.result
+        rows = sorted(result.features, key=lambda row: (not row.drifted, row.column))
+        table = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
+        table += [f"| {row.column} | {row.method} | {_fmt(row.score)} | {_fmt(row.threshold)} | "
+                  f"{'yes' if row.drifted else 'no'} |" for row in rows]
+        return MaterializeResult(metadata={
+            "model_version": model_version, "report_id": check.report_id, "drifted": check.drifted,
+            "drifted_share": result.drifted_share, "n_drifted": result.n_drifted,
+            "prediction_drift": "not measured" if result.prediction_drift is None else str(result.prediction_drift),
+            "summary": check.reason, "report_html": MetadataValue.path(str(check.html_path)),
+            "features": MetadataValue.md("\n".join(table)),
+            "window": MetadataValue.json({"start": check.window.start.isoformat(), "end": check.window.end.isoformat(),
+                                          "rows": len(check.window)}),
+        })
+
+    return drift_report
+
+
+drift_report = drift_report_asset(MAIN_LINE)
 
 
 def reports_dir(model_store_root: str) -> Path:
@@ -89,15 +99,16 @@ def reports_dir(model_store_root: str) -> Path:
 
 
 def _served_horizons(db) -> dict[str, list[str]]:
-    """Label horizon → the registered versions (``name/version``) with logged predictions."""
+    """Label horizon → the registered versions (``name/version``) of every model line with logged
+    predictions (each is resolved against the labels of its own timeframe)."""
     with db.connection() as connection:
         versions = [row[0] for row in connection.execute("SELECT DISTINCT model_version FROM predictions").fetchall()]
     horizons: dict[str, list[str]] = {}
     for model_version in versions:
         name, _, number = model_version.partition("/")
-        if name != MODEL_NAME or not number.isdigit():
+        if not is_line_model(name) or not number.isdigit():
             continue  # local packages served by path have no registry lineage
-        horizon = package_horizon(package_path(number))
+        horizon = package_horizon(package_path(number, name=name))
         if horizon:
             horizons.setdefault(horizon, []).append(model_version)
     return horizons

@@ -67,6 +67,11 @@ class ModelLine:
 MAIN_LINE = ModelLine()
 
 
+def is_line_model(name: str) -> bool:
+    """Whether ``name`` is a model line's registered model (``smc-lora``, ``smc-lora-5m-h15`` …)."""
+    return name == MODEL_NAME or name.startswith(f"{MODEL_NAME}-")
+
+
 def model_lines(base: str, resampled: str | None, value: str | None) -> tuple[ModelLine, ...]:
     """The main line and the lines ``value`` (SMC_MODEL_LINES: ``5m,15m:8``) adds, checked: an added
     line needs features on its timeframe, so it must be the data's or one the lineage resamples."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 from dagster import AssetSelection, AssetsDefinition, Definitions, define_asset_job, job
 from dagster_mlflow import end_mlflow_on_run_finished
 
@@ -17,7 +19,7 @@ from smc_assets.bars import bars
 from smc_assets.features import features
 from smc_assets.labels import labels
 from smc_assets.model import base_model, lora_model, model_assets
-from smc_assets.monitoring import drift_report, outcomes, reports_dir
+from smc_assets.monitoring import drift_report, drift_report_asset, outcomes, reports_dir
 from smc_assets.partitions import BAR_PARTITIONS
 from smc_assets.promotion import challenger_evaluation, champion, promotion_assets, rollback_champion, shadow_review
 from smc_assets.safety import ab_review, halt_trading, resume_trading
@@ -33,6 +35,9 @@ from smc_core.settings import Settings
 from smc_jobs.executors import build_executor, step_io_manager
 from smc_jobs.schedules import build_schedules
 
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export its name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 market_data_job = define_asset_job(
     "market_data_job",
     selection=AssetSelection.assets(bars, features, labels),
@@ -40,7 +45,25 @@ market_data_job = define_asset_job(
     description="One symbol × trading day: load and check bars, then compute features and labels.",
 )
 
-def line_jobs(line: ModelLine, base, lora, evaluation, decision, bento) -> tuple:
+class LineJobs(NamedTuple):
+    base: UnresolvedAssetJobDefinition
+    train: UnresolvedAssetJobDefinition
+    promotion: UnresolvedAssetJobDefinition
+    retrain: UnresolvedAssetJobDefinition
+
+
+class LineAssets(NamedTuple):
+    """An added model line's copies of the model-side assets (``smc_core.lines``)."""
+
+    base: AssetsDefinition
+    lora: AssetsDefinition
+    evaluation: AssetsDefinition
+    champion: AssetsDefinition
+    bento: AssetsDefinition
+    drift_report: AssetsDefinition
+
+
+def line_jobs(line: ModelLine, base, lora, evaluation, decision, bento) -> LineJobs:
     """base_model_job, train_job, promotion_job and retrain_job of one model line (an added line's
     names end in its slug: train_job_5m_h15)."""
     suffix, of = ("", "") if line.main else (f"_{line.slug}", f" of line {line.name}")
@@ -66,12 +89,11 @@ def line_jobs(line: ModelLine, base, lora, evaluation, decision, bento) -> tuple
         hooks={end_mlflow_on_run_finished},
         description=f"Fine-tune a new LoRA adapter{of} on the current base (newest trading days), evaluate, gate, "
                     "promote, rebuild the Bento; the running service follows the champion alias by itself.")
-    return base_job, train, promotion, retrain
+    return LineJobs(base_job, train, promotion, retrain)
 
 
-def line_assets(line: ModelLine) -> tuple[AssetsDefinition, ...]:
-    """An added line's base_model, lora_model, challenger_evaluation, champion and bento_artifact."""
-    return (*model_assets(line), *promotion_assets(line), bento_asset(line))
+def line_assets(line: ModelLine) -> LineAssets:
+    return LineAssets(*model_assets(line), *promotion_assets(line), bento_asset(line), drift_report_asset(line))
 
 
 base_model_job, train_job, promotion_job, retrain_job = line_jobs(
@@ -84,10 +106,15 @@ shadow_review_job = define_asset_job(
                 "Bento.",
 )
 
-monitoring_job = define_asset_job(
-    "monitoring_job", selection=AssetSelection.assets(outcomes, drift_report),
-    description="Resolve live outcomes of logged predictions and write an Evidently drift report of the champion.",
-)
+def monitoring_job_for(drift_reports=()):
+    """``monitoring_job``: outcomes and every model line's drift report (``drift_reports``: the added lines')."""
+    return define_asset_job(
+        "monitoring_job", selection=AssetSelection.assets(outcomes, drift_report, *drift_reports),
+        description="Resolve live outcomes of logged predictions and write an Evidently drift report of each model "
+                    "line's champion.")
+
+
+monitoring_job = monitoring_job_for()
 
 
 @job(description="Move the 'champion' alias back to 'previous' (the service follows within seconds); config model: "
@@ -117,27 +144,33 @@ def build_definitions(settings: Settings | None = None, monitoring: MonitoringSe
                       safety: SafetySettings | None = None, execution: ExecutionSettings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     added = {line: line_assets(line) for line in settings.model_lines() if not line.main}
-    added_jobs = {line: line_jobs(line, *assets) for line, assets in added.items()}
+    added_jobs = {line: line_jobs(line, *assets[:5]) for line, assets in added.items()}  # all but the drift report
     monitoring = monitoring or MonitoringSettings.from_env()
+    monitor = monitoring_job_for([assets.drift_report for assets in added.values()]) if added else monitoring_job
+    model_root = str(settings.smc_home / "models")
+    reports = reports_dir(model_root)
+    line_sensors = [sensor for line in added for sensor in (
+        build_drift_sensor(monitoring, reports, line), build_performance_sensor(monitoring, line),
+        build_skip_rate_sensor(monitoring, line=line))]
     safety = safety or SafetySettings.from_env()
     execution = execution or ExecutionSettings.from_env()
     tracking = TrackingConfig.from_settings(settings)
-    model_root = str(settings.smc_home / "models")
     return Definitions(
         assets=[bars, features, labels, base_model, lora_model, challenger_evaluation, champion, bento_artifact,
                 shadow_review, ab_review, outcomes, drift_report, *(a for assets in added.values() for a in assets)],
-        jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, shadow_review_job, monitoring_job,
+        jobs=[market_data_job, base_model_job, train_job, promotion_job, retrain_job, shadow_review_job, monitor,
               rollback_job, halt_job, resume_job, ab_review_job, *(j for jobs in added_jobs.values() for j in jobs)],
-        schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitoring_job,
-                                  base_model_jobs=[base_model_job, *(jobs[0] for jobs in added_jobs.values())]),
+        schedules=build_schedules(monitoring, refresh_job=market_data_job, monitoring_job=monitor,
+                                  base_model_jobs=[base_model_job, *(jobs.base for jobs in added_jobs.values())]),
         sensors=[build_file_drop_sensor(market_data_job.name, default_status=default_status(monitoring)),
                  build_live_bars_sensor(market_data_job.name, default_status=default_status(monitoring)),
-                 build_drift_sensor(monitoring, reports_dir(model_root)),
+                 build_drift_sensor(monitoring, reports),
                  build_performance_sensor(monitoring), build_skip_rate_sensor(monitoring),
                  build_retrain_chain_sensor(monitoring, settings.model_lines(),
-                                            [retrain_job, *(jobs[3] for jobs in added_jobs.values())] if added else None), build_shadow_sensor(monitoring),
+                                            [retrain_job, *(jobs.retrain for jobs in added_jobs.values())] if added else None),
+                 build_shadow_sensor(monitoring),
                  build_run_failure_sensor(monitoring),
-                 build_circuit_breaker_sensor(safety), build_ab_test_sensor(safety, monitoring)],
+                 build_circuit_breaker_sensor(safety), build_ab_test_sensor(safety, monitoring), *line_sensors],
         resources={
             "database": DatabaseResource(url=settings.database_url),
             "landing": LandingResource(path=str(settings.landing_dir), timeframe=settings.timeframe,

@@ -6,8 +6,8 @@ line's aliases and decisions stay as they were; the retrain chain starts every l
 
 from __future__ import annotations
 
+import json
 import warnings
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 from dagster import DagsterInstance, RunRequest, build_sensor_context
 from pipeline_setup import QUIET, trained_pipeline
 
-from sensors.retrain import EPISODE_TAG, REFRESH_JOB, build_retrain_chain_sensor, retrain_run_config
+from sensors.retrain import EPISODE_TAG, LINE_TAG, REFRESH_JOB, build_retrain_chain_sensor, retrain_run_config
 from smc_core.errors import ConfigError
 from smc_core.labels import Horizon
 from smc_core.lines import MAIN_LINE, ModelLine, model_lines
@@ -126,6 +126,64 @@ def test_an_added_line_rolls_back_under_its_own_name(pipeline, database):
     assert decisions(database, name=NAME)[-1]["decision"] == "rollback"
 
 
+def test_an_added_line_is_monitored_on_its_own_live_predictions(pipeline, database, tmp_path, monkeypatch):
+    """Its champion serves a stored day of 5-minute bars in the service runtime, which logs every
+    prediction; its own drift sensor reports on them, outcomes resolve them against the 5-minute
+    labels, and its drift_report asset materializes; the main line's sensor sees no champion."""
+    import time
+
+    from smc_assets.monitoring import reports_dir
+    from smc_assets.partitions import SYMBOLS, split_bar_partition_key
+    from smc_core.drift import latest_reports
+    from smc_core.registry import TrackingConfig, configure
+    from smc_core.serving.replay import replay_stored_day
+    from smc_core.serving.runtime import Runtime, ServiceSettings
+    from smc_jobs.local import LocalRunner, materialized
+    from sensors.drift import build_drift_sensor
+
+    configure(TrackingConfig.from_settings(pipeline.settings))
+    champion = alias_version("champion", name=NAME)
+    runtime = Runtime(ServiceSettings.from_env({"SMC_DEV_MODE": "1", "MODEL_URI": f"models:/{NAME}@champion"}),
+                      database=database).start()
+    try:
+        days = [split_bar_partition_key(key)[1] for key in pipeline.partitions[-3:-1]]  # the last has no labels yet
+        answered, requests = set(), 0
+        for day in days:
+            report = replay_stored_day(database, "ES", day, lambda payload: runtime.predict_payload(
+                payload, time.perf_counter()), timeframe="5m", resampled=True)
+            answered, requests = answered | set(report.versions), requests + report.requests
+        assert runtime.log.flush(30)
+    finally:
+        runtime.stop()
+    assert answered == {f"{NAME}/{champion}"} and requests == 2 * 276  # every 5-minute bar of two sessions
+
+    instance = DagsterInstance.local_temp(str(tmp_path))
+    instance.add_dynamic_partitions(SYMBOLS.name, ["ES"])
+    runner = LocalRunner(pipeline.definitions, instance)
+    settings = MonitoringSettings(**{**MonitoringSettings.from_env().as_dict(), "drift_window": 400,
+                                     "drift_min_rows": 300})
+    sensor = build_drift_sensor(settings, reports_dir(str(pipeline.settings.smc_home / "models")), LINE)
+    assert sensor.name == "drift_sensor_5m_h15"
+    tick = runner.tick(sensor.name, sensor)
+    stored = latest_reports(database, f"{NAME}/{champion}", limit=1)
+    assert stored and stored[0]["current_rows"] == 400, tick.skip_message
+    assert all(r.tags.get("smc/model_line") == NAME for r in tick.run_requests)  # a drift retrains this line only
+    main = runner.tick("drift_sensor")
+    assert not main.run_requests and "no champion of smc-lora" in main.skip_message
+
+    monkeypatch.setenv("SMC_DRIFT_WINDOW", "400")  # the asset reads the settings; two days are 552 predictions
+    monkeypatch.setenv("SMC_DRIFT_MIN_ROWS", "300")
+    monitored = runner.run("monitoring_job", raise_on_error=False)  # the main line has no champion: its step fails
+    meta = materialized(monitored)
+    assert meta["line_5m_h15/drift_report"]["model_version"] == f"{NAME}/{champion}"
+    assert meta["outcomes"]["resolved"] > 0
+    with database.connection() as conn:
+        resolved = conn.execute("SELECT count(*) FROM prediction_outcomes o JOIN predictions p USING (ts, request_id, "
+                                "shadow) WHERE p.model_version = %s AND p.timeframe = '5m'",
+                                (f"{NAME}/{champion}",)).fetchone()[0]
+    assert resolved == meta["outcomes"]["resolved"]
+
+
 def test_the_retrain_chain_starts_every_lines_retrain_with_its_own_config():
     settings = MonitoringSettings(**{**MonitoringSettings.from_env().as_dict(), "retrain_days": 7, "retrain_config": {
         "ops": {"lora_model": {"config": {"epochs": 2}}, "challenger_evaluation": {"config": {"folds": 2}}}}})
@@ -148,13 +206,18 @@ def test_the_retrain_chain_starts_every_lines_retrain_with_its_own_config():
     refresh.execute_in_process(instance=instance, tags={EPISODE_TAG: "drift:1"})
     from smc_jobs.definitions import line_assets, line_jobs, retrain_job
 
-    added = line_jobs(LINE, *line_assets(LINE))[3]
+    added = line_jobs(LINE, *line_assets(LINE)[:5]).retrain
     sensor = build_retrain_chain_sensor(settings, (MAIN_LINE, LINE), [retrain_job, added])
     requests = sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests
     assert [(r.job_name, r.run_key) for r in requests] == [("retrain_job", "drift:1"),
                                                           ("retrain_job_5m_h15", "drift:1|5m_h15")]
     assert requests[1].run_config["ops"]["line_5m_h15__lora_model"]["config"]["recent_days"] == 7
     assert all(isinstance(r, RunRequest) for r in requests)
+    # an episode a line's own monitoring started (drift_sensor_5m_h15) retrains that line only
+    refresh.execute_in_process(instance=instance, tags={EPISODE_TAG: "drift:2", LINE_TAG: NAME})
+    context = build_sensor_context(instance=instance, cursor=json.dumps(["drift:1"]))
+    requests = sensor.evaluate_tick(context).run_requests
+    assert [(r.job_name, r.run_key) for r in requests] == [("retrain_job_5m_h15", "drift:2|5m_h15")]
 
 
 def test_rolling_back_an_unknown_line_names_the_lines_there_are(tmp_path):

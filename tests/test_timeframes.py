@@ -61,6 +61,38 @@ def test_a_bar_by_bar_replay_of_one_minute_bars_rewrites_no_resampled_reading(da
     assert partial_buckets_seen == MINUTES - MINUTES // 5  # so leaving the unfinished bucket out is what keeps them
 
 
+def test_a_replay_of_one_minute_bars_as_they_arrive_rewrites_no_hourly_reading(database):
+    """The 1-hour timeframe, replayed as 1-minute bars arrive in uneven batches (1 to 9 minutes,
+    so most steps end inside an hour): 40 hours of bars, the hourly features recomputed from the
+    database after each batch, 0 readings rewritten, and an hour still filling never read."""
+    minute = generate_bars(SyntheticConfig(days=2, seed=13)).iloc[:2400].reset_index(drop=True)
+    start, end = minute["ts"].iloc[0] - pd.Timedelta("1h"), minute["ts"].iloc[-1]
+    rng = np.random.default_rng(13)
+    seen: dict[pd.Timestamp, np.ndarray] = {}
+    rewritten = steps = inside_an_hour = 0
+    k = 0
+    while k < len(minute):
+        batch = minute.iloc[k:k + int(rng.integers(1, 10))]
+        k += len(batch)
+        with database.connection() as conn:
+            write_live_bars(conn, "RH", "1m", batch, "test:hourly")
+        bars = load_bars(database, "RH", "1h", start, end, resampled=True)
+        newest = minute["ts"].iloc[k - 1]
+        assert len(bars) == 0 or bars["ts"].iloc[-1] <= newest  # nothing of an unfinished hour
+        inside_an_hour += newest.minute != 0
+        steps += 1
+        if len(bars) < CATALOGUE.max_lookback:
+            continue
+        live = compute_features(bars)
+        for ts, row in zip(live.index, live.to_numpy()):
+            if ts in seen and not np.array_equal(seen[ts], row, equal_nan=True):
+                rewritten += 1
+            seen[ts] = row
+    assert rewritten == 0
+    assert len(seen) == 40 and np.isfinite(np.array(seen[max(seen)])).all()
+    assert steps > 400 and inside_an_hour > 0.9 * steps
+
+
 def test_ranged_resampled_reads_equal_the_whole_views_rows_across_gaps(database):
     """Resampled reads bound the 1-minute bars they aggregate (sql/016): the same bars as the
     unbounded views, finished buckets only, for ranges, history and the bars after an edge, on
