@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
-from serving_setup import KEY, Server, request_for
+from serving_setup import ADMIN, KEY, Server, request_for
 
 from smc_assets.bars import bars
 from smc_assets.features import features
@@ -195,6 +195,20 @@ def test_one_service_serves_a_line_per_timeframe_with_the_stored_features_bit_fo
                                        resampled=timeframe == "5m")
             assert report.requests == (1380 if timeframe == "1m" else 276)
             assert report.versions == {f"local/model-{timeframe}"}
+        # a reload that one line refuses (its package no longer verifies) keeps that line's model and
+        # names it; the other line reloads and both go on answering
+        next((packages / "model-5m").rglob("*.safetensors")).write_bytes(b"not weights")
+        reloaded = server.client.post("/admin/reload", headers={"X-Admin-Key": ADMIN})
+        assert reloaded.status_code == 409, reloaded.text
+        assert reloaded.json()["details"]["line"].endswith("model-5m")
+        assert reloaded.json()["details"]["serving"] == "local/model-5m"
+        errors = [line["last_reload_error"] for line in server.client.get("/health").json()["lines"]]
+        assert errors[0] is None and errors[1]
+        for timeframe, end in (("1m", 2000), ("5m", 400)):
+            payload = request_for(series[timeframe], end)
+            payload["metadata"]["timeframe"] = timeframe
+            answer = server.predict(payload)
+            assert answer.status_code == 200 and answer.json()["model_version"] == f"local/model-{timeframe}"
         ids = [request_id for _, _, request_id in sent]
         deadline, rows = time.monotonic() + 15, []
         while time.monotonic() < deadline and len(rows) < len(ids):
