@@ -4,7 +4,8 @@ prediction log; the sensors in ``sensors/`` run the same smc_core code on their 
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetsDefinition, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (AssetExecutionContext, AssetKey, AssetObservation, AssetsDefinition, Failure, MaterializeResult,
+                     MetadataValue, asset)
 
 from smc_assets.common import checked
 from smc_assets.labels import labels
@@ -49,35 +50,47 @@ def outcomes(context: AssetExecutionContext) -> MaterializeResult:
 def drift_report_asset(line: ModelLine = MAIN_LINE) -> AssetsDefinition:
     """``drift_report`` of one model line's champion (an added line's: ``line_5m_h15/drift_report``)."""
 
+    key = AssetKey([*line.key_prefix, "drift_report"])
+
     @asset(
-        key=[*line.key_prefix, "drift_report"],
+        key=key,
         required_resource_keys={"database", "tracking", "model_store"},
         group_name="monitoring",
         kinds={"evidently"},
+        output_required=False,
         description=f"Evidently drift of {line.name}'s champion's newest live predictions against the reference "
-                    "sample in its package; stored in drift_reports with an HTML report.",
+                    "sample in its package; stored in drift_reports with an HTML report. Nothing serving yet, or "
+                    "too few live predictions: an observation says so, and the run goes on.",
     )
-    def drift_report(context: AssetExecutionContext) -> MaterializeResult:
+    def drift_report(context: AssetExecutionContext):
         settings = MonitoringSettings.from_env()
         db = context.resources.database.database()
         context.resources.tracking.client()
         version = alias_version(CHAMPION, name=line.name)
+        check, model_version = None, None
         if version is None:
-            raise Failure(description=f"{line.name} has no version with the alias 'champion': nothing is serving")
-        model_version = f"{line.name}/{version}"
-        if latest_prediction_time(db, model_version) is None:
-            raise Failure(description=f"{model_version} has served no predictions yet")
-        reports = reports_dir(context.resources.model_store.root)
-        check = checked(lambda: check_drift(db, load_package(package_path(version, name=line.name)), model_version,
-                                           settings, reports, reason=f"drift_report asset, run {context.run.run_id}"))
-        if check.result is None:
-            raise Failure(description=check.reason)
+            why = f"{line.name} has no version with the alias 'champion': nothing is serving"
+        else:
+            model_version = f"{line.name}/{version}"
+            if latest_prediction_time(db, model_version) is None:
+                why = f"{model_version} has served no predictions yet"
+            else:
+                reports = reports_dir(context.resources.model_store.root)
+                check = checked(lambda: check_drift(
+                    db, load_package(package_path(version, name=line.name)), model_version, settings, reports,
+                    reason=f"drift_report asset, run {context.run.run_id}"))
+                why = check.reason
+        if check is None or check.result is None:  # a state, not a failure: a new line serves little at first
+            context.log.info(f"no drift report for {line.name}: {why}")
+            yield AssetObservation(asset_key=key, description=f"not measured: {why}",
+                                   metadata={"not_measured": why, "model_version": model_version or "none"})
+            return
         result = check.result
         rows = sorted(result.features, key=lambda row: (not row.drifted, row.column))
         table = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
         table += [f"| {row.column} | {row.method} | {_fmt(row.score)} | {_fmt(row.threshold)} | "
                   f"{'yes' if row.drifted else 'no'} |" for row in rows]
-        return MaterializeResult(metadata={
+        yield MaterializeResult(metadata={
             "model_version": model_version, "report_id": check.report_id, "drifted": check.drifted,
             "drifted_share": result.drifted_share, "n_drifted": result.n_drifted,
             "prediction_drift": "not measured" if result.prediction_drift is None else str(result.prediction_drift),

@@ -397,6 +397,10 @@ def run_monitoring(runner, steps: Steps | None, reason: str):
     if "drift_report" in metadata:
         click.echo(f"      drift_report {metadata['drift_report']['report_id']}: {metadata['drift_report']['summary']}")
         click.echo(f"      HTML report (linked from the asset's metadata): {metadata['drift_report']['report_html']}")
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            observation = event.event_specific_data.asset_observation
+            click.echo(f"      {observation.asset_key.to_user_string()}: {observation.description}")
     if not result.success:
         click.echo(f"      monitoring_job failed: {_failure(result)}")
     click.echo(f"      done in {time.perf_counter() - stage:.0f}s")

@@ -27,7 +27,8 @@ from smc_core.migrations import migrate
 
 LONGEST_FIRST = ("test_loop.py", "test_walkthrough.py", "test_gate_decisions.py", "test_live_loop.py",
                  "test_model_pipeline.py", "test_backfill.py", "test_signal_service.py", "test_celery_executor.py",
-                 "test_safety_live.py", "test_distributed_training.py", "test_service_workers.py", "test_sensors.py")
+                 "test_safety_live.py", "test_distributed_training.py", "test_service_workers.py", "test_sensors.py",
+                 "test_model_lines.py")
 """The test files that take minutes, longest first (``make test`` prints the slowest tests).
 
 Why: xdist hands whole files to its two workers in collection order (``--no-loadscope-reorder``

@@ -26,6 +26,7 @@ from smc_core.promotion import decisions
 from smc_core.registry import alias_version, package_path
 
 warnings.filterwarnings("ignore", category=Warning, module="dagster_mlflow")
+pytestmark = pytest.mark.slow  # ~2.5 min of training and evaluation: not repeated on the embedded server
 
 LINE = ModelLine("5m", 15)
 NAME = "smc-lora-5m-h15"
@@ -173,8 +174,12 @@ def test_an_added_line_is_monitored_on_its_own_live_predictions(pipeline, databa
 
     monkeypatch.setenv("SMC_DRIFT_WINDOW", "400")  # the asset reads the settings; two days are 552 predictions
     monkeypatch.setenv("SMC_DRIFT_MIN_ROWS", "300")
-    monitored = runner.run("monitoring_job", raise_on_error=False)  # the main line has no champion: its step fails
+    monitored = runner.run("monitoring_job")  # the main line serves nothing: observed as not measured, no failure
     meta = materialized(monitored)
+    observed = [e.event_specific_data.asset_observation for e in monitored.all_events
+                if e.event_type_value == "ASSET_OBSERVATION"]
+    assert "drift_report" not in meta and [o.asset_key.to_user_string() for o in observed] == ["drift_report"]
+    assert "smc-lora has no version with the alias 'champion'" in observed[0].metadata["not_measured"].value
     assert meta["line_5m_h15/drift_report"]["model_version"] == f"{NAME}/{champion}"
     assert meta["outcomes"]["resolved"] > 0
     with database.connection() as conn:
