@@ -13,7 +13,8 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, MaterializeResult,
+                     MetadataValue, asset)
 from pydantic import Field
 
 from smc_assets.common import checked, image_markdown, inline_chart, number_or_reason, trigger_of
@@ -23,17 +24,16 @@ from smc_core.dataset import TrainingData, load_training_data
 from smc_core.evaluation.importance import FeatureImportance, importance_chart, importance_markdown
 from smc_core.evaluation.metrics import comparison_markdown
 from smc_core.features import CATALOGUE
+from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.model import BackboneConfig, TrainConfig, reliability_diagram, save_package
 from smc_core.model.calibration import expected_calibration_error, reliability_points
 from smc_core.model.backbone import check_checkpoint
 from smc_core.model.package import PACKAGE_FORMAT, load_base, save_base
 from smc_core.model.pipeline import BaseConfig, PretrainedBase, RunConfig, pretrain_base, train_lora_run
-from smc_core.lines import MAIN_LINE, ModelLine
 from smc_core.provenance import code_revision
 from smc_core.registry import PACKAGE_ARTIFACT, alias_version, log_pyfunc_model, register_package, run_dicts
 from smc_core.monitoring import window_start
 from smc_core.store import feature_symbols
-
 
 
 class TrainingConfig(Config):
@@ -157,7 +157,6 @@ def model_assets(line: ModelLine = MAIN_LINE) -> tuple[AssetsDefinition, AssetsD
             "history": MetadataValue.md(_history_markdown({"pretrain": base.info["history"]})),
             "mlflow_run_id": mlflow.active_run().info.run_id,
         })
-
 
     @asset(
         key=[*line.key_prefix, "lora_model"],

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-from dagster import (AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, MaterializeResult, MetadataValue,
-                     asset)
+from dagster import (AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, MaterializeResult,
+                     MetadataValue, asset)
 from pydantic import Field
 
 from smc_assets.common import checked
