@@ -50,7 +50,7 @@ def serving_champion(context: SensorEvaluationContext, tracking: TrackingResourc
 
 def sensor_name(name: str, line: ModelLine) -> str:
     """``drift_sensor``; an added line's ends in its slug (``drift_sensor_5m_h15``)."""
-    return name if line.main else f"{name}_{line.slug}"
+    return line.suffixed(name)
 
 
 def default_status(settings: MonitoringSettings) -> DefaultSensorStatus:
@@ -74,18 +74,15 @@ def refresh_requests(db: Database, timeframe: str, settings: MonitoringSettings,
 
 def retrain_job_name(line: ModelLine) -> str:
     """``retrain_job``; an added model line's ends in its slug (``retrain_job_5m_h15``)."""
-    return RETRAIN_JOB if line.main else f"{RETRAIN_JOB}_{line.slug}"
+    return line.suffixed(RETRAIN_JOB)
 
 
 def retrain_run_config(settings: MonitoringSettings, line: ModelLine = MAIN_LINE) -> dict:
     """SMC_RETRAIN_CONFIG's run config with the sliding window (``recent_days``) filled in; an added
     line's steps carry its prefix, so the same config is given to them."""
     config = copy.deepcopy(settings.retrain_config or {})
-    ops = config.setdefault("ops", {})
-    if not line.main:
-        config["ops"] = ops = {f"{line.key_prefix[0]}__{step}": value for step, value in ops.items()}
-    lora = ops.setdefault(f"{line.key_prefix[0]}__lora_model" if not line.main else "lora_model", {})
-    lora.setdefault("config", {}).setdefault("recent_days", settings.retrain_days)
+    config["ops"] = ops = {line.step(step): value for step, value in config.get("ops", {}).items()}
+    ops.setdefault(line.step("lora_model"), {}).setdefault("config", {}).setdefault("recent_days", settings.retrain_days)
     return config
 
 

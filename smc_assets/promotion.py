@@ -335,7 +335,7 @@ def promotion_assets(line: ModelLine = MAIN_LINE) -> tuple[AssetsDefinition, Ass
     keys, steps and checks carry its prefix."""
     evaluation_key, champion_key = AssetKey([*line.key_prefix, "challenger_evaluation"]), AssetKey(
         [*line.key_prefix, "champion"])
-    step = (lambda name: f"{line.key_prefix[0]}__{name}") if line.key_prefix else (lambda name: name)
+    step = line.step
 
     @op(name=step("plan_evaluation"), ins={"challenger": In(Nothing)},
         out={"plan": Out(EvaluationPlan, description="The data, bars, folds and configs of the evaluation."),

@@ -52,6 +52,14 @@ class ModelLine:
     def key_prefix(self) -> list[str]:
         return [] if self.main else [f"line_{self.slug}"]
 
+    def step(self, asset: str) -> str:
+        """The Dagster step (op) of one of the line's assets: ``lora_model``, ``line_5m_h15__lora_model``."""
+        return asset if self.main else f"line_{self.slug}__{asset}"
+
+    def suffixed(self, name: str) -> str:
+        """A job, schedule or sensor of the line: ``retrain_job``, ``retrain_job_5m_h15``."""
+        return name if self.main else f"{name}_{self.slug}"
+
     def horizon(self, configured: Horizon) -> Horizon:
         """The horizon this line learns: the configured one on the main line; on an added line its
         own bar count (ATR barriers as configured), and a configured count that differs is an error."""

@@ -66,19 +66,19 @@ class LineAssets(NamedTuple):
 def line_jobs(line: ModelLine, base, lora, evaluation, decision, bento) -> LineJobs:
     """base_model_job, train_job, promotion_job and retrain_job of one model line (an added line's
     names end in its slug: train_job_5m_h15)."""
-    suffix, of = ("", "") if line.main else (f"_{line.slug}", f" of line {line.name}")
+    of = "" if line.main else f" of line {line.name}"
 
     # One asset per job: dagster-mlflow's hook ends the MLflow run after the job's last step,
     # so each training stage gets its own MLflow run, tagged with its Dagster run id.
     base_job = define_asset_job(
-        f"base_model_job{suffix}", selection=AssetSelection.assets(base), hooks={end_mlflow_on_run_finished},
+        line.suffixed("base_model_job"), selection=AssetSelection.assets(base), hooks={end_mlflow_on_run_finished},
         description=f"Pretrain the backbone{of} on all stored bars (rarely: monthly, or after a feature-set change).")
     train = define_asset_job(
-        f"train_job{suffix}", selection=AssetSelection.assets(lora), hooks={end_mlflow_on_run_finished},
+        line.suffixed("train_job"), selection=AssetSelection.assets(lora), hooks={end_mlflow_on_run_finished},
         description=f"Fine-tune a LoRA adapter{of} on the current base, calibrate, compare with baselines, register "
                     "as challenger.")
     promotion = define_asset_job(
-        f"promotion_job{suffix}", selection=AssetSelection.assets(evaluation, decision, bento),
+        line.suffixed("promotion_job"), selection=AssetSelection.assets(evaluation, decision, bento),
         description=f"Walk-forward backtest of the challenger{of}, every gate a check; all passed: the champion alias "
                     "moves and the Bento is built; else the refusal is recorded and the run still succeeds.")
     # The loop: retrain_chain_sensor starts this once the newest partitions are reloaded. lora_model

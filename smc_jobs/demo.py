@@ -286,14 +286,14 @@ def _history(runner, steps: Steps, line: "ModelLine") -> bool:
     a failed run. A challenger refused by its gates is an outcome, not a failure: the demo prints why."""
     from smc_jobs.local import materialized
 
-    suffix, prefix = ("", "") if line.main else (f"_{line.slug}", f"{line.key_prefix[0]}/")
+    prefix = "".join(f"{part}/" for part in line.key_prefix)
     for job_name, asset in (("base_model_job", "base_model"), ("train_job", "lora_model"),
                             ("promotion_job", "challenger_evaluation")):
-        job_name += suffix
+        job_name = line.suffixed(job_name)
         steps.say(f"{job_name}: {runner.definitions.resolve_job_def(job_name).description}")
         stage = time.perf_counter()
-        step = asset if line.main else f"{line.key_prefix[0]}__{asset}"
-        run = runner.run(job_name, {**PROGRESS, "ops": {step: {"config": TRAINING[asset]}}}, raise_on_error=False)
+        run = runner.run(job_name, {**PROGRESS, "ops": {line.step(asset): {"config": TRAINING[asset]}}},
+                         raise_on_error=False)
         metadata = {key.removeprefix(prefix): meta for key, meta in materialized(run).items()}
         if asset not in metadata:
             click.echo(f"      FAILED: {_failure(run)}")
