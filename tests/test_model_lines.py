@@ -142,11 +142,12 @@ def test_an_added_line_is_monitored_on_its_own_live_predictions(pipeline, databa
     from smc_jobs.local import LocalRunner, materialized
     from sensors.drift import build_drift_sensor
 
-    configure(TrackingConfig.from_settings(pipeline.settings))
-    champion = alias_version("champion", name=NAME)
-    # the runtime reads its registry from the environment, as the service does: the pipeline's home
+    # the runtime reads its registry from the environment, as the service does: the pipeline's home,
+    # and no tracking URI another test's dagster-mlflow resource left in this worker's environment
     monkeypatch.setenv("SMC_HOME", str(pipeline.settings.smc_home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure(TrackingConfig.from_settings(pipeline.settings))
+    champion = alias_version("champion", name=NAME)
     runtime = Runtime(ServiceSettings.from_env({"SMC_DEV_MODE": "1", "MODEL_URI": f"models:/{NAME}@champion"}),
                       database=database).start()
     try:
